@@ -1,0 +1,3 @@
+from dq_cli.app import main
+
+main()

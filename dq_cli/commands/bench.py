@@ -1,0 +1,91 @@
+"""dq bench: compare the unquantized model with quantized checkpoints on one prompt and seed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from dq_cli.commands.common import (DEVICE_OPTION, QUIET_OPTION, console, handle_errors, note, pick_device,
+                                    progress_bar, set_threads)
+from dq_cli.errors import DQError
+
+
+@handle_errors
+def command(
+    checkpoints: list[Path] = typer.Option([], "--checkpoint", "-c", help="A quantized checkpoint to compare "
+                                           "(repeatable)."),
+    model: str = typer.Option(None, "--model", "-m", help="Baseline model (default: the first checkpoint's, "
+                              "else dq-tiny)."),
+    prompt: str = typer.Option("a red circle moving right on a blue background", "--prompt", "-p"),
+    steps: int = typer.Option(None, "--steps", min=1),
+    seed: int = typer.Option(0, "--seed"),
+    frames: int = typer.Option(None, "--frames", min=1),
+    height: int = typer.Option(None, "--height", min=8),
+    width: int = typer.Option(None, "--width", min=8),
+    out: Path = typer.Option(None, "--out", "-o", help="Write <out>.json and <out>.md."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+    device: str = DEVICE_OPTION,
+    quiet: bool = QUIET_OPTION,
+) -> None:
+    """Time and compare configurations side by side.
+
+    In: checkpoints (and a baseline model). Out: per configuration the median step latency, end-to-end
+    latency, peak GPU memory, weight bytes in memory, checkpoint size and PSNR of the video against
+    the baseline's video of the same seed; a table, and JSON/markdown with --json / --out.
+    """
+    # Imported here: `dq --help` must not wait for torch and diffusers.
+    from dq_cli import bench as lib
+    from dq_cli.models import load_model
+    from dq_cli.session import load_quantized, sampling
+    set_threads()
+    device = pick_device(device)
+    for path in checkpoints:
+        if not path.is_file():
+            raise DQError(f"--checkpoint {path}: no such file")
+    baseline_name = model
+    if baseline_name is None and checkpoints:
+        from dq_cli.checkpoint import read_info
+
+        spec = read_info(checkpoints[0]).model
+        baseline_name = spec.get("path") or spec["name"]
+    baseline = load_model(baseline_name or "dq-tiny", device=device)
+    run = sampling(baseline, None, steps=steps, seed=seed, frames=frames, height=height, width=width)
+    rows = []
+    with progress_bar(quiet, "benchmarking", run.steps * (1 + len(checkpoints))) as advance:
+        row, reference = lib.run_config("baseline", baseline, prompt, run, None, on_step=lambda s: advance())
+        rows.append(row)
+        del baseline
+        for path in checkpoints:
+            adapter, _ = load_quantized(path, device, model=model)
+            row, video = lib.run_config(path.stem, adapter, prompt, run, path.stat().st_size,
+                                        on_step=lambda s: advance())
+            row.psnr_db = lib.psnr_db(video, reference)
+            rows.append(row)
+    settings = {"prompt": prompt, "steps": run.steps, "seed": run.seed, "frames": run.frames,
+                "height": run.height, "width": run.width}
+    doc = lib.report(rows, lib.environment(device), settings)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps(doc, indent=1))
+        out.with_suffix(".md").write_text(lib.markdown(doc))
+        note(quiet, f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+    if as_json:
+        typer.echo(json.dumps(doc, indent=1))
+    elif not quiet:
+        _print_table(doc)
+
+
+def _print_table(doc: dict) -> None:
+    table = Table(title=f"dq bench on {doc['environment'].get('gpu', doc['environment']['device'])}")
+    for col in ("config", "step ms", "e2e s", "peak GiB", "weights MiB", "ckpt MiB", "PSNR dB"):
+        table.add_column(col, justify="right")
+    for r in doc["rows"]:
+        table.add_row(r["config"], f"{r['step_ms_median']:.1f}", f"{r['end_to_end_s']:.2f}",
+                      "—" if r["peak_memory_gib"] is None else f"{r['peak_memory_gib']:.2f}",
+                      f"{r['weights_bytes'] / 2**20:.2f}",
+                      "—" if r["checkpoint_bytes"] is None else f"{r['checkpoint_bytes'] / 2**20:.2f}",
+                      "—" if r["psnr_db"] is None else f"{r['psnr_db']:.2f}")
+    console.print(table)

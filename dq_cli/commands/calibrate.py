@@ -1,0 +1,75 @@
+"""dq calibrate: run the model over calibration prompts and save activation statistics."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import typer
+
+from dq_cli import recipe as recipes
+from dq_cli.commands.common import (DEVICE_OPTION, QUIET_OPTION, RECIPE_OPTION, check_writable, console,
+                                    handle_errors, note, pick_device, progress_bar, set_threads)
+from dq_cli.errors import DQError
+
+
+def builtin_prompts(family: str) -> Path:
+    name = "dq-tiny.txt" if family == "dq-tiny" else "video.txt"
+    return Path(str(resources.files("dq_recipes") / "prompts" / name))
+
+
+@handle_errors
+def command(
+    recipe: str = RECIPE_OPTION,
+    model: str = typer.Option(None, "--model", "-m", help="Local diffusers folder; replaces the recipe's model.path."),
+    out: Path = typer.Option(None, "--out", "-o", help="Artifact path without suffix; writes <out>.safetensors "
+                             "and <out>.json. Default: out/<recipe name>-calib."),
+    prompts: str = typer.Option(None, "--prompts", "-p", help="Prompt file (txt, jsonl, csv, parquet) or a saved "
+                                "datasets folder; overrides calibration.prompts."),
+    num_prompts: int = typer.Option(None, "--num-prompts", "-n", min=1, help="Overrides calibration.num_prompts."),
+    device: str = DEVICE_OPTION,
+    quiet: bool = QUIET_OPTION,
+) -> None:
+    """Gather activation statistics for every layer the recipe quantizes.
+
+    In: a recipe (model, calibration prompts and settings). Out: <out>.safetensors with, per layer,
+    the per-channel absmax by step range and a bounded sample of input tokens with their (step,
+    CFG branch, t, h, w), and <out>.json summarising it with the recipe.
+    """
+    # Imported here: `dq --help` must not wait for torch and diffusers.
+    from dq_calib.prompts import PromptSourceError, load_prompts
+    from dq_cli.calibrate import calibrate, save_artifact
+    from dq_cli.quant import plan_layers
+    from dq_cli.session import load_recipe_model, sampling
+    set_threads()
+    spec = recipes.load(recipe, model_path=model)
+    source = recipes.resolve(recipe)[0]
+    out = out or Path("out") / (Path(source.removeprefix("builtin:")).stem + "-calib")
+    check_writable(out.with_suffix(".safetensors"), "--out")
+    cal = spec.calibration
+    device = pick_device(device)
+    adapter = load_recipe_model(spec.model, device)
+    plans = plan_layers(spec.quantization, adapter.linears(), source)
+    layers = [info for info in adapter.linears() if info.name in plans]
+    prompt_source = prompts or (str(builtin_prompts(adapter.family)) if cal.prompts == "builtin" else cal.prompts)
+    try:
+        prompt_list = load_prompts(prompt_source, num_prompts or cal.num_prompts)
+    except PromptSourceError as e:
+        raise DQError(str(e)) from None
+    run = sampling(adapter, spec.sampling, steps=cal.steps)
+    if not adapter.trained:
+        note(quiet, "[yellow]note:[/] dq-tiny has no trained weights yet: calibrating a seeded random network")
+    with progress_bar(quiet, f"calibrating {len(layers)} layers", len(prompt_list) * run.steps) as advance:
+        result = calibrate(adapter, layers, prompt_list, steps=run.steps, guidance=run.guidance,
+                           frames=run.frames, height=run.height, width=run.width, seed=cal.seed,
+                           step_ranges=cal.step_ranges, tokens_per_layer=cal.tokens_per_layer,
+                           negative_prompt=run.negative_prompt, on_step=lambda s: advance())
+    summary = {"model": {"name": spec.model.name, "path": spec.model.path, "family": adapter.family},
+               "prompts": len(prompt_list), "prompt_source": prompt_source, "steps": run.steps,
+               "step_ranges": cal.step_ranges, "forwards": result.forwards,
+               "branches": sorted(result.branches_seen),
+               "steps_by_expert": {k: sorted(set(v)) for k, v in result.steps_seen.items()}}
+    tensors_path, json_path = save_artifact(out, result, layers, spec.text, summary)
+    note(quiet, f"{len(prompt_list)} prompts × {run.steps} steps, {result.forwards} forwards, "
+                f"branches {', '.join(sorted(result.branches_seen))}")
+    console.print(f"wrote {tensors_path} and {json_path}") if not quiet else typer.echo(str(json_path))

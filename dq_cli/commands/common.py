@@ -1,0 +1,100 @@
+"""What the subcommands share: the console, error reporting, progress, recipe and model loading."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from dq_cli.errors import DQError
+
+console = Console(stderr=True, highlight=False)
+
+RECIPE_OPTION = typer.Option("tiny_w4a4.yaml", "--recipe", "-r",
+                             help="Recipe: a built-in name (e.g. wan22_w4a4.yaml) or a path to a YAML file.")
+QUIET_OPTION = typer.Option(False, "--quiet", "-q", help="Print only the result (no progress, no notes).")
+DEVICE_OPTION = typer.Option(None, "--device", help="cpu or cuda[:N] (default: cuda when available).")
+
+
+def handle_errors(fn):
+    """User errors → one line on stderr and their exit code, no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        _quiet_libraries()
+        try:
+            return fn(*args, **kwargs)
+        except DQError as e:
+            console.print(f"[bold red]error:[/] {e}", soft_wrap=True)
+            raise typer.Exit(e.exit_code)
+        except KeyboardInterrupt:
+            console.print("[red]interrupted[/]")
+            raise typer.Exit(130)
+
+    return wrapper
+
+
+def _quiet_libraries() -> None:
+    # diffusers/transformers log notes meant for their own developers (torchao probing, dtype casts).
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # torchao (a test-only oracle) logs its missing CUDA extensions when diffusers probes it.
+    for name in ("torch.utils._pytree", "torchao"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    from diffusers.utils import logging as dlog
+
+    dlog.set_verbosity_error()
+    logging.getLogger("datasets").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def pick_device(device: str | None) -> str:
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DQError(f"--device {device}: no CUDA device is available")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise DQError(f"--device {device}: expected cpu or cuda[:N]")
+    return device
+
+
+def set_threads() -> None:
+    import torch
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+
+@contextmanager
+def progress_bar(quiet: bool, description: str, total: int):
+    """A rich progress bar on stderr (hidden with --quiet or when stderr is not a terminal and
+    DQ_PROGRESS is unset, so CI logs stay readable)."""
+    show = not quiet and (sys.stderr.isatty() or os.environ.get("DQ_PROGRESS") == "1")
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not show,
+                        transient=False)
+    with progress:
+        task = progress.add_task(description, total=total)
+        yield lambda n=1, **kw: progress.update(task, advance=n, **kw)
+
+
+def note(quiet: bool, message: str) -> None:
+    if not quiet:
+        console.print(message, soft_wrap=True)
+
+
+def check_writable(path: Path, what: str) -> None:
+    if path.exists() and path.is_dir():
+        raise DQError(f"{what} {path}: is a directory")
+    parent = path.parent if str(path.parent) else Path(".")
+    if parent.exists() and not os.access(parent, os.W_OK):
+        raise DQError(f"{what} {path}: folder is not writable")

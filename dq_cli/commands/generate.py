@@ -1,0 +1,99 @@
+"""dq generate: text (or image) to video with a BF16 model or a quantized checkpoint."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+from dq_cli import recipe as recipes
+from dq_cli.commands.common import (DEVICE_OPTION, QUIET_OPTION, check_writable, console, handle_errors, note,
+                                    pick_device, progress_bar, set_threads)
+from dq_cli.errors import DQError
+
+
+@handle_errors
+def command(
+    prompt: str = typer.Option(..., "--prompt", "-p", help="What the video should show."),
+    out: Path = typer.Option(Path("out/video.mp4"), "--out", "-o", help="MP4 file to write (H.264)."),
+    checkpoint: Path = typer.Option(None, "--checkpoint", "-c", help="Quantized checkpoint from `dq quantize`. "
+                                    "Without it the model runs unquantized."),
+    model: str = typer.Option(None, "--model", "-m", help="Built-in model name or local diffusers folder "
+                              "(default: the checkpoint's model, else dq-tiny)."),
+    recipe: str = typer.Option(None, "--recipe", "-r", help="Take the model and sampling settings from a recipe."),
+    image: Path = typer.Option(None, "--image", help="First-frame image for image-to-video models "
+                               "(Wan 2.2 I2V-A14B, TI2V-5B)."),
+    negative_prompt: str = typer.Option(None, "--negative-prompt", help="What the video should not show."),
+    steps: int = typer.Option(None, "--steps", min=1, help="Denoising steps (default: the model's)."),
+    guidance: float = typer.Option(None, "--guidance", min=0.0, help="Classifier-free guidance scale."),
+    seed: int = typer.Option(None, "--seed", help="Random seed; the same seed gives the same video."),
+    frames: int = typer.Option(None, "--frames", min=1, help="Number of frames."),
+    height: int = typer.Option(None, "--height", min=8, help="Height in pixels."),
+    width: int = typer.Option(None, "--width", min=8, help="Width in pixels."),
+    fps: int = typer.Option(None, "--fps", min=1, help="Frames per second of the MP4."),
+    display_size: int = typer.Option(128, "--display-size", min=1, help="Upscale (nearest) small videos so the "
+                                     "shorter side is at least this many pixels in the MP4."),
+    save_frames_to: Path = typer.Option(None, "--save-frames", help="Also save the raw frames at the model's "
+                                        "resolution (.npy or .pt, uint8 [F, H, W, 3]) for metrics."),
+    device: str = DEVICE_OPTION,
+    quiet: bool = QUIET_OPTION,
+) -> None:
+    """Generate a video and write it as an MP4.
+
+    In: a prompt, and a quantized checkpoint or a model. Out: a playable H.264 MP4 (and, with
+    --save-frames, the raw frames).
+    """
+    # Imported here: `dq --help` must not wait for torch and diffusers.
+    from dq_cli.session import load_quantized, load_recipe_model, sampling
+    from dq_cli.video import save_frames, upscale, write_mp4
+    set_threads()
+    if out.suffix.lower() != ".mp4":
+        raise DQError(f"--out {out}: the video is written as MP4; give a path ending in .mp4")
+    check_writable(out, "--out")
+    if save_frames_to is not None and save_frames_to.suffix not in (".npy", ".pt"):
+        raise DQError(f"--save-frames {save_frames_to}: expected a .npy or .pt path")
+    if image is not None and not image.is_file():
+        raise DQError(f"--image {image}: no such file")
+    device = pick_device(device)
+    spec = recipes.load(recipe) if recipe else None
+    if checkpoint is not None:
+        adapter, info = load_quantized(checkpoint, device, model=model)
+        note(quiet, f"checkpoint {checkpoint}: {len(info.layers)} quantized layers")
+    elif spec is not None and model is None:
+        adapter = load_recipe_model(spec.model, device)
+    else:
+        from dq_cli.models import load_model
+
+        adapter = load_model(model or "dq-tiny", device=device)
+    if image is not None and not adapter.supports_image:
+        raise DQError(f"--image: the {adapter.family} model generates from text only; it cannot use an image")
+    if not adapter.trained:
+        note(quiet, "[yellow]note:[/] dq-tiny is untrained (seeded random weights): the video will be noise")
+    unknown = getattr(adapter, "unknown_words", lambda p: [])(prompt)
+    if unknown:
+        console.print(f"[yellow]warning:[/] words the model does not know (ignored): {', '.join(unknown)}")
+    run = sampling(adapter, spec.sampling if spec else None, steps=steps, guidance=guidance, seed=seed,
+                   frames=frames, height=height, width=width, fps=fps, negative_prompt=negative_prompt)
+    first_frame = _load_image(image) if image is not None else None
+    start = time.perf_counter()
+    with progress_bar(quiet, "denoising", run.steps) as advance:
+        video = adapter.generate(prompt, negative_prompt=run.negative_prompt, image=first_frame, steps=run.steps,
+                                 guidance=run.guidance, seed=run.seed, frames=run.frames, height=run.height,
+                                 width=run.width, on_step=lambda s: advance())
+    elapsed = time.perf_counter() - start
+    write_mp4(upscale(video, display_size), out, run.fps)
+    if save_frames_to is not None:
+        save_frames(video, save_frames_to)
+    note(quiet, f"{video.shape[0]} frames {video.shape[2]}×{video.shape[1]} in {elapsed:.1f} s "
+                f"({run.steps} steps, guidance {run.guidance}, seed {run.seed})")
+    console.print(f"wrote {out}") if not quiet else typer.echo(str(out))
+
+
+def _load_image(path: Path):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        return Image.open(path).convert("RGB")
+    except (UnidentifiedImageError, OSError) as e:
+        raise DQError(f"--image {path}: not a readable image ({e})") from None

@@ -1,0 +1,50 @@
+"""dq quantize: apply a recipe's quantization to a model and write a checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from dq_cli import recipe as recipes
+from dq_cli.commands.common import (DEVICE_OPTION, QUIET_OPTION, RECIPE_OPTION, check_writable, console,
+                                    handle_errors, note, pick_device, progress_bar, set_threads)
+
+
+@handle_errors
+def command(
+    recipe: str = RECIPE_OPTION,
+    model: str = typer.Option(None, "--model", "-m", help="Local diffusers folder; replaces the recipe's model.path."),
+    out: Path = typer.Option(None, "--out", "-o", help="Checkpoint to write (.safetensors). "
+                             "Default: out/<recipe name>.safetensors."),
+    device: str = DEVICE_OPTION,
+    quiet: bool = QUIET_OPTION,
+) -> None:
+    """Quantize the recipe's model and write one safetensors checkpoint.
+
+    In: a recipe (model + per-layer method/formats). Out: a checkpoint holding packed weights,
+    scales and the layers kept in 16 bits, with the recipe in its metadata; `dq generate
+    --checkpoint` runs it.
+    """
+    # Imported here: `dq --help` must not wait for torch and diffusers.
+    from dq_cli import checkpoint as ckpt
+    from dq_cli.quant import plan_layers, quantize_model
+    from dq_cli.session import load_recipe_model
+    set_threads()
+    spec = recipes.load(recipe, model_path=model)
+    source = recipes.resolve(recipe)[0]
+    out = out or Path("out") / (Path(source.removeprefix("builtin:")).stem + ".safetensors")
+    check_writable(out, "--out")
+    device = pick_device(device)
+    adapter = load_recipe_model(spec.model, device)
+    layers = adapter.linears()
+    plans = plan_layers(spec.quantization, layers, source)
+    if not adapter.trained:
+        note(quiet, "[yellow]note:[/] dq-tiny has no trained weights yet: quantizing a seeded random network")
+    with progress_bar(quiet, "quantizing layers", len(plans)) as advance:
+        count = quantize_model(adapter, plans, on_layer=lambda name: advance())
+    model_meta = {"name": spec.model.name, "path": spec.model.path, "family": adapter.family, "source": adapter.source}
+    ckpt.save(out, adapter.transformers(), plans, spec.text, model_meta)
+    size = out.stat().st_size
+    note(quiet, f"quantized {count} of {len(layers)} linear layers ({adapter.family})")
+    console.print(f"wrote {out} ({size / 2**20:.2f} MiB)") if not quiet else typer.echo(str(out))

@@ -1,0 +1,269 @@
+"""What every model family tells dq: its linear layers and their roles, the token grid of the
+current forward, which tokens are video, and how to sample with per-step callbacks.
+
+The forward state is tracked by a stateful `diffusers.hooks.ModelHook` on each transformer: the
+pipelines wrap every denoiser call in `transformer.cache_context("cond" | "uncond" | ...)`, which
+reaches exactly such hooks, so dq learns the CFG branch without patching a pipeline.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks.hooks import BaseState, StateManager
+
+TRACKER_HOOK = "dq_forward_tracker"
+
+# Module-name suffix → role, shared by every diffusers video DiT (Wan, LTX, CogVideoX).
+_ROLE_PATTERNS: tuple[tuple[str, str], ...] = (
+    (r"attn1\.to_q$", "self_attn.q"),
+    (r"attn1\.to_k$", "self_attn.k"),
+    (r"attn1\.to_v$", "self_attn.v"),
+    (r"attn1\.to_out\.0$", "self_attn.out"),
+    (r"attn2\.to_q$", "cross_attn.q"),
+    (r"attn2\.(to_k|add_k_proj)$", "cross_attn.k"),
+    (r"attn2\.(to_v|add_v_proj)$", "cross_attn.v"),
+    (r"attn2\.to_out\.0$", "cross_attn.out"),
+    (r"ff(n)?\.net\.0\.proj$", "ffn.up"),
+    (r"ff(n)?\.net\.2$", "ffn.down"),
+    (r"^(proj_out|norm_out\.linear)$", "head"),
+    (r"^(proj_in|patch_embed|patch_embedding|condition_embedder|time_embed|time_embedding|caption_projection)\b", "embed"),
+)
+_BLOCK_INDEX = re.compile(r"(?:blocks|transformer_blocks)\.(\d+)\.")
+
+
+def role_of(module_name: str) -> str:
+    for pattern, role in _ROLE_PATTERNS:
+        if re.search(pattern, module_name):
+            return role
+    return "other"
+
+
+@dataclass(frozen=True)
+class LinearInfo:
+    """One nn.Linear of a model. `name` is `<component>.<module path>`, what recipes match."""
+
+    component: str
+    module_name: str
+    role: str
+    in_features: int
+    out_features: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.component}.{self.module_name}"
+
+    @property
+    def block(self) -> int | None:
+        m = _BLOCK_INDEX.search(self.module_name + ".")
+        return int(m.group(1)) if m else None
+
+    @property
+    def sees_video(self) -> bool:
+        """Cross-attention K/V read text (or image-encoder) tokens only: no video grid there."""
+        return self.role not in ("cross_attn.k", "cross_attn.v", "embed")
+
+
+@dataclass
+class ForwardState:
+    """Where sampling is, as seen by the layers during one transformer forward."""
+
+    step: int = 0
+    num_steps: int = 0
+    expert: str = "transformer"
+    branches: tuple[str, ...] = ("cond",)
+    grid: tuple[int, int, int] = (0, 0, 0)
+    text_tokens: int = 0  # tokens before the video tokens in a joint sequence (CogVideoX)
+    in_forward: bool = False
+
+    @property
+    def progress(self) -> float:
+        return self.step / max(self.num_steps, 1)
+
+    @property
+    def video_tokens(self) -> slice:
+        t, h, w = self.grid
+        return slice(self.text_tokens, self.text_tokens + t * h * w)
+
+
+@dataclass
+class StepInfo:
+    step: int
+    num_steps: int
+    timestep: float
+    expert: str
+
+
+StepCallback = Callable[[StepInfo], None]
+
+
+class _NoState(BaseState):
+    def reset(self, *args, **kwargs) -> None:
+        pass
+
+
+class ForwardTracker(ModelHook):
+    """Records expert, CFG branches and token grid before each transformer forward."""
+
+    _is_stateful = True  # so that `cache_context(...)` hands us the branch name
+
+    def __init__(self, adapter: "Adapter", component: str):
+        super().__init__()
+        self.adapter, self.component = adapter, component
+        self.state_manager = StateManager(_NoState)
+
+    def pre_forward(self, module, *args, **kwargs):
+        state = self.adapter.state
+        context = self.state_manager._context
+        batch = self.adapter.batch_size(args, kwargs)
+        state.expert = self.component
+        state.branches = self.adapter.branches_of(context.name if context else None, batch)
+        state.grid, state.text_tokens = self.adapter.grid_of(module, args, kwargs)
+        state.in_forward = True
+        return args, kwargs
+
+    def post_forward(self, module, output):
+        self.adapter.state.in_forward = False
+        return output
+
+    def reset_state(self, module):
+        self.state_manager.reset()
+        return module
+
+
+@dataclass
+class SamplingDefaults:
+    steps: int
+    guidance: float
+    frames: int
+    height: int
+    width: int
+    fps: int = 16
+
+
+class Adapter:
+    """Base class of the model families. A subclass sets the class attributes and `grid_of`."""
+
+    family: str = ""
+    components: tuple[str, ...] = ("transformer",)
+    supports_image: bool = False
+    defaults: SamplingDefaults = SamplingDefaults(steps=30, guidance=5.0, frames=81, height=480, width=832)
+
+    def __init__(self, pipe, source: str):
+        self.pipe, self.source = pipe, source
+        self.state = ForwardState()
+        self.trained = True
+        for name, module in self.transformers().items():
+            HookRegistry.check_if_exists_or_initialize(module).register_hook(ForwardTracker(self, name), TRACKER_HOOK)
+
+    # ---- what the model is -------------------------------------------------------------------
+    def transformers(self) -> dict[str, torch.nn.Module]:
+        return {c: getattr(self.pipe, c) for c in self.components if getattr(self.pipe, c, None) is not None}
+
+    def linears(self) -> list[LinearInfo]:
+        out = []
+        for component, model in self.transformers().items():
+            for name, module in model.named_modules():
+                if isinstance(module, torch.nn.Linear) or getattr(module, "is_quant_linear", False):
+                    out.append(LinearInfo(component, name, role_of(name), module.in_features, module.out_features))
+        return out
+
+    def module(self, info: LinearInfo) -> torch.nn.Module:
+        return self.transformers()[info.component].get_submodule(info.module_name)
+
+    def model_config(self) -> dict[str, dict]:
+        return {c: dict(m.config) for c, m in self.transformers().items()}
+
+    # ---- the current forward -----------------------------------------------------------------
+    def batch_size(self, args, kwargs) -> int:
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        return int(hidden.shape[0])
+
+    def branches_of(self, context: str | None, batch: int) -> tuple[str, ...]:
+        if context in ("cond", "uncond"):
+            return (context,) * batch
+        if context == "cond_uncond" or (context is None and batch == 2 and self.state.num_steps):
+            # LTX and CogVideoX batch CFG as torch.cat([negative, positive]).
+            half = batch // 2
+            return ("uncond",) * half + ("cond",) * (batch - half)
+        return ("cond",) * batch
+
+    def grid_of(self, module, args, kwargs) -> tuple[tuple[int, int, int], int]:
+        raise NotImplementedError
+
+    # ---- sampling ----------------------------------------------------------------------------
+    def expert_at(self, timestep: float) -> str:
+        boundary = getattr(self.pipe.config, "boundary_ratio", None)
+        if boundary is None or "transformer_2" not in self.transformers():
+            return "transformer"
+        t_boundary = boundary * self.pipe.scheduler.config.num_train_timesteps
+        return "transformer" if timestep >= t_boundary else "transformer_2"
+
+    def generate(self, prompt: str, *, negative_prompt: str = "", image=None, steps: int, guidance: float,
+                 seed: int, frames: int, height: int, width: int,
+                 on_step: StepCallback | None = None, progress: bool = False) -> torch.Tensor:
+        """Sample one video; returns uint8 frames [F, H, W, 3]. `on_step` runs after each step."""
+        state = self.state
+        state.step, state.num_steps = 0, steps
+
+        def step_end(pipe, i, t, kwargs):
+            timestep = float(t)
+            if on_step is not None:
+                on_step(StepInfo(i, steps, timestep, self.expert_at(timestep)))
+            state.step = i + 1
+            return {}
+
+        self.pipe.set_progress_bar_config(disable=not progress)
+        call = dict(prompt=prompt, negative_prompt=negative_prompt or None, num_inference_steps=steps,
+                    guidance_scale=guidance, num_frames=frames, height=height, width=width,
+                    generator=torch.Generator("cpu").manual_seed(seed), output_type="pt",
+                    callback_on_step_end=step_end)
+        if image is not None:
+            call["image"] = image
+        with torch.inference_mode():
+            video = self.pipe(**self.pipeline_kwargs(call)).frames[0]  # [F, 3, H, W] in [0, 1]
+        return (video.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+    def pipeline_kwargs(self, call: dict) -> dict:
+        return call
+
+    def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> "Adapter":
+        current = next(iter(self.transformers().values())).dtype
+        self.pipe.to(device) if dtype in (None, current) else self.pipe.to(device, dtype)
+        return self
+
+
+def folder_family(path: Path) -> str | None:
+    """Tell the family of a local diffusers folder from its model_index.json."""
+    import json
+
+    index = path / "model_index.json"
+    if not index.is_file():
+        return None
+    meta = json.loads(index.read_text())
+    cls = meta.get("_class_name", "")
+    if cls == "WanImageToVideoPipeline":
+        return "wan-i2v"
+    if cls == "WanPipeline":
+        transformer = path / "transformer" / "config.json"
+        if transformer.is_file() and json.loads(transformer.read_text()).get("in_channels", 16) == 48:
+            return "wan-ti2v"
+        return "wan"
+    if cls.startswith("LTX"):
+        return "ltx"
+    if cls.startswith("CogVideoX"):
+        return "cogvideox"
+    if cls == "DqTinyPipeline":
+        return "dq-tiny"
+    return None
+
+
+@dataclass
+class LoadedModel:
+    adapter: Adapter
+    notes: list[str] = field(default_factory=list)

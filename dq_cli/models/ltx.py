@@ -1,0 +1,15 @@
+"""LTX-Video: patch size 1; the transformer receives tokens already packed, with the latent
+(frames, height, width) passed beside them."""
+
+from __future__ import annotations
+
+from dq_cli.models.base import Adapter, SamplingDefaults
+
+
+class LTXAdapter(Adapter):
+    family = "ltx"
+    defaults = SamplingDefaults(steps=50, guidance=3.0, frames=121, height=512, width=768, fps=24)
+
+    def grid_of(self, module, args, kwargs):
+        p, pt = module.config.patch_size, module.config.patch_size_t
+        return (kwargs["num_frames"] // pt, kwargs["height"] // p, kwargs["width"] // p), 0

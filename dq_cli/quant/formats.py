@@ -1,0 +1,82 @@
+"""The formats as `QuantLinear` stores and applies them: weights packed once into named tensors,
+activations quantized on the fly. The numerics live in `dq_kernels`; this module only chooses
+the layout (which tensors, padded K) for each format name a recipe can use."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from dq_kernels.fp8 import dequantize_fp8, quantize_fp8
+from dq_kernels.int4 import dequantize_int4, pack_int4, quantize_int4, unpack_int4
+from dq_kernels.int8 import dequantize_int8, quantize_int8_rowwise
+from dq_kernels.nvfp4 import dequantize_nvfp4, pack_fp4, quantize_nvfp4, unpack_fp4
+
+NVFP4_BLOCK = 16
+
+# Bits per stored weight element (values only; scales are counted from the tensors themselves).
+WEIGHT_BITS = {"bf16": 16, "int8": 8, "fp8": 8, "int4": 4, "nvfp4": 4}
+ACTIVATION_BITS = {"none": 16, "int8": 8, "fp8": 8, "int4": 4, "nvfp4": 4}
+
+
+def k_multiple(fmt: str, group_size: int) -> int:
+    """K must be a multiple of this for the format (callers pad with zeros)."""
+    return {"int4": group_size, "nvfp4": NVFP4_BLOCK}.get(fmt, 1)
+
+
+def pad_k(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    extra = -x.shape[-1] % multiple
+    return F.pad(x, (0, extra)) if extra else x
+
+
+# ---- weights -----------------------------------------------------------------------------------
+def pack_weight(w: torch.Tensor, fmt: str, group_size: int) -> dict[str, torch.Tensor]:
+    """Quantize a weight [N, K] (K already padded) into the tensors a checkpoint stores."""
+    w = w.float()
+    if fmt == "bf16":
+        return {"weight": w.to(torch.bfloat16)}
+    if fmt == "int8":
+        q, s = quantize_int8_rowwise(w)
+        return {"qweight": q, "scales": s}
+    if fmt == "fp8":
+        q, s = quantize_fp8(w)
+        return {"qweight": q, "scales": s}
+    if fmt == "int4":
+        q, s = quantize_int4(w, group_size)
+        return {"qweight": pack_int4(q), "scales": s}
+    if fmt == "nvfp4":
+        q, s, ts = quantize_nvfp4(w)
+        return {"qweight": pack_fp4(q), "block_scales": s, "tensor_scale": ts}
+    raise ValueError(f"unknown weight format {fmt!r}")
+
+
+def unpack_weight(t: dict[str, torch.Tensor], fmt: str, group_size: int) -> torch.Tensor:
+    """The fp32 weight [N, K_padded] that the packed tensors represent."""
+    if fmt == "bf16":
+        return t["weight"].float()
+    if fmt == "int8":
+        return dequantize_int8(t["qweight"], t["scales"])
+    if fmt == "fp8":
+        return dequantize_fp8(t["qweight"], t["scales"])
+    if fmt == "int4":
+        return dequantize_int4(unpack_int4(t["qweight"]), t["scales"], group_size)
+    if fmt == "nvfp4":
+        return dequantize_nvfp4(unpack_fp4(t["qweight"]), t["block_scales"], t["tensor_scale"])
+    raise ValueError(f"unknown weight format {fmt!r}")
+
+
+# ---- activations -------------------------------------------------------------------------------
+def fake_quant(x: torch.Tensor, fmt: str, group_size: int) -> torch.Tensor:
+    """Round activations [tokens, K_padded] to the format's grid (dynamic scales), in fp32."""
+    x = x.float()
+    if fmt == "none":
+        return x
+    if fmt == "int8":
+        return dequantize_int8(*quantize_int8_rowwise(x))
+    if fmt == "fp8":
+        return dequantize_fp8(*quantize_fp8(x))
+    if fmt == "int4":
+        return dequantize_int4(*quantize_int4(x, group_size), group_size)
+    if fmt == "nvfp4":
+        return dequantize_nvfp4(*quantize_nvfp4(x))
+    raise ValueError(f"unknown activation format {fmt!r}")
