@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 OUT     ?= out
 
-.PHONY: demo test test-all test-gpu venv clean train
+.PHONY: demo test test-gpu venv clean train
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -33,6 +33,15 @@ test: $(STAMP)
 
 test-gpu: $(STAMP)
 	$(BIN)/python -m pytest -m gpu -q
+
+# Train dq-tiny (on a GPU): one time-boxed session that resumes from runs/dq-tiny, then export
+# the EMA weights, model card and loss curve into the package. On a machine with torch already
+# installed: `make train TRAIN_PY=python3`.
+TRAIN_PY ?= $(BIN)/python
+TRAIN_MINUTES ?= 9
+train:
+	$(TRAIN_PY) -m dq_cli.tiny.train --state runs/dq-tiny --minutes $(TRAIN_MINUTES)
+	$(TRAIN_PY) -m dq_cli.tiny.train --state runs/dq-tiny --export dq_cli/tiny/weights
 
 clean:
 	rm -rf $(OUT) .pytest_cache

@@ -25,6 +25,10 @@ def command(
     frames: int = typer.Option(None, "--frames", min=1),
     height: int = typer.Option(None, "--height", min=8),
     width: int = typer.Option(None, "--width", min=8),
+    quality: bool = typer.Option(False, "--quality", help="Quality mode: run a prompt set (default: dq-tiny's "
+                                 "held-out prompts) and report PSNR/SSIM against the baseline and prompt adherence."),
+    prompts: Path = typer.Option(None, "--prompts", help="Prompt file for --quality (txt, jsonl, csv, parquet)."),
+    num_prompts: int = typer.Option(None, "--num-prompts", "-n", min=1, help="Use the first N prompts (--quality)."),
     out: Path = typer.Option(None, "--out", "-o", help="Write <out>.json and <out>.md."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
     device: str = DEVICE_OPTION,
@@ -38,6 +42,7 @@ def command(
     """
     # Imported here: `dq --help` must not wait for torch and diffusers.
     from dq_cli import bench as lib
+    from dq_cli import quality_bench as qb
     from dq_cli.models import load_model
     from dq_cli.session import load_quantized, sampling
     set_threads()
@@ -53,6 +58,9 @@ def command(
         baseline_name = spec.get("path") or spec["name"]
     baseline = load_model(baseline_name or "dq-tiny", device=device)
     run = sampling(baseline, None, steps=steps, seed=seed, frames=frames, height=height, width=width)
+    if quality:
+        doc = _quality(baseline, checkpoints, model, run, prompts, num_prompts, device, quiet)
+        return _emit(doc, out, as_json, quiet, qb.markdown, _print_quality)
     rows = []
     with progress_bar(quiet, "benchmarking", run.steps * (1 + len(checkpoints))) as advance:
         row, reference = lib.run_config("baseline", baseline, prompt, run, None, on_step=lambda s: advance())
@@ -67,15 +75,56 @@ def command(
     settings = {"prompt": prompt, "steps": run.steps, "seed": run.seed, "frames": run.frames,
                 "height": run.height, "width": run.width}
     doc = lib.report(rows, lib.environment(device), settings)
+    _emit(doc, out, as_json, quiet, lib.markdown, _print_table)
+
+
+def _emit(doc: dict, out: Path | None, as_json: bool, quiet: bool, to_markdown, print_table) -> None:
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.with_suffix(".json").write_text(json.dumps(doc, indent=1))
-        out.with_suffix(".md").write_text(lib.markdown(doc))
+        out.with_suffix(".md").write_text(to_markdown(doc))
         note(quiet, f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
     if as_json:
         typer.echo(json.dumps(doc, indent=1))
     elif not quiet:
-        _print_table(doc)
+        print_table(doc)
+
+
+def _quality(baseline, checkpoints, model, run, prompts, num_prompts, device, quiet) -> dict:
+    from dq_calib.prompts import PromptSourceError, load_prompts
+    from dq_cli import bench as lib
+    from dq_cli import quality_bench as qb
+    from dq_cli.commands.calibrate import builtin_prompts
+    from dq_cli.session import load_quantized
+
+    source = prompts or builtin_prompts("dq-tiny-heldout")
+    try:
+        prompt_list = load_prompts(source, num_prompts)
+    except PromptSourceError as e:
+        raise DQError(str(e)) from None
+    adherence = baseline.family == "dq-tiny"  # the analyzer reads dq-tiny's world only
+    with progress_bar(quiet, "generating", len(prompt_list) * (1 + len(checkpoints))) as advance:
+        reference = qb.generate_all(baseline, prompt_list, run, on_video=advance)
+        rows = [qb.evaluate("baseline", prompt_list, reference, None, adherence)]
+        for path in checkpoints:
+            adapter, _ = load_quantized(path, device, model=model)
+            videos = qb.generate_all(adapter, prompt_list, run, on_video=advance)
+            rows.append(qb.evaluate(path.stem, prompt_list, videos, reference, adherence))
+    settings = {"prompts": len(prompt_list), "prompt_source": str(source), "steps": run.steps,
+                "guidance": run.guidance, "seed": run.seed, "frames": run.frames, "height": run.height,
+                "width": run.width}
+    return qb.report(rows, lib.environment(device), settings)
+
+
+def _print_quality(doc: dict) -> None:
+    table = Table(title=f"dq bench --quality ({doc['settings']['prompts']} prompts)")
+    for col in ("config", "PSNR dB", "SSIM", "adherence %"):
+        table.add_column(col, justify="right")
+    for r in doc["rows"]:
+        table.add_row(r["config"], "—" if r["psnr_db"] is None else f"{r['psnr_db']:.2f}",
+                      "—" if r["ssim"] is None else f"{r['ssim']:.4f}",
+                      "—" if r["adherence"] is None else f"{100 * r['adherence']:.1f}")
+    console.print(table)
 
 
 def _print_table(doc: dict) -> None:

@@ -1,0 +1,78 @@
+"""`dq bench --quality`: a prompt set through the unquantized model and any number of quantized
+checkpoints at the same seeds. Per configuration: PSNR and SSIM of each video against the
+baseline's video (per frame, averaged), and prompt adherence (dq-tiny's world analyzer)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+
+from dq_cli.models.base import Adapter
+from dq_cli.quality import psnr, score, ssim
+
+QUALITY_REPORT_VERSION = 1
+
+
+@dataclass
+class QualityRow:
+    config: str
+    psnr_db: float | None = None       # mean over prompts; None for the baseline itself
+    ssim: float | None = None
+    adherence: float | None = None     # mean overall adherence over prompts, 0..1
+    per_prompt: list[dict] = field(default_factory=list)
+
+
+def generate_all(adapter: Adapter, prompts: list[str], run, on_video: Callable[[], None] | None = None
+                 ) -> list[torch.Tensor]:
+    videos = []
+    for i, prompt in enumerate(prompts):
+        videos.append(adapter.generate(prompt, negative_prompt=run.negative_prompt, steps=run.steps,
+                                       guidance=run.guidance, seed=run.seed + i, frames=run.frames,
+                                       height=run.height, width=run.width))
+        if on_video:
+            on_video()
+    return videos
+
+
+def evaluate(name: str, prompts: list[str], videos: list[torch.Tensor], reference: list[torch.Tensor] | None,
+             adherence: bool) -> QualityRow:
+    row = QualityRow(config=name)
+    for prompt, video, ref in zip(prompts, videos, reference or [None] * len(videos)):
+        entry: dict = {"prompt": prompt}
+        if ref is not None:
+            entry["psnr_db"], entry["ssim"] = psnr(video, ref), ssim(video, ref)
+        if adherence:
+            s = score(video, prompt)
+            entry["adherence"] = s.overall
+            entry["attributes"] = {k: getattr(s, f"{k}_ok") for k in s.counted}
+        row.per_prompt.append(entry)
+    if reference is not None:
+        finite = [e["psnr_db"] for e in row.per_prompt if math.isfinite(e["psnr_db"])]
+        row.psnr_db = statistics.mean(finite) if finite else math.inf
+        row.ssim = statistics.mean(e["ssim"] for e in row.per_prompt)
+    if adherence:
+        row.adherence = statistics.mean(e["adherence"] for e in row.per_prompt)
+    return row
+
+
+def report(rows: list[QualityRow], env: dict, settings: dict) -> dict:
+    return {"report_version": QUALITY_REPORT_VERSION, "kind": "quality", "environment": env,
+            "settings": settings, "rows": [asdict(r) for r in rows]}
+
+
+def markdown(doc: dict) -> str:
+    lines = ["| config | PSNR vs baseline (dB) | SSIM vs baseline | adherence (%) |", "|---|---|---|---|"]
+    for r in doc["rows"]:
+        p = "—" if r["psnr_db"] is None else ("inf" if math.isinf(r["psnr_db"]) else f"{r['psnr_db']:.2f}")
+        s = "—" if r["ssim"] is None else f"{r['ssim']:.4f}"
+        a = "—" if r["adherence"] is None else f"{100 * r['adherence']:.1f}"
+        lines.append(f"| {r['config']} | {p} | {s} | {a} |")
+    st = doc["settings"]
+    lines += ["", f"{st['prompts']} prompts from {st['prompt_source']}, {st['steps']} steps, guidance "
+                  f"{st['guidance']}, seeds {st['seed']}…{st['seed'] + st['prompts'] - 1}; device "
+                  f"{doc['environment'].get('gpu', doc['environment']['device'])}."]
+    return "\n".join(lines) + "\n"
