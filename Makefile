@@ -29,19 +29,21 @@ demo: $(STAMP)
 
 # Everything but the GPU tests; slow ones included (the whole run stays well under 20 minutes).
 test: $(STAMP)
-	TRITON_INTERPRET=1 $(BIN)/python -m pytest -m "not gpu" -q
+	TRITON_INTERPRET=1 $(BIN)/python -P -m pytest -m "not gpu" -q
 
 test-gpu: $(STAMP)
-	$(BIN)/python -m pytest -m gpu -q
+	$(BIN)/python -P -m pytest -m gpu -q
 
 # Train dq-tiny (on a GPU): one time-boxed session that resumes from runs/dq-tiny, then export
 # the EMA weights, model card and loss curve into the package. On a machine with torch already
 # installed: `make train TRAIN_PY=python3`.
 TRAIN_PY ?= $(BIN)/python
 TRAIN_MINUTES ?= 9
+# -P keeps the repo root off sys.path: its kernels/ folder would shadow the PyPI `kernels` package
+# that transformers probes for.
 train:
-	$(TRAIN_PY) -m dq_cli.tiny.train --state runs/dq-tiny --minutes $(TRAIN_MINUTES)
-	$(TRAIN_PY) -m dq_cli.tiny.train --state runs/dq-tiny --export dq_cli/tiny/weights
+	$(TRAIN_PY) -P -m dq_cli.tiny.train --state runs/dq-tiny --minutes $(TRAIN_MINUTES)
+	$(TRAIN_PY) -P -m dq_cli.tiny.train --state runs/dq-tiny --export dq_cli/tiny/weights
 
 clean:
 	rm -rf $(OUT) .pytest_cache

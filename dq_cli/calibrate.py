@@ -24,7 +24,7 @@ BRANCH_CODES = {"cond": 0, "uncond": 1}
 @dataclass
 class CalibrationResult:
     stats: dict[str, LayerStats]
-    steps_seen: dict[str, list[int]] = field(default_factory=dict)      # expert -> steps
+    steps_seen: dict[str, list[int]] = field(default_factory=dict)      # expert -> steps it ran
     branches_seen: set[str] = field(default_factory=set)
     forwards: int = 0
 
@@ -37,19 +37,21 @@ def token_meta(adapter: Adapter, batch: int, seq: int) -> torch.Tensor:
     for b, branch in enumerate(state.branches[:batch]):
         meta[b, :, 1] = BRANCH_CODES.get(branch, -1)
     t, h, w = state.grid
-    video = state.video_tokens
-    n = min(t * h * w, seq - video.start)
+    # A joint sequence (CogVideoX) has its text first; a layer after the split (the head) sees video only.
+    start = 0 if seq == t * h * w else state.video_tokens.start
+    n = min(t * h * w, seq - start)
     if n > 0:
         idx = torch.arange(n)
-        meta[:, video.start : video.start + n, 2] = (idx // (h * w)).int()
-        meta[:, video.start : video.start + n, 3] = ((idx // w) % h).int()
-        meta[:, video.start : video.start + n, 4] = (idx % w).int()
+        meta[:, start : start + n, 2] = (idx // (h * w)).int()
+        meta[:, start : start + n, 3] = ((idx // w) % h).int()
+        meta[:, start : start + n, 4] = (idx % w).int()
     return meta.reshape(batch * seq, 5)
 
 
 def calibrate(adapter: Adapter, layers: list[LinearInfo], prompts: list[str], *, steps: int, guidance: float,
               frames: int, height: int, width: int, seed: int, step_ranges: int, tokens_per_layer: int,
-              negative_prompt: str = "", on_step: Callable[[StepInfo], None] | None = None) -> CalibrationResult:
+              negative_prompt: str = "", image=None,
+              on_step: Callable[[StepInfo], None] | None = None) -> CalibrationResult:
     result = CalibrationResult({info.name: LayerStats.new(info.in_features, step_ranges, tokens_per_layer,
                                                           seed + i) for i, info in enumerate(layers)})
 
@@ -67,21 +69,19 @@ def calibrate(adapter: Adapter, layers: list[LinearInfo], prompts: list[str], *,
 
         return hook
 
-    def track(step: StepInfo):
-        result.steps_seen.setdefault(step.expert, []).append(step.step)
-        if on_step:
-            on_step(step)
-
-    def count(module, args, kwargs):
+    def count(module, args, kwargs, output):
+        # After the forward: torch's own pre-hooks run before the tracker has set the state.
+        state = adapter.state
         result.forwards += 1
-        result.branches_seen.update(adapter.state.branches)
+        result.branches_seen.update(state.branches)
+        result.steps_seen.setdefault(state.expert, []).append(state.step)
 
     handles = [adapter.module(info).register_forward_pre_hook(observe(info)) for info in layers]
-    handles += [m.register_forward_pre_hook(count, with_kwargs=True) for m in adapter.transformers().values()]
+    handles += [m.register_forward_hook(count, with_kwargs=True) for m in adapter.transformers().values()]
     try:
         for i, prompt in enumerate(prompts):
-            adapter.generate(prompt, negative_prompt=negative_prompt, steps=steps, guidance=guidance,
-                             seed=seed + i, frames=frames, height=height, width=width, on_step=track)
+            adapter.generate(prompt, negative_prompt=negative_prompt, image=image, steps=steps, guidance=guidance,
+                             seed=seed + i, frames=frames, height=height, width=width, on_step=on_step)
     finally:
         for h in handles:
             h.remove()

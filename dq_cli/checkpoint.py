@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 
 from dq_cli import __version__
 from dq_cli.errors import CheckpointError
+from dq_cli.models.base import LinearInfo, role_of
 from dq_cli.quant.apply import set_submodule
 from dq_cli.quant.linear import QuantLinear
 from dq_cli.quant.plan import LayerPlan
@@ -40,7 +41,7 @@ class CheckpointInfo:
 
 
 def save(path: Path, components: dict[str, torch.nn.Module], plans: dict[str, LayerPlan],
-         recipe_text: str, model: dict) -> None:
+         recipe_text: str, model: dict, fits: dict | None = None) -> None:
     """Write atomically: a temporary file in the same folder, renamed when complete."""
     tensors = {}
     for component, module in components.items():
@@ -55,6 +56,8 @@ def save(path: Path, components: dict[str, torch.nn.Module], plans: dict[str, La
         "classes": json.dumps({c: type(m).__name__ for c, m in components.items()}),
         "configs": json.dumps({c: _jsonable(dict(m.config)) for c, m in components.items()}),
         "layers": json.dumps({name: plan.to_json() for name, plan in plans.items()}),
+        # What calibration found per layer (smoothing strength, relative output error).
+        "fits": json.dumps(fits or {}),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
@@ -104,8 +107,9 @@ def build_components(info: CheckpointInfo, device: str, dtype: torch.dtype) -> d
             for name, plan in info.layers.items():
                 if name.startswith(prefix):
                     module_name = name[len(prefix):]
-                    set_submodule(model, module_name,
-                                  QuantLinear.empty_like(model.get_submodule(module_name), plan, name))
+                    info = LinearInfo(component, module_name, role_of(module_name), 0, 0)
+                    set_submodule(model, module_name, QuantLinear.empty_like(
+                        model.get_submodule(module_name), plan, name, sees_video=info.sees_video))
             expected = {prefix + k for k in model.state_dict()}
             missing = sorted(expected - keys)
             if missing:
@@ -113,11 +117,19 @@ def build_components(info: CheckpointInfo, device: str, dtype: torch.dtype) -> d
                                       f"({len(missing)} missing); the file does not match its metadata")
             packed = {f"{n}.{t}" for n, m in model.named_modules() if isinstance(m, QuantLinear)
                       for t in m.tensor_names}
+            # As diffusers' from_pretrained does: modules the class keeps in fp32 (Wan's time
+            # embedder, norms, modulation tables) stay fp32 in a 16-bit model.
+            keep_fp32 = tuple(getattr(cls, "_keep_in_fp32_modules", None) or ())
             state = {}
             for key in expected:
                 value, local = f.get_tensor(key), key[len(prefix):]
                 # Quantized tensors keep their stored dtypes: they are the format.
-                state[local] = value if local in packed or not value.is_floating_point() else value.to(dtype)
+                if local in packed or not value.is_floating_point():
+                    state[local] = value
+                elif dtype in (torch.float16, torch.bfloat16) and any(m in local.split(".") for m in keep_fp32):
+                    state[local] = value.float()
+                else:
+                    state[local] = value.to(dtype)
             model.load_state_dict(state, assign=True, strict=True)
             components[component] = model.to(device).eval()
     return components

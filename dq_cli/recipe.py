@@ -167,7 +167,9 @@ def resolve(name_or_path: str) -> tuple[str, str]:
     builtin = resources.files(BUILTIN_PACKAGE) / name
     if "/" not in name_or_path and builtin.is_file():
         return f"builtin:{name}", builtin.read_text()
-    hint = _closest(name, builtin_recipes())
+    stems = {n.removesuffix(".yaml"): n for n in builtin_recipes()}  # the shared suffix is no likeness
+    match = difflib.get_close_matches(name.removesuffix(".yaml"), list(stems), n=1, cutoff=0.5)
+    hint = f" — did you mean '{stems[match[0]]}'?" if match else ""
     raise RecipeError(name_or_path, "", "no such file or built-in recipe" + hint
                       + f" (built-in: {', '.join(builtin_recipes())})")
 

@@ -10,6 +10,7 @@ from dq_cli import checkpoint as ckpt
 from dq_cli.errors import CheckpointError
 from dq_cli.models import load_model, resolve_dtype, transformer_configs
 from dq_cli.models.base import Adapter
+from dq_cli.quant.apply import attach_state
 from dq_cli.recipe import ModelSpec, Recipe, SamplingSpec
 
 
@@ -48,6 +49,7 @@ def load_quantized(path: Path, device: str, dtype: str = "auto", model: str | No
     components = ckpt.build_components(info, device, resolve_dtype(dtype, device))
     adapter = load_model(name, folder, spec.get("family") if not model else None, device=device, dtype=dtype,
                          components=components)
+    attach_state(adapter)
     return adapter, info
 
 

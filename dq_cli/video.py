@@ -68,6 +68,8 @@ def save_frames(frames: torch.Tensor, path: Path) -> None:
 
 
 def read_mp4(path: Path) -> torch.Tensor:
-    import imageio.v2 as imageio
+    """uint8 [F, H, W, 3]. (Not `list(imageio.v2.get_reader(...))`: the reader reports its unknown
+    length as sys.maxsize, which list() preallocates: MemoryError.)"""
+    import imageio.v3 as iio
 
-    return torch.from_numpy(np.stack(list(imageio.get_reader(str(path), format="FFMPEG"))))
+    return torch.from_numpy(np.ascontiguousarray(iio.imread(str(path), plugin="FFMPEG")))

@@ -9,12 +9,13 @@ import typer
 
 from dq_cli import recipe as recipes
 from dq_cli.commands.common import (DEVICE_OPTION, QUIET_OPTION, RECIPE_OPTION, check_writable, console,
-                                    handle_errors, note, pick_device, progress_bar, set_threads)
+                                    handle_errors, load_image, note, pick_device, progress_bar, set_threads)
 from dq_cli.errors import DQError
 
 
 def builtin_prompts(family: str) -> Path:
-    name = "dq-tiny.txt" if family == "dq-tiny" else "video.txt"
+    """A built-in prompt set: dq-tiny's training-world captions, its held-out set, or video.txt."""
+    name = f"{family}.txt" if family.startswith("dq-tiny") else "video.txt"
     return Path(str(resources.files("dq_recipes") / "prompts" / name))
 
 
@@ -27,6 +28,8 @@ def command(
     prompts: str = typer.Option(None, "--prompts", "-p", help="Prompt file (txt, jsonl, csv, parquet) or a saved "
                                 "datasets folder; overrides calibration.prompts."),
     num_prompts: int = typer.Option(None, "--num-prompts", "-n", min=1, help="Overrides calibration.num_prompts."),
+    image: Path = typer.Option(None, "--image", help="First-frame image for every prompt; required by "
+                               "image-to-video models (Wan 2.2 I2V-A14B)."),
     device: str = DEVICE_OPTION,
     quiet: bool = QUIET_OPTION,
 ) -> None:
@@ -46,11 +49,18 @@ def command(
     source = recipes.resolve(recipe)[0]
     out = out or Path("out") / (Path(source.removeprefix("builtin:")).stem + "-calib")
     check_writable(out.with_suffix(".safetensors"), "--out")
+    if image is not None and not image.is_file():
+        raise DQError(f"--image {image}: no such file")
     cal = spec.calibration
     device = pick_device(device)
     adapter = load_recipe_model(spec.model, device)
     plans = plan_layers(spec.quantization, adapter.linears(), source)
     layers = [info for info in adapter.linears() if info.name in plans]
+    if image is not None and not adapter.supports_image:
+        raise DQError(f"--image: the {adapter.family} model generates from text only; it cannot use an image")
+    if image is None and adapter.needs_image:
+        raise DQError(f"--image: the {adapter.family} model generates from a first frame; give --image")
+    first_frame = load_image(image) if image is not None else None
     prompt_source = prompts or (str(builtin_prompts(adapter.family)) if cal.prompts == "builtin" else cal.prompts)
     try:
         prompt_list = load_prompts(prompt_source, num_prompts or cal.num_prompts)
@@ -63,7 +73,7 @@ def command(
         result = calibrate(adapter, layers, prompt_list, steps=run.steps, guidance=run.guidance,
                            frames=run.frames, height=run.height, width=run.width, seed=cal.seed,
                            step_ranges=cal.step_ranges, tokens_per_layer=cal.tokens_per_layer,
-                           negative_prompt=run.negative_prompt, on_step=lambda s: advance())
+                           negative_prompt=run.negative_prompt, image=first_frame, on_step=lambda s: advance())
     summary = {"model": {"name": spec.model.name, "path": spec.model.path, "family": adapter.family},
                "prompts": len(prompt_list), "prompt_source": prompt_source, "steps": run.steps,
                "step_ranges": cal.step_ranges, "forwards": result.forwards,

@@ -52,6 +52,10 @@ def _quiet_libraries() -> None:
     from diffusers.utils import logging as dlog
 
     dlog.set_verbosity_error()
+    dlog.disable_progress_bar()  # "Loading pipeline components": dq shows its own progress
+    from transformers.utils import logging as tlog
+
+    tlog.disable_progress_bar()
     logging.getLogger("datasets").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
 
@@ -98,3 +102,13 @@ def check_writable(path: Path, what: str) -> None:
     parent = path.parent if str(path.parent) else Path(".")
     if parent.exists() and not os.access(parent, os.W_OK):
         raise DQError(f"{what} {path}: folder is not writable")
+
+
+def load_image(path: Path):
+    """A first-frame image as RGB; an unreadable file is the user's error."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        return Image.open(path).convert("RGB")
+    except (UnidentifiedImageError, OSError) as e:
+        raise DQError(f"--image {path}: not a readable image ({e})") from None

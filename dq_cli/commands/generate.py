@@ -8,8 +8,8 @@ from pathlib import Path
 import typer
 
 from dq_cli import recipe as recipes
-from dq_cli.commands.common import (DEVICE_OPTION, QUIET_OPTION, check_writable, console, handle_errors, note,
-                                    pick_device, progress_bar, set_threads)
+from dq_cli.commands.common import (DEVICE_OPTION, QUIET_OPTION, check_writable, console, handle_errors, load_image,
+                                    note, pick_device, progress_bar, set_threads)
 from dq_cli.errors import DQError
 
 
@@ -68,6 +68,8 @@ def command(
         adapter = load_model(model or "dq-tiny", device=device)
     if image is not None and not adapter.supports_image:
         raise DQError(f"--image: the {adapter.family} model generates from text only; it cannot use an image")
+    if image is None and adapter.needs_image:
+        raise DQError(f"--image: the {adapter.family} model generates from a first frame; give --image")
     if not adapter.trained:
         note(quiet, "[yellow]note:[/] dq-tiny is untrained (seeded random weights): the video will be noise")
     unknown = getattr(adapter, "unknown_words", lambda p: [])(prompt)
@@ -75,7 +77,7 @@ def command(
         console.print(f"[yellow]warning:[/] words the model does not know (ignored): {', '.join(unknown)}")
     run = sampling(adapter, spec.sampling if spec else None, steps=steps, guidance=guidance, seed=seed,
                    frames=frames, height=height, width=width, fps=fps, negative_prompt=negative_prompt)
-    first_frame = _load_image(image) if image is not None else None
+    first_frame = load_image(image) if image is not None else None
     start = time.perf_counter()
     with progress_bar(quiet, "denoising", run.steps) as advance:
         video = adapter.generate(prompt, negative_prompt=run.negative_prompt, image=first_frame, steps=run.steps,
@@ -88,12 +90,3 @@ def command(
     note(quiet, f"{video.shape[0]} frames {video.shape[2]}×{video.shape[1]} in {elapsed:.1f} s "
                 f"({run.steps} steps, guidance {run.guidance}, seed {run.seed})")
     console.print(f"wrote {out}") if not quiet else typer.echo(str(out))
-
-
-def _load_image(path: Path):
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        return Image.open(path).convert("RGB")
-    except (UnidentifiedImageError, OSError) as e:
-        raise DQError(f"--image {path}: not a readable image ({e})") from None

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from dq_cli import recipe as recipes
+from dq_cli.errors import DQError
 from dq_cli.commands.common import (DEVICE_OPTION, QUIET_OPTION, RECIPE_OPTION, check_writable, console,
                                     handle_errors, note, pick_device, progress_bar, set_threads)
 
@@ -17,6 +18,9 @@ def command(
     model: str = typer.Option(None, "--model", "-m", help="Local diffusers folder; replaces the recipe's model.path."),
     out: Path = typer.Option(None, "--out", "-o", help="Checkpoint to write (.safetensors). "
                              "Default: out/<recipe name>.safetensors."),
+    calibration: Path = typer.Option(None, "--calibration", "-c", help="Artifact of `dq calibrate` (needed by "
+                                     "smoothquant / svdquant / deltaquant). Default: out/<recipe name>-calib "
+                                     "when it exists."),
     device: str = DEVICE_OPTION,
     quiet: bool = QUIET_OPTION,
 ) -> None:
@@ -28,12 +32,15 @@ def command(
     """
     # Imported here: `dq --help` must not wait for torch and diffusers.
     from dq_cli import checkpoint as ckpt
+    from dq_calib.artifact import ArtifactError, load_calibration
     from dq_cli.quant import plan_layers, quantize_model
+    from dq_cli.quant.apply import needs_calibration
     from dq_cli.session import load_recipe_model
     set_threads()
     spec = recipes.load(recipe, model_path=model)
     source = recipes.resolve(recipe)[0]
-    out = out or Path("out") / (Path(source.removeprefix("builtin:")).stem + ".safetensors")
+    stem = Path(source.removeprefix("builtin:")).stem
+    out = out or Path("out") / (stem + ".safetensors")
     check_writable(out, "--out")
     device = pick_device(device)
     adapter = load_recipe_model(spec.model, device)
@@ -41,10 +48,27 @@ def command(
     plans = plan_layers(spec.quantization, layers, source)
     if not adapter.trained:
         note(quiet, "[yellow]note:[/] dq-tiny has no trained weights yet: quantizing a seeded random network")
+    stats = None
+    if needs_calibration(plans):
+        calibration = calibration or Path("out") / f"{stem}-calib"
+        try:
+            stats = load_calibration(calibration)
+        except ArtifactError as e:
+            raise DQError(f"--calibration: {e}") from None
+    fits = {}
+
+    def done(name, fit):
+        if fit is not None:
+            fits[name] = {"alpha": fit.alpha, "error": fit.error, "refine_steps": fit.refine_steps}
+        advance()
+
     with progress_bar(quiet, "quantizing layers", len(plans)) as advance:
-        count = quantize_model(adapter, plans, on_layer=lambda name: advance())
+        count = quantize_model(adapter, plans, stats, on_layer=done)
     model_meta = {"name": spec.model.name, "path": spec.model.path, "family": adapter.family, "source": adapter.source}
-    ckpt.save(out, adapter.transformers(), plans, spec.text, model_meta)
+    ckpt.save(out, adapter.transformers(), plans, spec.text, model_meta, fits=fits)
     size = out.stat().st_size
     note(quiet, f"quantized {count} of {len(layers)} linear layers ({adapter.family})")
+    if fits:
+        mean = sum(f["error"] for f in fits.values()) / len(fits)
+        note(quiet, f"mean relative output error on calibration tokens: {mean:.4f}")
     console.print(f"wrote {out} ({size / 2**20:.2f} MiB)") if not quiet else typer.echo(str(out))

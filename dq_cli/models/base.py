@@ -152,6 +152,7 @@ class Adapter:
     family: str = ""
     components: tuple[str, ...] = ("transformer",)
     supports_image: bool = False
+    needs_image: bool = False
     defaults: SamplingDefaults = SamplingDefaults(steps=30, guidance=5.0, frames=81, height=480, width=832)
 
     def __init__(self, pipe, source: str):
@@ -218,7 +219,8 @@ class Adapter:
             state.step = i + 1
             return {}
 
-        self.pipe.set_progress_bar_config(disable=not progress)
+        pipe = self.pipeline_for(image)
+        pipe.set_progress_bar_config(disable=not progress)
         call = dict(prompt=prompt, negative_prompt=negative_prompt or None, num_inference_steps=steps,
                     guidance_scale=guidance, num_frames=frames, height=height, width=width,
                     generator=torch.Generator("cpu").manual_seed(seed), output_type="pt",
@@ -226,8 +228,12 @@ class Adapter:
         if image is not None:
             call["image"] = image
         with torch.inference_mode():
-            video = self.pipe(**self.pipeline_kwargs(call)).frames[0]  # [F, 3, H, W] in [0, 1]
+            video = pipe(**self.pipeline_kwargs(call)).frames[0]  # [F, 3, H, W] in [0, 1]
         return (video.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+    def pipeline_for(self, image):
+        """The pipeline that samples with (or without) a first-frame image."""
+        return self.pipe
 
     def pipeline_kwargs(self, call: dict) -> dict:
         return call
@@ -250,10 +256,8 @@ def folder_family(path: Path) -> str | None:
     if cls == "WanImageToVideoPipeline":
         return "wan-i2v"
     if cls == "WanPipeline":
-        transformer = path / "transformer" / "config.json"
-        if transformer.is_file() and json.loads(transformer.read_text()).get("in_channels", 16) == 48:
-            return "wan-ti2v"
-        return "wan"
+        # TI2V-5B: per-token timesteps (the image, when given, replaces the first latent frame).
+        return "wan-ti2v" if meta.get("expand_timesteps") else "wan"
     if cls.startswith("LTX"):
         return "ltx"
     if cls.startswith("CogVideoX"):

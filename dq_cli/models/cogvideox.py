@@ -15,3 +15,8 @@ class CogVideoXAdapter(Adapter):
         p, pt = module.config.patch_size, module.config.patch_size_t or 1
         _, f, _, h, w = hidden.shape
         return (f // pt, h // p, w // p), int(text.shape[1])
+
+    def pipeline_kwargs(self, call: dict) -> dict:
+        # The text length is part of the architecture (positional embeddings cover
+        # max_text_seq_length + video tokens): 226 for the released models.
+        return {**call, "max_sequence_length": self.pipe.transformer.config.max_text_seq_length}

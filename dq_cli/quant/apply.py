@@ -6,9 +6,12 @@ from typing import Callable
 
 from torch import nn
 
-from dq_cli.models.base import Adapter
-from dq_cli.quant.linear import QuantLinear
-from dq_cli.quant.plan import LayerPlan
+from dq_calib.artifact import Calibration
+from dq_calib.weights import WeightFit, fit_layer
+from dq_cli.errors import DQError
+from dq_cli.models.base import Adapter, LinearInfo
+from dq_cli.quant.linear import QuantLinear, uses_low_rank, uses_smoothing
+from dq_cli.quant.plan import CALIBRATED_METHODS, LayerPlan
 
 
 def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
@@ -16,8 +19,12 @@ def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, leaf, module)
 
 
-def quantize_model(adapter: Adapter, plans: dict[str, LayerPlan],
-                   on_layer: Callable[[str], None] | None = None) -> int:
+def needs_calibration(plans: dict[str, LayerPlan]) -> bool:
+    return any(p.method in CALIBRATED_METHODS for p in plans.values())
+
+
+def quantize_model(adapter: Adapter, plans: dict[str, LayerPlan], calibration: Calibration | None = None,
+                   on_layer: Callable[[str, WeightFit | None], None] | None = None) -> int:
     """Replace every planned layer in place; returns how many were replaced."""
     count = 0
     for info in adapter.linears():
@@ -25,9 +32,37 @@ def quantize_model(adapter: Adapter, plans: dict[str, LayerPlan],
         if plan is None:
             continue
         linear = adapter.module(info)
-        quantized = QuantLinear.from_linear(linear, plan, info.name)
+        fit = _fit(info, linear, plan, calibration) if plan.method in CALIBRATED_METHODS else None
+        quantized = QuantLinear.from_linear(
+            linear, plan, info.name, sees_video=info.sees_video,
+            smooth=fit.smooth if fit else None,
+            lora_up=fit.lora_up if fit else None, lora_down=fit.lora_down if fit else None)
         set_submodule(adapter.transformers()[info.component], info.module_name, quantized)
         count += 1
         if on_layer:
-            on_layer(info.name)
+            on_layer(info.name, fit)
+    attach_state(adapter)
     return count
+
+
+def attach_state(adapter: Adapter) -> None:
+    """Let every QuantLinear see the adapter's forward state (grid, step) for DeltaQuant's cubes."""
+    for model in adapter.transformers().values():
+        for module in model.modules():
+            if isinstance(module, QuantLinear):
+                module.forward_state = adapter.state
+
+
+def _fit(info: LinearInfo, linear: nn.Linear, plan: LayerPlan, calibration: Calibration | None) -> WeightFit:
+    if calibration is None or info.name not in calibration.layers:
+        raise DQError(f"layer {info.name}: method '{plan.method}' needs calibration statistics; run "
+                      "`dq calibrate` with the same recipe and pass --calibration")
+    cal = calibration.layers[info.name]
+    if cal.tokens.shape[0] == 0:
+        raise DQError(f"layer {info.name}: the calibration artifact holds no tokens for it")
+    alpha = plan.smoothing["alpha"] if uses_smoothing(plan) else None
+    alphas = tuple(plan.smoothing["grid"]) if alpha == "search" else ((alpha,) if alpha is not None else None)
+    weight = linear.weight.detach().float()
+    return fit_layer(weight, cal.tokens.float().to(weight.device), cal.absmax.amax(dim=0).to(weight.device),
+                     fmt=plan.weight, act_fmt=plan.activation, group_size=plan.group_size,
+                     rank=plan.rank if uses_low_rank(plan) else 0, alphas=alphas)

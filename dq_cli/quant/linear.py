@@ -1,77 +1,120 @@
 """`QuantLinear`: one module type for every quantized linear layer.
 
-It holds the packed weight tensors of its format (and, for the methods that use them, a smoothing
-vector and low-rank factors) as buffers, so `state_dict()` is exactly what the checkpoint stores
-and its size is the real size. The forward is the PyTorch reference math.
+It holds the packed weight tensors of its format and, for the methods that use them, the
+smoothing vector λ and the 16-bit low-rank factors, all as buffers: `state_dict()` is exactly what
+the checkpoint stores, so its size is the real size. The forward is the reference math:
+
+    Y = (X/λ)·L₂ᵀL₁ᵀ + Q_act(X/λ)·Q(W·λ − L₁L₂)ᵀ + b
+
+where Q_act is round-to-nearest or DeltaQuant's cube split (dq_cli/quant/activations.py).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
-from dq_cli.quant.formats import fake_quant, k_multiple, pack_weight, pad_k, unpack_weight
+from dq_cli.models.base import ForwardState
+from dq_cli.quant.activations import CORE_GROUP, quantize_input
 from dq_cli.quant.plan import LayerPlan
 from dq_kernels.checks import check_finite
+from dq_kernels.formats import k_multiple, pack_weight, pad_k, unpack_weight
 
 
 class QuantLinear(nn.Module):
     is_quant_linear = True  # lets adapters list it beside nn.Linear without importing it
+
     def __init__(self, in_features: int, out_features: int, plan: LayerPlan, name: str,
-                 tensors: dict[str, torch.Tensor], bias: torch.Tensor | None = None):
+                 tensors: dict[str, torch.Tensor], bias: torch.Tensor | None = None,
+                 smooth: torch.Tensor | None = None, lora_up: torch.Tensor | None = None,
+                 lora_down: torch.Tensor | None = None, sees_video: bool = True):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.plan, self.name = plan, name
-        self.k_padded = in_features + (-in_features % k_multiple_of(plan))
+        self.plan, self.name, self.sees_video = plan, name, sees_video
         self.tensor_names = tuple(tensors)
         for key, value in tensors.items():
             self.register_buffer(key, value)
         self.register_buffer("bias", bias)
+        self.register_buffer("smooth", smooth)
+        self.register_buffer("lora_up", lora_up)
+        self.register_buffer("lora_down", lora_down)
+        # Set by the model adapter: where sampling is (grid, step) for DeltaQuant's cubes.
+        self.forward_state: ForwardState | None = None
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, plan: LayerPlan, name: str) -> "QuantLinear":
-        weight = linear.weight.detach()
+    def from_linear(cls, linear: nn.Linear, plan: LayerPlan, name: str, sees_video: bool = True,
+                    smooth: torch.Tensor | None = None, lora_up: torch.Tensor | None = None,
+                    lora_down: torch.Tensor | None = None) -> "QuantLinear":
+        weight = linear.weight.detach().float()
         check_finite(weight, name, "weight")
-        padded = pad_k(weight.float(), k_multiple_of(plan))
+        if smooth is not None:
+            weight = weight * smooth.float()
+        if lora_up is not None:
+            weight = weight - lora_up.float() @ lora_down.float()
+        tensors = pack_weight(pad_k(weight, k_multiple_of(plan)), plan.weight, plan.group_size)
         bias = None if linear.bias is None else linear.bias.detach().clone()
-        return cls(linear.in_features, linear.out_features, plan, name,
-                   pack_weight(padded, plan.weight, plan.group_size), bias)
+        return cls(linear.in_features, linear.out_features, plan, name, tensors, bias, smooth, lora_up, lora_down,
+                   sees_video)
 
     @classmethod
-    def empty_like(cls, linear: nn.Linear, plan: LayerPlan, name: str) -> "QuantLinear":
+    def empty_like(cls, linear: nn.Linear, plan: LayerPlan, name: str, sees_video: bool = True) -> "QuantLinear":
         """The same buffers, shaped and typed, on the meta device: to be filled by a checkpoint.
         Shapes come from packing one row (every format is row-wise, bar 0-dim tensor scales)."""
-        row = pack_weight(torch.ones(1, linear.in_features + (-linear.in_features % k_multiple_of(plan))),
-                          plan.weight, plan.group_size)
-        tensors = {k: torch.empty((linear.out_features, *v.shape[1:]) if v.dim() else (), dtype=v.dtype,
-                                  device="meta") for k, v in row.items()}
-        bias = None if linear.bias is None else torch.empty(linear.out_features, dtype=linear.bias.dtype,
-                                                               device="meta")
-        return cls(linear.in_features, linear.out_features, plan, name, tensors, bias)
+        k, n = linear.in_features, linear.out_features
+        row = pack_weight(torch.ones(1, k + (-k % k_multiple_of(plan))), plan.weight, plan.group_size)
+        meta = lambda shape, dtype: torch.empty(shape, dtype=dtype, device="meta")  # noqa: E731
+        tensors = {name_: meta((n, *v.shape[1:]) if v.dim() else (), v.dtype) for name_, v in row.items()}
+        bias = None if linear.bias is None else meta((n,), linear.bias.dtype)
+        smooth = meta((k,), torch.float32) if uses_smoothing(plan) else None
+        up = meta((n, plan.rank), torch.bfloat16) if uses_low_rank(plan) else None
+        down = meta((plan.rank, k), torch.bfloat16) if uses_low_rank(plan) else None
+        return cls(k, n, plan, name, tensors, bias, smooth, up, down, sees_video)
 
-    def dequantized_weight(self) -> torch.Tensor:
-        """fp32 [N, K] (padding dropped): what the layer multiplies by."""
+    def residual_weight(self) -> torch.Tensor:
+        """fp32 [N, K]: the dequantized 4/8-bit part, Q(W·λ − L₁L₂) (padding dropped)."""
         tensors = {k: getattr(self, k) for k in self.tensor_names}
         return unpack_weight(tensors, self.plan.weight, self.plan.group_size)[:, : self.in_features]
+
+    def effective_weight(self) -> torch.Tensor:
+        """fp32 [N, K] that the layer multiplies unquantized inputs by: (Q(R) + L₁L₂) / λ."""
+        w = self.residual_weight()
+        if self.lora_up is not None:
+            w = w + self.lora_up.float() @ self.lora_down.float()
+        return w / self.smooth.float() if self.smooth is not None else w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_finite(x, self.name)
         shape = x.shape
-        x2 = pad_k(x.reshape(-1, self.in_features).float(), k_multiple_of(self.plan))
-        xq = fake_quant(x2, self.plan.activation, self.plan.group_size)[:, : self.in_features]
-        y = xq @ self.dequantized_weight().T
+        xs = x.reshape(-1, shape[-2] if x.dim() > 2 else shape[0], self.in_features).float()
+        if self.smooth is not None:
+            xs = xs / self.smooth.float()
+        y = torch.zeros(*xs.shape[:-1], self.out_features, dtype=torch.float32, device=x.device)
+        if self.lora_up is not None:  # the 16-bit branch sees the unquantized (smoothed) input
+            y += (xs.to(self.lora_down.dtype) @ self.lora_down.T).float() @ self.lora_up.float().T
+        xq = quantize_input(pad_k(xs, k_multiple_of(self.plan)), self.plan, self.forward_state, self.sees_video)
+        y += xq[..., : self.in_features] @ self.residual_weight().T
         if self.bias is not None:
-            y = y + self.bias.float()
+            y += self.bias.float()
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:
         p = self.plan
+        extra = f", rank={p.rank}" if self.lora_up is not None else ""
         return (f"{self.in_features}→{self.out_features}, method={p.method}, W={p.weight}, A={p.activation}, "
-                f"group={p.group_size}")
+                f"group={p.group_size}{extra}")
+
+
+def uses_smoothing(plan: LayerPlan) -> bool:
+    return plan.method in ("smoothquant", "svdquant", "deltaquant")
+
+
+def uses_low_rank(plan: LayerPlan) -> bool:
+    return plan.method in ("svdquant", "deltaquant") and plan.rank > 0
 
 
 def k_multiple_of(plan: LayerPlan) -> int:
-    """Pad K to serve both the weight's and the activation's grouping."""
-    import math
-
-    return math.lcm(k_multiple(plan.weight, plan.group_size), k_multiple(plan.activation, plan.group_size))
+    """Pad K to serve the weight's, the activation's and the core tokens' grouping."""
+    core = CORE_GROUP if plan.method == "deltaquant" else 1
+    return math.lcm(k_multiple(plan.weight, plan.group_size), k_multiple(plan.activation, plan.group_size), core)

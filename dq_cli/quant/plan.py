@@ -12,7 +12,10 @@ from dq_cli.models.base import LinearInfo
 from dq_cli.recipe import LayerQuant, QuantizationSpec
 
 # Methods whose math exists; the others are refused with a clear message until they do.
-READY_METHODS = {"none", "rtn"}
+READY_METHODS = {"none", "rtn", "smoothquant", "svdquant", "deltaquant"}
+# Methods that learn from calibration data (smoothing needs activation ranges).
+CALIBRATED_METHODS = {"smoothquant", "svdquant", "deltaquant"}
+DEFAULT_RANK = 32  # SVDQuant's default; DeltaQuant used 128 on Wan 2.2 and 64 on LTX
 
 
 @dataclass(frozen=True)
@@ -47,8 +50,13 @@ def _merge(base: LayerQuant, override: LayerQuant) -> LayerQuant:
 def _resolve(q: LayerQuant) -> LayerPlan:
     cubes = tuple((c.until, tuple(c.size)) for c in q.cubes) if q.cubes else None
     smoothing = q.smoothing.model_dump(mode="json") if q.smoothing else None
-    return LayerPlan(method=q.method or "rtn", weight=q.weight or "bf16", activation=q.activation or "none",
-                     group_size=q.group_size or 64, rank=q.rank or 0, smoothing=smoothing, cubes=cubes,
+    method = q.method or "rtn"
+    rank = q.rank if q.rank is not None else (DEFAULT_RANK if method in ("svdquant", "deltaquant") else 0)
+    if method in CALIBRATED_METHODS and smoothing is None:
+        smoothing = {"alpha": "search", "grid": [0.3, 0.4, 0.5, 0.6, 0.7, 0.8]}
+    return LayerPlan(method=method, weight=q.weight or "bf16", activation=q.activation or "none",
+                     group_size=q.group_size or 64, rank=rank if method in ("svdquant", "deltaquant") else 0,
+                     smoothing=smoothing if method in CALIBRATED_METHODS else None, cubes=cubes,
                      core=q.core or "fp8")
 
 

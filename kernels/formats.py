@@ -1,4 +1,4 @@
-"""The formats as `QuantLinear` stores and applies them: weights packed once into named tensors,
+"""Formats by name, as `QuantLinear` stores and applies them: weights packed once into named tensors,
 activations quantized on the fly. The numerics live in `dq_kernels`; this module only chooses
 the layout (which tensors, padded K) for each format name a recipe can use."""
 

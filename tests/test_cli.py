@@ -1,0 +1,199 @@
+"""The `dq` command line: help, predictor-fit's refusal, and `dq generate`'s MP4 (a real H.264 file,
+frame count and size, the same seed giving the same video, --image refused on text-only models)."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import COMMANDS, write_recipe
+
+# ------------------------------------------------------------------ help
+
+
+def test_root_help_lists_the_five_subcommands(dq):
+    result = dq("--help")
+    listed = re.findall(r"^\W*([a-z][a-z-]+)\s{2,}\S", result.stdout, flags=re.M)
+    assert sorted(c for c in listed if c in COMMANDS) == sorted(COMMANDS)
+    assert "recipe" in result.stdout
+
+
+def test_version(dq):
+    from dq_cli import __version__
+
+    assert dq("--version").stdout.strip() == f"dq {__version__}"
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_each_subcommand_help_explains_itself(dq, command):
+    from dq_cli.app import app
+
+    callback = next(c.callback for c in app.registered_commands if c.name == command)
+    summary = callback.__doc__.strip().splitlines()[0]
+    text = " ".join(dq(command, "--help").stdout.split())  # undo the help's line wrapping
+    assert f"Usage: dq {command}" in text
+    assert " ".join(summary.split()) in text
+    # Every subcommand says what it takes and what it makes.
+    assert "In: " in text and "Out: " in text
+
+
+def test_help_does_not_import_torch():
+    """`dq --help` must not wait for torch and diffusers."""
+    code = "import sys; import dq_cli.app; print('torch' in sys.modules, 'diffusers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["False", "False"], out.stderr
+
+
+# ------------------------------------------------------------------ predictor-fit
+
+
+def test_predictor_fit_says_it_is_not_implemented(dq, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "predictor.json"
+    result = dq("predictor-fit", "-r", "wan22_6bit.yaml", "-o", out, code=3)
+    assert "not implemented" in result.stderr and "nothing was written" in result.stderr
+    assert "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == []  # not --out, not a default path, not a temporary file
+
+
+def test_predictor_fit_real_process_exit_code(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "dq_cli", "predictor-fit", "-o", str(tmp_path / "p.json")],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env={**os.environ, "NO_COLOR": "1"})
+    assert proc.returncode == 3
+    assert "not implemented" in proc.stderr and "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------ generate: the MP4
+
+LTX = dict(frames=9, height=32, width=48)  # not square: a swapped width/height would show
+
+
+def _generate(dq, folder, out, seed, *extra, code=0):
+    return dq("generate", "-m", folder, "-p", "a cat dancing in the rain", "-o", out, "--steps", 2,
+              "--frames", LTX["frames"], "--height", LTX["height"], "--width", LTX["width"], "--seed", seed,
+              "-q", *extra, code=code)
+
+
+@pytest.fixture(scope="module")
+def ltx_videos(family_dir, tmp_path_factory):
+    """Two runs with seed 1 and one with seed 2 of the LTX tiny model, each with its raw frames."""
+    from typer.testing import CliRunner
+
+    from dq_cli.app import app
+
+    folder, tmp = family_dir("ltx"), tmp_path_factory.mktemp("videos")
+    runs = {}
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        mp4, npy = tmp / f"{name}.mp4", tmp / f"{name}.npy"
+        result = CliRunner().invoke(app, ["generate", "-m", str(folder), "-p", "a cat dancing in the rain",
+                                          "-o", str(mp4), "--steps", "2", "--frames", str(LTX["frames"]),
+                                          "--height", str(LTX["height"]), "--width", str(LTX["width"]),
+                                          "--seed", str(seed), "--save-frames", str(npy), "-q"])
+        assert result.exit_code == 0, (result.stderr, result.exception)
+        assert result.stdout.strip() == str(mp4)  # --quiet prints only the result
+        runs[name] = (mp4, npy)
+    return runs
+
+
+def test_generate_writes_a_playable_h264_mp4(ltx_videos):
+    import imageio.v3 as iio
+    import imageio_ffmpeg
+
+    from dq_cli.video import read_mp4
+
+    mp4, npy = ltx_videos["a"]
+    raw = np.load(npy)
+    assert raw.shape == (LTX["frames"], LTX["height"], LTX["width"], 3) and raw.dtype == np.uint8
+    # Small videos are upscaled by an integer factor so the shorter side reaches --display-size (128).
+    factor = math.ceil(128 / min(LTX["height"], LTX["width"]))
+    meta = iio.immeta(mp4, plugin="FFMPEG")
+    assert meta["codec"] == "h264" and meta["pix_fmt"].startswith("yuv420p")
+    assert tuple(meta["size"]) == (LTX["width"] * factor, LTX["height"] * factor)  # (width, height)
+    # The bundled ffmpeg reads it as H.264 too, without errors.
+    probe = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(mp4), "-f", "null", "-"],
+                           capture_output=True, text=True, timeout=60)
+    assert probe.returncode == 0 and probe.stderr.strip() == ""
+    info = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(mp4)],
+                          capture_output=True, text=True, timeout=60).stderr
+    assert re.search(r"Video: h264", info)
+    video = read_mp4(mp4).numpy()
+    assert video.shape == (LTX["frames"], LTX["height"] * factor, LTX["width"] * factor, 3)
+    # Lossy, but the decoded frames are the generated ones, upscaled (nearest).
+    upscaled = raw.repeat(factor, axis=1).repeat(factor, axis=2).astype(np.float64)
+    error = np.abs(video.astype(np.float64) - upscaled).mean()
+    assert error < 0.25 * np.abs(upscaled - upscaled.mean()).mean(), error
+    assert not list(mp4.parent.glob(".*")), "a temporary file was left behind"
+
+
+def test_read_mp4_reads_every_frame(tmp_path):
+    """`read_mp4` once ran out of memory (imageio's reader reports an unknown length as sys.maxsize)."""
+    import torch
+
+    from dq_cli.video import read_mp4, write_mp4
+
+    frames = torch.randint(0, 256, (16, 128, 128, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    frames[:, :64] = 0
+    write_mp4(frames, tmp_path / "v.mp4", fps=8)
+    video = read_mp4(tmp_path / "v.mp4")
+    assert video.shape == (16, 128, 128, 3) and video.dtype == torch.uint8
+    assert video[:, :60].float().mean() < 8 and video[:, 68:].float().mean() > 64
+
+
+def test_the_same_seed_gives_the_same_video(ltx_videos):
+    from dq_cli.video import read_mp4
+
+    a, b, c = (ltx_videos[k] for k in "abc")
+    assert np.array_equal(np.load(a[1]), np.load(b[1]))
+    assert np.array_equal(read_mp4(a[0]).numpy(), read_mp4(b[0]).numpy())
+    assert not np.array_equal(np.load(a[1]), np.load(c[1]))  # and another seed another video
+
+
+@pytest.mark.parametrize("family", ["ltx", "cogvideox", "wan"])
+def test_image_on_a_text_only_model_is_refused(dq, family_dir, image_file, tmp_path, family):
+    out = tmp_path / "v.mp4"
+    result = _generate(dq, family_dir(family), out, 0, "--image", image_file, code=2)
+    assert f"the {family} model generates from text only" in result.stderr
+    assert "Traceback" not in result.output and not out.exists()
+
+
+def test_image_to_video_needs_an_image(dq, family_dir, tmp_path):
+    out = tmp_path / "v.mp4"
+    result = dq("generate", "-m", family_dir("wan-i2v"), "-p", "a cat", "-o", out, "--steps", 1, code=2)
+    assert "give --image" in result.stderr and not out.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-o", "{tmp}/v.gif"], "ending in .mp4"),
+    (["-o", "{tmp}/v.mp4", "--image", "{tmp}/missing.png"], "no such file"),
+    (["-o", "{tmp}/v.mp4", "--image", "{tmp}/not_an_image.png"], "not a readable image"),
+    (["-o", "{tmp}/v.mp4", "--save-frames", "{tmp}/f.txt"], "expected a .npy or .pt"),
+    (["-o", "{tmp}/v.mp4", "-c", "{tmp}/missing.safetensors"], "no such checkpoint file"),
+    (["-o", "{tmp}/v.mp4", "-m", "{tmp}/no_model"], "not a built-in model"),
+])
+def test_generate_refuses_bad_arguments(dq, family_dir, tmp_path, args, message):
+    (tmp_path / "not_an_image.png").write_text("hello")
+    folder = family_dir("wan-i2v")
+    args = [a.format(tmp=tmp_path) for a in args]
+    result = dq("generate", "-m", folder, "-p", "a cat", "--steps", 1, *args, code=2)
+    assert message in result.stderr and "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not list(tmp_path.glob("*.mp4")) and not list(tmp_path.glob(".*"))
+
+
+def test_generate_from_a_recipe_takes_its_sampling_settings(dq, family_dir, tmp_path):
+    from conftest import recipe_data
+
+    data = recipe_data("cogvideox", family_dir("cogvideox"))
+    data["sampling"].update(steps=1, frames=5, height=32, width=32)
+    recipe = write_recipe(tmp_path / "r.yaml", data)
+    npy = tmp_path / "f.npy"
+    dq("generate", "-r", recipe, "-p", "a cat", "-o", tmp_path / "v.mp4", "--save-frames", npy, "-q")
+    assert np.load(npy).shape == (5, 32, 32, 3)
