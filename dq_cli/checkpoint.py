@@ -107,9 +107,9 @@ def build_components(info: CheckpointInfo, device: str, dtype: torch.dtype) -> d
             for name, plan in info.layers.items():
                 if name.startswith(prefix):
                     module_name = name[len(prefix):]
-                    info = LinearInfo(component, module_name, role_of(module_name), 0, 0)
+                    linear = LinearInfo(component, module_name, role_of(module_name), 0, 0)
                     set_submodule(model, module_name, QuantLinear.empty_like(
-                        model.get_submodule(module_name), plan, name, sees_video=info.sees_video))
+                        model.get_submodule(module_name), plan, name, sees_video=linear.sees_video))
             expected = {prefix + k for k in model.state_dict()}
             missing = sorted(expected - keys)
             if missing:

@@ -23,6 +23,8 @@ class QualityRow:
     psnr_db: float | None = None       # mean over prompts; None for the baseline itself
     ssim: float | None = None
     adherence: float | None = None     # mean overall adherence over prompts, 0..1
+    layer_error: float | None = None   # mean over layers of ‖Y_q − Y‖/‖Y‖ on the baseline's own inputs
+    per_layer_error: dict[str, float] = field(default_factory=dict)
     per_prompt: list[dict] = field(default_factory=list)
 
 
@@ -59,18 +61,58 @@ def evaluate(name: str, prompts: list[str], videos: list[torch.Tensor], referenc
     return row
 
 
+def layer_errors(baseline: Adapter, variants: dict[str, dict[str, torch.nn.Module]], prompt: str, run,
+                 probe_every: int = 4) -> dict[str, dict[str, float]]:
+    """Relative output error of each variant's quantized layers, fed the baseline's own inputs
+    during a baseline sampling run (every `probe_every`-th step, all CFG branches), so every
+    variant is judged on identical activations with the real token grid (DeltaQuant's cubes).
+    Returns {config: {layer: error}}, the error pooled over the probed calls."""
+    sums = {c: {} for c in variants}
+
+    def hook_for(name: str):
+        def hook(module, args, output):
+            if baseline.state.step % probe_every:
+                return
+            x, y = args[0], output.float()
+            for config, layers in variants.items():
+                layer = layers.get(name)
+                if layer is None:
+                    continue
+                layer.forward_state = baseline.state
+                num, den = sums[config].get(name, (0.0, 0.0))
+                sums[config][name] = (num + (layer(x).float() - y).pow(2).sum().item(), den + y.pow(2).sum().item())
+        return hook
+
+    handles = [baseline.module(info).register_forward_hook(hook_for(info.name)) for info in baseline.linears()
+               if any(info.name in layers for layers in variants.values())]
+    try:
+        baseline.generate(prompt, negative_prompt=run.negative_prompt, steps=run.steps, guidance=run.guidance,
+                          seed=run.seed, frames=run.frames, height=run.height, width=run.width)
+    finally:
+        for h in handles:
+            h.remove()
+    return {c: {n: math.sqrt(a / max(b, 1e-30)) for n, (a, b) in d.items()} for c, d in sums.items()}
+
+
+def quantized_layers(adapter: Adapter) -> dict[str, torch.nn.Module]:
+    return {f"{c}.{n}": m for c, model in adapter.transformers().items() for n, m in model.named_modules()
+            if getattr(m, "is_quant_linear", False)}
+
+
 def report(rows: list[QualityRow], env: dict, settings: dict) -> dict:
     return {"report_version": QUALITY_REPORT_VERSION, "kind": "quality", "environment": env,
             "settings": settings, "rows": [asdict(r) for r in rows]}
 
 
 def markdown(doc: dict) -> str:
-    lines = ["| config | PSNR vs baseline (dB) | SSIM vs baseline | adherence (%) |", "|---|---|---|---|"]
+    lines = ["| config | mean layer rel. error | PSNR vs baseline (dB) | SSIM vs baseline | adherence (%) |",
+             "|---|---|---|---|---|"]
     for r in doc["rows"]:
         p = "—" if r["psnr_db"] is None else ("inf" if math.isinf(r["psnr_db"]) else f"{r['psnr_db']:.2f}")
         s = "—" if r["ssim"] is None else f"{r['ssim']:.4f}"
         a = "—" if r["adherence"] is None else f"{100 * r['adherence']:.1f}"
-        lines.append(f"| {r['config']} | {p} | {s} | {a} |")
+        e = "—" if r.get("layer_error") is None else f"{r['layer_error']:.4f}"
+        lines.append(f"| {r['config']} | {e} | {p} | {s} | {a} |")
     st = doc["settings"]
     lines += ["", f"{st['prompts']} prompts from {st['prompt_source']}, {st['steps']} steps, guidance "
                   f"{st['guidance']}, seeds {st['seed']}…{st['seed'] + st['prompts'] - 1}; device "

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import COMMANDS, write_recipe
+from conftest import COMMANDS, recipe_data, run_dq, write_recipe
 
 # ------------------------------------------------------------------ help
 
@@ -56,7 +56,7 @@ def test_help_does_not_import_torch():
 def test_predictor_fit_says_it_is_not_implemented(dq, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "predictor.json"
-    result = dq("predictor-fit", "-r", "wan22_6bit.yaml", "-o", out, code=3)
+    result = dq("predictor-fit", "-r", "tiny_w4a4.yaml", "-o", out, code=3)
     assert "not implemented" in result.stderr and "nothing was written" in result.stderr
     assert "Traceback" not in result.output
     assert list(tmp_path.iterdir()) == []  # not --out, not a default path, not a temporary file
@@ -73,7 +73,7 @@ def test_predictor_fit_real_process_exit_code(tmp_path):
 
 # ------------------------------------------------------------------ generate: the MP4
 
-LTX = dict(frames=9, height=32, width=48)  # not square: a swapped width/height would show
+LTX = dict(frames=9, height=32, width=64)  # not square: a swapped width/height would show
 
 
 def _generate(dq, folder, out, seed, *extra, code=0):
@@ -85,19 +85,11 @@ def _generate(dq, folder, out, seed, *extra, code=0):
 @pytest.fixture(scope="module")
 def ltx_videos(family_dir, tmp_path_factory):
     """Two runs with seed 1 and one with seed 2 of the LTX tiny model, each with its raw frames."""
-    from typer.testing import CliRunner
-
-    from dq_cli.app import app
-
     folder, tmp = family_dir("ltx"), tmp_path_factory.mktemp("videos")
     runs = {}
     for name, seed in (("a", 1), ("b", 1), ("c", 2)):
         mp4, npy = tmp / f"{name}.mp4", tmp / f"{name}.npy"
-        result = CliRunner().invoke(app, ["generate", "-m", str(folder), "-p", "a cat dancing in the rain",
-                                          "-o", str(mp4), "--steps", "2", "--frames", str(LTX["frames"]),
-                                          "--height", str(LTX["height"]), "--width", str(LTX["width"]),
-                                          "--seed", str(seed), "--save-frames", str(npy), "-q"])
-        assert result.exit_code == 0, (result.stderr, result.exception)
+        result = _generate(run_dq, folder, mp4, seed, "--save-frames", npy)
         assert result.stdout.strip() == str(mp4)  # --quiet prints only the result
         runs[name] = (mp4, npy)
     return runs
@@ -189,11 +181,20 @@ def test_generate_refuses_bad_arguments(dq, family_dir, tmp_path, args, message)
 
 
 def test_generate_from_a_recipe_takes_its_sampling_settings(dq, family_dir, tmp_path):
-    from conftest import recipe_data
-
     data = recipe_data("cogvideox", family_dir("cogvideox"))
-    data["sampling"].update(steps=1, frames=5, height=32, width=32)
+    data["sampling"].update(steps=1, frames=9, height=32, width=64)  # the family's default: 49 x 480 x 720
     recipe = write_recipe(tmp_path / "r.yaml", data)
     npy = tmp_path / "f.npy"
     dq("generate", "-r", recipe, "-p", "a cat", "-o", tmp_path / "v.mp4", "--save-frames", npy, "-q")
-    assert np.load(npy).shape == (5, 32, 32, 3)
+    assert np.load(npy).shape == (9, 32, 64, 3)
+
+
+def test_settings_the_pipeline_refuses_are_a_user_error(dq, family_dir, tmp_path):
+    out = tmp_path / "v.mp4"
+    result = dq("generate", "-m", family_dir("ltx"), "-p", "a cat", "-o", out, "--steps", 2, "--frames", 9,
+                "--height", 32, "--width", 48, code=2)
+    assert "ltx: " in result.stderr and "divisible by 32" in result.stderr
+    assert "Traceback" not in result.output and not out.exists()
+    result = dq("generate", "-m", family_dir("ltx"), "-p", "a cat", "-o", out, "--steps", 1, "--frames", 9,
+                "--height", 32, "--width", 32, code=2)
+    assert "at least 2 steps" in result.stderr and not out.exists()

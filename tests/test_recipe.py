@@ -64,7 +64,7 @@ def test_unknown_key_with_nothing_close_gets_no_suggestion():
     ("sampling: [1, 2]", "sampling"),
     ("quantization: {default: {weight: int3}}", "quantization.default.weight"),
     ("tdc: {enabled: sometimes}", "tdc.enabled"),
-    ("quantization: {default: {cubes: [{size: [1, 2]}]}}", "quantization.default.cubes[0].size"),
+    ("quantization: {default: {cubes: [{size: [1, 2, x]}]}}", "quantization.default.cubes[0].size[2]"),
 ])
 def test_wrong_type(text, key):
     err = _error(text)

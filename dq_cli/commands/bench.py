@@ -103,13 +103,22 @@ def _quality(baseline, checkpoints, model, run, prompts, num_prompts, device, qu
     except PromptSourceError as e:
         raise DQError(str(e)) from None
     adherence = baseline.family == "dq-tiny"  # the analyzer reads dq-tiny's world only
-    with progress_bar(quiet, "generating", len(prompt_list) * (1 + len(checkpoints))) as advance:
+    with progress_bar(quiet, "generating", len(prompt_list) * (1 + len(checkpoints)) + 1) as advance:
         reference = qb.generate_all(baseline, prompt_list, run, on_video=advance)
         rows = [qb.evaluate("baseline", prompt_list, reference, None, adherence)]
+        variants = {}
         for path in checkpoints:
             adapter, _ = load_quantized(path, device, model=model)
             videos = qb.generate_all(adapter, prompt_list, run, on_video=advance)
             rows.append(qb.evaluate(path.stem, prompt_list, videos, reference, adherence))
+            variants[path.stem] = qb.quantized_layers(adapter)
+        # Per-layer error: every checkpoint's layers on the baseline's own activations (first prompt).
+        errors = qb.layer_errors(baseline, variants, prompt_list[0], run) if variants else {}
+        advance()
+    for row in rows[1:]:
+        per_layer = errors.get(row.config, {})
+        row.layer_error = sum(per_layer.values()) / len(per_layer) if per_layer else None
+        row.per_layer_error = per_layer
     settings = {"prompts": len(prompt_list), "prompt_source": str(source), "steps": run.steps,
                 "guidance": run.guidance, "seed": run.seed, "frames": run.frames, "height": run.height,
                 "width": run.width}
@@ -118,10 +127,11 @@ def _quality(baseline, checkpoints, model, run, prompts, num_prompts, device, qu
 
 def _print_quality(doc: dict) -> None:
     table = Table(title=f"dq bench --quality ({doc['settings']['prompts']} prompts)")
-    for col in ("config", "PSNR dB", "SSIM", "adherence %"):
+    for col in ("config", "layer err", "PSNR dB", "SSIM", "adherence %"):
         table.add_column(col, justify="right")
     for r in doc["rows"]:
-        table.add_row(r["config"], "—" if r["psnr_db"] is None else f"{r['psnr_db']:.2f}",
+        table.add_row(r["config"], "—" if r.get("layer_error") is None else f"{r['layer_error']:.4f}",
+                      "—" if r["psnr_db"] is None else f"{r['psnr_db']:.2f}",
                       "—" if r["ssim"] is None else f"{r['ssim']:.4f}",
                       "—" if r["adherence"] is None else f"{100 * r['adherence']:.1f}")
     console.print(table)

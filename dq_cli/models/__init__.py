@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -48,10 +49,16 @@ def load_model(name: str = "dq-tiny", path: str | None = None, family: str | Non
     adapter_cls = ADAPTERS[family]
     if family == "dq-tiny":
         return adapter_cls.load(folder, components=components).to(device, torch_dtype)
-    from diffusers import DiffusionPipeline
+    import diffusers
 
+    # The folder's own pipeline class, not DiffusionPipeline: DiffusionPipeline.from_pretrained
+    # (diffusers 0.42) treats components with a default in the pipeline's signature (Wan's
+    # transformer, transformer_2) as plain options and loads the folder's weights over the ones passed.
+    index = folder / "model_index.json"
+    class_name = json.loads(index.read_text()).get("_class_name", "") if index.is_file() else ""
+    pipeline_cls = getattr(diffusers, class_name, None) or diffusers.DiffusionPipeline
     try:
-        pipe = DiffusionPipeline.from_pretrained(str(folder), torch_dtype=torch_dtype, **(components or {}))
+        pipe = pipeline_cls.from_pretrained(str(folder), dtype=torch_dtype, **(components or {}))
     except (OSError, ValueError, EnvironmentError) as e:
         raise DQError(f"{folder}: cannot load the diffusers pipeline ({e})") from None
     return adapter_cls(pipe, str(folder)).to(device)
@@ -59,8 +66,6 @@ def load_model(name: str = "dq-tiny", path: str | None = None, family: str | Non
 
 def transformer_configs(name: str = "dq-tiny", path: str | None = None) -> dict[str, dict]:
     """The transformers' configs of a model, read without loading weights."""
-    import json
-
     folder = Path(path) if path else (None if name in BUILTIN else Path(name))
     if folder is None:
         return BUILTIN[name].reference_configs()

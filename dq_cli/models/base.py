@@ -17,6 +17,8 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
+from dq_cli.errors import DQError
+
 TRACKER_HOOK = "dq_forward_tracker"
 
 # Module-name suffix → role, shared by every diffusers video DiT (Wan, LTX, CogVideoX).
@@ -228,7 +230,10 @@ class Adapter:
         if image is not None:
             call["image"] = image
         with torch.inference_mode():
-            video = pipe(**self.pipeline_kwargs(call)).frames[0]  # [F, 3, H, W] in [0, 1]
+            try:
+                video = pipe(**self.pipeline_kwargs(call)).frames[0]  # [F, 3, H, W] in [0, 1]
+            except ValueError as e:  # the pipeline's check of the settings (sizes, frames, prompt)
+                raise DQError(f"{self.family}: {e}") from None
         return (video.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
     def pipeline_for(self, image):

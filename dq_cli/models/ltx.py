@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dq_cli.errors import DQError
 from dq_cli.models.base import Adapter, SamplingDefaults
 
 
@@ -13,3 +14,9 @@ class LTXAdapter(Adapter):
     def grid_of(self, module, args, kwargs):
         p, pt = module.config.patch_size, module.config.patch_size_t
         return (kwargs["num_frames"] // pt, kwargs["height"] // p, kwargs["width"] // p), 0
+
+    def pipeline_kwargs(self, call: dict) -> dict:
+        # LTX's scheduler stretches the schedule to end at shift_terminal: one step gives 0/0.
+        if call["num_inference_steps"] < 2 and self.pipe.scheduler.config.get("shift_terminal"):
+            raise DQError("ltx: the LTX-Video scheduler (shift_terminal) needs at least 2 steps")
+        return call

@@ -1,0 +1,308 @@
+"""Calibration: prompt sources, the token reservoir (uniform, bounded, deterministic), absmax by
+step range against the true maximum, and the (step, branch, t, h, w) of every sampled token."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from conftest import recipe_data, run_dq, tm, write_recipe
+from dq_calib.prompts import PromptSourceError, load_prompts
+from dq_calib.stats import ChannelAbsMax, TokenReservoir
+from dq_cli.calibrate import BRANCH_CODES, calibrate, save_artifact, token_meta
+from dq_cli.models.base import ForwardState
+
+PROMPTS = ["a cat dancing in the rain", "a red car on a road", "a bird over the sea, at night"]
+
+
+@pytest.fixture(autouse=True)
+def _datasets_cache(tmp_path_factory, monkeypatch):
+    """`datasets` caches what it parses; keep that out of the user's home."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path_factory.getbasetemp() / "hf_datasets")
+
+
+# ------------------------------------------------------------------ prompt sources
+
+
+def _write_source(kind: str, folder, column: str = "prompt"):
+    import datasets
+    import pandas as pd
+
+    if kind == "txt":
+        path = folder / "p.txt"
+        path.write_text("# calibration prompts\n" + "\n\n".join(PROMPTS) + "\n   \n")
+    elif kind == "jsonl":
+        path = folder / "p.jsonl"
+        path.write_text("".join(json.dumps({column: p, "id": i}) + "\n" for i, p in enumerate(PROMPTS)))
+    elif kind == "csv":
+        path = folder / "p.csv"
+        pd.DataFrame({"id": range(len(PROMPTS)), column: PROMPTS}).to_csv(path, index=False)
+    elif kind == "parquet":
+        path = folder / "p.parquet"
+        pd.DataFrame({column: PROMPTS, "id": range(len(PROMPTS))}).to_parquet(path)
+    elif kind == "dataset":
+        path = folder / "p_dataset"
+        datasets.Dataset.from_dict({column: PROMPTS, "id": list(range(len(PROMPTS)))}).save_to_disk(str(path))
+    elif kind == "dataset_dict":
+        path = folder / "p_dataset_dict"
+        ds = datasets.Dataset.from_dict({column: PROMPTS})
+        datasets.DatasetDict({"validation": ds.select([0]), "train": ds}).save_to_disk(str(path))
+    else:
+        raise ValueError(kind)
+    return path
+
+
+@pytest.mark.parametrize("kind, column", [("txt", None), ("jsonl", "prompt"), ("csv", "text"),
+                                          ("parquet", "caption"), ("dataset", "prompt"),
+                                          ("dataset_dict", "text")])
+def test_prompts_from_every_source(kind, column, tmp_path):
+    path = _write_source(kind, tmp_path, column or "prompt")
+    assert load_prompts(path) == PROMPTS  # in order, comments and blank lines dropped
+    assert load_prompts(str(path), limit=2) == PROMPTS[:2]
+
+
+def test_prompt_source_errors(tmp_path):
+    with pytest.raises(PromptSourceError, match="no such prompt file"):
+        load_prompts(tmp_path / "absent.txt")
+    (tmp_path / "p.tsv").write_text("a\tb\n")
+    with pytest.raises(PromptSourceError, match="unknown prompt file type"):
+        load_prompts(tmp_path / "p.tsv")
+    (tmp_path / "empty.txt").write_text("# nothing\n\n")
+    with pytest.raises(PromptSourceError, match="holds no prompts"):
+        load_prompts(tmp_path / "empty.txt")
+    path = _write_source("jsonl", tmp_path, column="description")
+    with pytest.raises(PromptSourceError, match="no column named prompt, text, caption"):
+        load_prompts(path)
+    (tmp_path / "not_a_dataset").mkdir()
+    with pytest.raises(PromptSourceError, match="save_to_disk"):
+        load_prompts(tmp_path / "not_a_dataset")
+
+
+def test_calibrate_cli_takes_prompts_from_a_file(family_dir, tmp_path):
+    path = _write_source("parquet", tmp_path)
+    recipe = write_recipe(tmp_path / "r.yaml", recipe_data("cogvideox", family_dir("cogvideox"),
+                                                          calibration={"steps": 2}))
+    run_dq("calibrate", "-r", recipe, "--prompts", path, "-n", 2, "-o", tmp_path / "calib", "-q")
+    summary = json.loads((tmp_path / "calib.json").read_text())
+    assert summary["prompts"] == 2 and summary["prompt_source"] == str(path)
+    assert summary["forwards"] == 2 * 2  # 2 prompts x 2 steps, CFG batched
+    bad = run_dq("calibrate", "-r", recipe, "--prompts", tmp_path / "r.yaml", "-o", tmp_path / "x", code=2)
+    assert "unknown prompt file type" in bad.stderr and not (tmp_path / "x.json").exists()
+
+
+# ------------------------------------------------------------------ the reservoir
+
+
+def _stream(reservoir: TokenReservoir, n: int, chunks) -> None:
+    """Feed tokens 0..n-1 (value = index, also in meta column 0) in chunks of the given sizes."""
+    i, k = 0, 0
+    while i < n:
+        size = min(chunks[k % len(chunks)], n - i)
+        idx = torch.arange(i, i + size)
+        meta = torch.zeros(size, 5, dtype=torch.int32)
+        meta[:, 0] = idx.int()
+        reservoir.update(idx.float().unsqueeze(1).repeat(1, 2), meta)
+        i, k = i + size, k + 1
+
+
+def _kept(reservoir: TokenReservoir) -> torch.Tensor:
+    tokens, meta = reservoir.sample()
+    assert torch.equal(tokens[:, 0].long(), meta[:, 0].long())  # each token keeps its own meta
+    assert torch.equal(tokens[:, 0], tokens[:, 1])
+    return meta[:, 0].long()
+
+
+def test_reservoir_is_bounded_and_fills_first(tmp_path):
+    r = TokenReservoir(2, capacity=16, seed=0)
+    _stream(r, 10, [3])
+    assert r.filled == 10 and r.seen == 10
+    assert sorted(_kept(r).tolist()) == list(range(10))  # under capacity: everything, in order
+    _stream(r, 5000, [7, 64, 1, 300])
+    assert r.filled == 16 and r.seen == 5010 and r.tokens.shape == (16, 2) and r.meta.shape == (16, 5)
+    kept = _kept(r)
+    assert len(set(kept.tolist())) == 16  # no token twice
+
+
+def test_reservoir_is_deterministic_for_a_seed():
+    runs = []
+    for seed in (3, 3, 4):
+        r = TokenReservoir(2, capacity=32, seed=seed)
+        _stream(r, 2000, [5, 100, 33])
+        runs.append(_kept(r))
+    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
+
+
+def test_reservoir_matches_sequential_algorithm_r():
+    """The vectorised update keeps what Algorithm R, one token at a time with the same random
+    draws, keeps: where several tokens of one chunk draw the same slot, the last one wins."""
+    capacity, n, chunks = 8, 600, [5, 40, 1, 120]
+    r = TokenReservoir(2, capacity=capacity, seed=11)
+    _stream(r, n, chunks)
+    gen, slots, seen, i, k = torch.Generator().manual_seed(11), [None] * capacity, 0, 0, 0
+    while i < n:
+        size = min(chunks[k % len(chunks)], n - i)
+        free = max(0, min(capacity - seen, size))
+        for j in range(free):
+            slots[seen + j] = i + j
+        if free < size:
+            draws = torch.rand(size - free, generator=gen, dtype=torch.float64)
+            for j, u in zip(range(free, size), draws.tolist()):
+                slot = int(u * (seen + j + 1))  # uniform in [0, number of tokens so far)
+                if slot < capacity:
+                    slots[slot] = i + j
+        seen, i, k = seen + size, i + size, k + 1
+    assert _kept(r).tolist() == slots
+
+
+def test_reservoir_sample_is_uniform():
+    """Every token of the stream is kept with probability capacity / n.
+
+    Over S independent seeds the inclusion count of token i is Binomial(S, p), p = k/n. Counts
+    of different tokens are slightly anti-correlated (each run keeps exactly k), which scales
+    Pearson's statistic by (1 - p): X² / (1 - p) ~ χ²(n - 1). The test fails at the 0.1%
+    level: on a uniform sampler it fails with probability 1e-3 (and, seeds being fixed, never
+    flakes). A sampler biased towards early or late tokens (e.g. one that never replaces, or
+    replaces with probability 1/2) gives X² in the thousands."""
+    from scipy import stats
+
+    n, k, seeds = 100, 10, 600
+    counts = torch.zeros(n)
+    for seed in range(seeds):
+        r = TokenReservoir(2, capacity=k, seed=seed)
+        _stream(r, n, [7, 1, 19])
+        counts[_kept(r)] += 1
+    p = k / n
+    expected = seeds * p
+    chi2 = float(((counts - expected) ** 2 / expected).sum()) / (1 - p)
+    assert chi2 < stats.chi2.ppf(0.999, n - 1), chi2
+
+    # Early vs late tokens: the first and last fifth of the stream are each kept at rate p.
+    # Their counts sum m = seeds * (n/5) Bernoulli(p) draws (negatively correlated: the bound
+    # below is conservative); 4.5 standard deviations puts a false alarm under 1e-5.
+    m = seeds * n // 5
+    sd = math.sqrt(m * p * (1 - p))
+    early, late = counts[: n // 5].sum().item(), counts[-n // 5:].sum().item()
+    assert abs(early - m * p) < 4.5 * sd and abs(late - m * p) < 4.5 * sd, (early, late, m * p, sd)
+
+
+def test_channel_absmax_is_the_max_per_step_range():
+    gen = torch.Generator().manual_seed(0)
+    stats = ChannelAbsMax(6, step_ranges=3)
+    seen = {0: [], 2: []}
+    for r in (0, 2, 0, 2, 2):
+        x = torch.randn(11, 6, generator=gen) * (1 + r)
+        stats.update(x, r)
+        seen[r].append(x)
+    for r, xs in seen.items():
+        assert torch.equal(stats.value[r], torch.cat(xs).abs().amax(dim=0))
+    assert torch.equal(stats.value[1], torch.zeros(6))  # a range no step fell in
+
+
+# ------------------------------------------------------------------ token positions
+
+
+def test_token_meta_positions_for_a_known_grid():
+    t, h, w, text = 2, 3, 4, 5
+    state = ForwardState(step=7, num_steps=10, branches=("uncond", "cond"), grid=(t, h, w), text_tokens=text)
+    adapter = SimpleNamespace(state=state)
+    seq = text + t * h * w
+    meta = token_meta(adapter, 2, seq).reshape(2, seq, 5)
+    assert (meta[..., 0] == 7).all()
+    assert (meta[0, :, 1] == BRANCH_CODES["uncond"]).all() and (meta[1, :, 1] == BRANCH_CODES["cond"]).all()
+    assert (meta[:, :text, 2:] == -1).all()  # text tokens have no grid position
+    # Video tokens are flattened T-major, then H, then W.
+    expected = torch.tensor([[ti, hi, wi] for ti in range(t) for hi in range(h) for wi in range(w)], dtype=torch.int32)
+    for b in range(2):
+        assert torch.equal(meta[b, text:, 2:], expected)
+    # A layer that sees only the video tokens of a joint-sequence model (CogVideoX's head).
+    video_only = token_meta(adapter, 1, t * h * w).reshape(t * h * w, 5)
+    assert torch.equal(video_only[:, 2:], expected)
+
+
+class _Capture:
+    """Every input of one linear layer, labelled independently of dq's forward state: the step by
+    counting transformer forwards, the CFG branch by the pipeline's call order (Wan: cond, then
+    uncond; LTX and CogVideoX: one batch of [uncond, cond])."""
+
+    def __init__(self, adapter, layer: str, batched: bool):
+        self.inputs, self.forwards, self.batched = {}, 0, batched
+        self.handles = [m.register_forward_pre_hook(self._count) for m in adapter.transformers().values()]
+        component, module = layer.split(".", 1)
+        self.handles.append(adapter.transformers()[component].get_submodule(module).register_forward_pre_hook(self._x))
+
+    def _count(self, module, args):
+        self.forwards += 1
+
+    def _x(self, module, args):
+        x = args[0].detach().clone()
+        if self.batched:
+            step = self.forwards - 1
+            for row, branch in enumerate(("uncond", "cond")):
+                self.inputs[(step, branch)] = x[row]
+        else:
+            step, branch = divmod(self.forwards - 1, 2)
+            self.inputs[(step, ("cond", "uncond")[branch])] = x[0]
+
+    def close(self):
+        for h in self.handles:
+            h.remove()
+
+
+@pytest.mark.parametrize("family, layer", [
+    ("cogvideox", "transformer.transformer_blocks.0.attn1.to_q"),  # text then video in one sequence
+    ("cogvideox", "transformer.transformer_blocks.1.ff.net.2"),
+    ("ltx", "transformer.transformer_blocks.1.attn1.to_out.0"),
+    ("wan", "transformer_2.blocks.1.ffn.net.0.proj"),  # the low-noise expert
+    ("wan-ti2v", "transformer.blocks.0.attn1.to_v"),
+])
+def test_every_sampled_token_is_where_its_meta_says(family, layer, family_dir):
+    """Run calibration with one prompt, then look every kept token up in the layer's real inputs
+    at its (step, branch) and (t, h, w): it must be exactly there. Text tokens (t = -1) must be
+    one of the text rows. Also checks absmax by step range against the true maximum."""
+    from dq_cli.models import load_model
+
+    adapter = load_model(family, str(family_dir(family)), device="cpu")
+    info = next(i for i in adapter.linears() if i.name == layer)
+    g = tm.GEN_KWARGS[family]
+    steps, ranges = 4, 3
+    capture = _Capture(adapter, layer, batched=family in ("ltx", "cogvideox"))
+    try:
+        result = calibrate(adapter, [info], ["a cat dancing in the rain"], steps=steps, guidance=g["guidance_scale"],
+                           frames=g["num_frames"], height=g["height"], width=g["width"], seed=0,
+                           step_ranges=ranges, tokens_per_layer=96)
+    finally:
+        capture.close()
+    stats = result.stats[layer]
+    tokens, meta = stats.reservoir.sample()
+    assert tokens.shape[0] == 96 < stats.reservoir.seen  # sampled, not everything
+    t, h, w = adapter.state.grid
+    text = adapter.state.text_tokens
+    assert text == (tm.GEN_KWARGS[family]["max_sequence_length"] if family == "cogvideox" else 0)
+    for x, (step, branch, ti, hi, wi) in zip(tokens, meta.tolist()):
+        seq = capture.inputs[(step, {v: k for k, v in BRANCH_CODES.items()}[branch])]
+        assert seq.shape[0] == text + t * h * w
+        if ti == -1:
+            assert text > 0 and (seq[:text] == x).all(dim=1).any()
+        else:
+            assert 0 <= ti < t and 0 <= hi < h and 0 <= wi < w
+            assert torch.equal(seq[text + (ti * h + hi) * w + wi], x)
+    assert {m[1] for m in meta.tolist()} == set(BRANCH_CODES.values())  # both branches sampled
+
+    # absmax by step range: range r covers steps with floor(step * ranges / steps) == r
+    tmp = family_dir(family).parent / "artifact"
+    tensors_path, _ = save_artifact(tmp, result, [info], "", {})
+    with safe_open(str(tensors_path), "pt") as f:
+        absmax = f.get_tensor(f"{layer}.absmax")
+    truth = torch.zeros(ranges, info.in_features)
+    for (step, _), x in capture.inputs.items():
+        r = step * ranges // steps
+        truth[r] = torch.maximum(truth[r], x.abs().amax(dim=0))
+    assert torch.equal(absmax, truth)
