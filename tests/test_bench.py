@@ -1,0 +1,60 @@
+"""`dq bench`: the speed/size comparison and the quality table, on dq-tiny at a tiny size."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from conftest import run_dq, write_recipe
+
+SMALL = ["--steps", "2", "--frames", "4", "--height", "16", "--width", "16"]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    made = {}
+    for name, default in {"passthrough": {"method": "none"},
+                          "w8a8": {"method": "rtn", "weight": "int8", "activation": "int8"},
+                          "w4a4": {"method": "rtn", "weight": "int4", "activation": "int4"}}.items():
+        recipe = write_recipe(root / f"{name}.yaml", {"quantization": {"default": default}})
+        run_dq("quantize", "-r", recipe, "-o", root / f"{name}.safetensors", "-q")
+        made[name] = root / f"{name}.safetensors"
+    return made
+
+
+def test_bench_json_compares_against_the_baseline(checkpoints, tmp_path):
+    result = run_dq("bench", "-c", checkpoints["passthrough"], "-c", checkpoints["w4a4"], *SMALL, "--json",
+                    "-o", tmp_path / "report")
+    doc = json.loads(result.stdout)
+    rows = {r["config"]: r for r in doc["rows"]}
+    assert list(rows) == ["baseline", "passthrough", "w4a4"]
+    # nothing quantized: the same seed must give the very same video
+    assert math.isinf(rows["passthrough"]["psnr_db"])
+    assert 0 < rows["w4a4"]["psnr_db"] < math.inf
+    # the checkpoint on disk holds packed 4-bit weights: smaller than the passthrough one
+    assert rows["w4a4"]["checkpoint_bytes"] < 0.5 * rows["passthrough"]["checkpoint_bytes"]
+    assert all(r["step_ms_median"] > 0 for r in doc["rows"])
+    assert json.loads((tmp_path / "report.json").read_text()) == doc
+    assert "| w4a4 |" in (tmp_path / "report.md").read_text()
+
+
+def test_bench_quality_orders_8_bit_before_4_bit(checkpoints, tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle moving right on a blue background\n")
+    result = run_dq("bench", "--quality", "-c", checkpoints["w8a8"], "-c", checkpoints["w4a4"], "--prompts", prompts,
+                    *SMALL, "--json")
+    rows = {r["config"]: r for r in json.loads(result.stdout)["rows"]}
+    assert rows["baseline"]["psnr_db"] is None and rows["baseline"]["adherence"] is not None
+    # 8-bit rounding error is ~16x smaller than 4-bit on the same activations and weights
+    assert 0 < rows["w8a8"]["layer_error"] < rows["w4a4"]["layer_error"]
+    assert rows["w8a8"]["psnr_db"] > rows["w4a4"]["psnr_db"]
+    assert set(rows["w4a4"]["per_layer_error"]) == set(rows["w8a8"]["per_layer_error"])
+    assert all(0 <= r["ssim"] <= 1 for r in rows.values() if r["ssim"] is not None)
+
+
+def test_bench_missing_checkpoint_is_a_user_error(tmp_path):
+    result = run_dq("bench", "-c", tmp_path / "nope.safetensors", code=2)
+    assert "nope.safetensors" in result.stderr and "Traceback" not in result.stderr
