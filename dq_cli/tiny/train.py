@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import math
 import os
 import time
@@ -34,6 +35,7 @@ CAPTION_DROPOUT = 0.1
 
 def _clips(args: tuple[int, int]) -> tuple[torch.Tensor, list[str]]:
     n, seed = args
+    torch.set_num_threads(1)  # one process per core already
     videos, captions = make_batch(n, seed, FRAMES, SIZE)
     return videos.to(torch.float16), captions
 
@@ -42,7 +44,8 @@ def build_dataset(clips: int, seed: int, workers: int) -> tuple[torch.Tensor, li
     """`clips` rendered clips (never a held-out triple), float16 [n, 3, F, H, W] in [-1, 1]."""
     chunk = 500
     jobs = [(min(chunk, clips - i), seed * 1_000_003 + i) for i in range(0, clips, chunk)]
-    with ProcessPoolExecutor(workers) as pool:
+    # spawn, not fork: a child forked from a parent whose OpenMP pool (or CUDA) is running can hang.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         parts = list(pool.map(_clips, jobs))
     return torch.cat([p[0] for p in parts]), [c for p in parts for c in p[1]]
 
@@ -79,6 +82,11 @@ def train(state_dir: Path, minutes: float, total_steps: int, batch: int, lr: flo
     state_dir.mkdir(parents=True, exist_ok=True)
     meta_path = state_dir / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {"step": 0, "sessions": [], "seconds": 0.0}
+    session = len(meta["sessions"])
+    workers = max(1, min(16, (os.cpu_count() or 2) - 1))
+    videos, captions = build_dataset(clips, seed + 7919 * session, workers)
+    print(f"session {session}: {len(captions)} clips rendered in {time.time() - start:.1f} s on {workers} workers",
+          flush=True)
     pipe = DqTinyPipeline.random(seed=seed)
     ema = DqTinyPipeline.random(seed=seed)
     if meta["step"]:
@@ -93,12 +101,7 @@ def train(state_dir: Path, minutes: float, total_steps: int, batch: int, lr: flo
     for m in modules(pipe).values():
         m.train()
 
-    session = len(meta["sessions"])
-    workers = max(1, min(16, (os.cpu_count() or 2) - 1))
-    videos, captions = build_dataset(clips, seed + 7919 * session, workers)
     videos = videos.to(device)
-    print(f"session {session}: {len(captions)} clips rendered in {time.time() - start:.1f} s on {workers} workers",
-          flush=True)
     ids, mask = pipe.tokenizer(captions)
     ids, mask = ids.to(device), mask.to(device)
     generator = torch.Generator(device).manual_seed(seed * 100 + session)
@@ -136,8 +139,18 @@ def train(state_dir: Path, minutes: float, total_steps: int, batch: int, lr: flo
             log.flush()
             if step % 500 == 0:
                 print(f"step {step} loss {mean:.4f} ({time.time() - session_start:.0f} s)", flush=True)
+            if step % 2000 == 0:  # a killed session still leaves a state to resume from
+                _save(state_dir, pipe, ema, optimizer, params, meta, step, time.time() - session_start, device,
+                      batch, clips, lr, total_steps)
     log.close()
     elapsed = time.time() - session_start
+    _save(state_dir, pipe, ema, optimizer, params, meta, step, elapsed, device, batch, clips, lr, total_steps)
+    print(f"saved step {step} to {state_dir} after {elapsed:.0f} s", flush=True)
+
+
+def _save(state_dir, pipe, ema, optimizer, params, meta, step, elapsed, device, batch, clips, lr, total_steps):
+    """Write the state; the session's entry is replaced, not appended, by saves within a session."""
+    meta = json.loads(json.dumps(meta))
     meta["seconds"] += elapsed
     meta["step"] = step
     meta["sessions"].append({"steps_to": step, "seconds": round(elapsed, 1), "device": _device_name(device),
@@ -145,8 +158,7 @@ def train(state_dir: Path, minutes: float, total_steps: int, batch: int, lr: flo
     save_file(flat_state(pipe), str(state_dir / "raw.safetensors"))
     save_file(flat_state(ema), str(state_dir / "ema.safetensors"))
     save_file(_adam_state(optimizer, params), str(state_dir / "adam.safetensors"))
-    meta_path.write_text(json.dumps(meta, indent=1))
-    print(f"saved step {step} to {state_dir} after {elapsed:.0f} s", flush=True)
+    (state_dir / "meta.json").write_text(json.dumps(meta, indent=1))
 
 
 def _adam_state(optimizer, params) -> dict[str, torch.Tensor]:
