@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -17,50 +16,6 @@ except ImportError:  # tests/ imported as a package
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers import DiffusionPipeline, WanImageToVideoPipeline  # noqa: E402
-
-HAS_ACCELERATE = importlib.util.find_spec("accelerate") is not None
-HAS_FTFY = importlib.util.find_spec("ftfy") is not None
-
-# diffusers 0.42.1: WanTransformer3DModel has _keep_in_fp32_modules, which makes from_pretrained raise
-# ("low_cpu_mem_usage cannot be False ...") when accelerate is missing; WanImageToVideoPipeline's
-# prompt cleaning calls ftfy.fix_text unguarded (NameError without ftfy).
-NEEDS = {
-    "wan": ["accelerate"],
-    "wan-i2v": ["accelerate", "ftfy"],
-    "wan-ti2v": ["accelerate"],
-    "ltx": [],
-    "cogvideox": [],
-}
-
-
-def _require(*mods: str) -> None:
-    missing = [m for m in mods if importlib.util.find_spec(m) is None]
-    if missing:
-        pytest.skip(f"diffusers 0.42.1 needs {missing} for this pipeline (see comment in {Path(__file__).name})")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The models are tiny: one intra-op thread is as fast idle, and 10-30x faster than OpenMP's
-    spinning thread team when the 2 cores are shared with other processes."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """family -> folder, built once per module."""
-    cache: dict[str, Path] = {}
-
-    def get(family: str) -> Path:
-        if family not in cache:
-            cache[family] = tm.build(family, tmp_path_factory.mktemp(family.replace("-", "_")) / "pipe", seed=0)
-        return cache[family]
-
-    return get
-
 
 def _load(cls, folder: Path):
     pipe = cls.from_pretrained(folder)
@@ -139,8 +94,8 @@ def test_builders_leave_global_rng_alone_and_are_seeded(tmp_path):
 
 
 @pytest.mark.parametrize("family", list(tm.FAMILIES))
-def test_folder_layout(built, family):
-    folder = built(family)
+def test_folder_layout(family_dir, family):
+    folder = family_dir(family)
     index = json.loads((folder / "model_index.json").read_text())
     assert index["_class_name"] == tm.PIPELINE_CLASS[family]
     assert index["tokenizer"][0] == "transformers"
@@ -161,9 +116,8 @@ def test_folder_layout(built, family):
 
 
 @pytest.mark.parametrize("family", list(tm.FAMILIES))
-def test_reload_and_generate(built, family):
-    _require(*NEEDS[family])
-    folder = built(family)
+def test_reload_and_generate(family_dir, family):
+    folder = family_dir(family)
     pipe = _load(DiffusionPipeline, folder)
     assert type(pipe).__name__ == tm.PIPELINE_CLASS[family]
 
@@ -199,9 +153,8 @@ def test_reload_and_generate(built, family):
     assert np.abs(f0 - f1).max() > 1e-4
 
 
-def test_wan_i2v_image_conditions_output(built):
-    _require(*NEEDS["wan-i2v"])
-    pipe = _load(DiffusionPipeline, built("wan-i2v"))
+def test_wan_i2v_image_conditions_output(family_dir):
+    pipe = _load(DiffusionPipeline, family_dir("wan-i2v"))
     g = tm.GEN_KWARGS["wan-i2v"]
     # compared on latents: the random tiny VAE decoder squashes differences to ~1e-5 in pixels
     a = _frames(pipe, "wan-i2v", seed=0, output_type="latent")
@@ -210,10 +163,9 @@ def test_wan_i2v_image_conditions_output(built):
     assert np.abs(a - b).max() > 1e-4
 
 
-def test_wan_ti2v_image_to_video(built):
+def test_wan_ti2v_image_to_video(family_dir):
     """TI2V-5B: the same folder loads as WanImageToVideoPipeline (no image encoder) and takes image=."""
-    _require("accelerate", "ftfy")
-    folder = built("wan-ti2v")
+    folder = family_dir("wan-ti2v")
     pipe = _load(WanImageToVideoPipeline, folder)
     assert pipe.image_encoder is None and pipe.image_processor is None
     assert pipe.config.expand_timesteps is True and pipe.transformer_2 is None

@@ -51,7 +51,6 @@ def main() -> None:
         q_bytes = sum(t.numel() * t.element_size() for t in q.state_dict().values())
         b_bytes = sum(t.numel() * 2 for t in linear.state_dict().values())
         total_q += q_bytes
-        total_bf16 -= 0  # counted in the block total
         print(f"{name:<22}{str(tuple(linear.weight.shape)):>14}{b_bytes / 2**20:>11.2f}{q_bytes / 2**20:>10.2f}"
               f"{b_bytes / q_bytes:>7.2f}")
     linear_bf16 = sum(m.weight.numel() * 2 + (m.bias.numel() * 2 if m.bias is not None else 0)
