@@ -12,10 +12,12 @@ where Q_act is round-to-nearest or DeltaQuant's cube split (dq_cli/quant/activat
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 from torch import nn
 
+from dq_calib.trajectories import outlier_ratio
 from dq_cli.models.base import ForwardState
 from dq_cli.quant.activations import CORE_GROUP, quantize_input
 from dq_cli.quant.plan import LayerPlan
@@ -42,6 +44,12 @@ class QuantLinear(nn.Module):
         self.register_buffer("lora_down", lora_down)
         # Set by the model adapter: where sampling is (grid, step) for DeltaQuant's cubes.
         self.forward_state: ForwardState | None = None
+        # Set per step by 6Bit-Diffusion's block hook (dq_cli/quant/runtime.py): the activation route
+        # ("nvfp4", "int8", "deltaquant"; None = the plan's), and on a TDC refresh the max/mean ratio
+        # above which the input stays unquantized. `last_route` says what the last call took.
+        self.route: str | None = None
+        self.refresh_ratio: float | None = None
+        self.last_route: str | None = None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, plan: LayerPlan, name: str, sees_video: bool = True,
@@ -93,17 +101,37 @@ class QuantLinear(nn.Module):
         y = torch.zeros(*xs.shape[:-1], self.out_features, dtype=torch.float32, device=x.device)
         if self.lora_up is not None:  # the 16-bit branch sees the unquantized (smoothed) input
             y += (xs.to(self.lora_down.dtype) @ self.lora_down.T).float() @ self.lora_up.float().T
-        xq = quantize_input(pad_k(xs, k_multiple_of(self.plan)), self.plan, self.forward_state, self.sees_video)
+        plan = self.active_plan(xs)
+        # The weight is the same packed tensors whatever the route: the INT8 route multiplies 8-bit
+        # activations by the 4-bit weight unpacked on the fly (no second copy of the weight).
+        xq = quantize_input(pad_k(xs, k_multiple_of(plan)), plan, self.forward_state, self.sees_video)
         y += xq[..., : self.in_features] @ self.residual_weight().T
         if self.bias is not None:
             y += self.bias.float()
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
+
+    def active_plan(self, xs: torch.Tensor) -> LayerPlan:
+        route = self.route
+        if self.refresh_ratio is not None and outlier_ratio(xs) > self.refresh_ratio:
+            route = "none"
+        self.last_route = route or self.plan.activation
+        return self.plan if route is None else route_plan(self.plan, route)
 
     def extra_repr(self) -> str:
         p = self.plan
         extra = f", rank={p.rank}" if self.lora_up is not None else ""
         return (f"{self.in_features}→{self.out_features}, method={p.method}, W={p.weight}, A={p.activation}, "
                 f"group={p.group_size}{extra}")
+
+
+def route_plan(plan: LayerPlan, route: str) -> LayerPlan:
+    """The plan of one activation route: plain round-to-nearest NVFP4 / INT8 per token, DeltaQuant's
+    cube split with NVFP4 deltas, or "none" (16 bits). Weights are untouched by the route."""
+    if route == "deltaquant":
+        return replace(plan, method="deltaquant", activation="nvfp4")
+    if route in ("nvfp4", "int8", "none"):
+        return replace(plan, method="rtn" if plan.method == "deltaquant" else plan.method, activation=route)
+    raise ValueError(f"unknown activation route {route!r}")
 
 
 def uses_smoothing(plan: LayerPlan) -> bool:
