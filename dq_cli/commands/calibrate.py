@@ -56,7 +56,8 @@ def command(
     cal = spec.calibration
     device = pick_device(device)
     adapter = load_recipe_model(spec.model, device)
-    plans = plan_layers(spec.quantization, adapter.linears(), source)
+    plans = plan_layers(spec.quantization, adapter.linears(), source,
+                        hadamard=spec.predictor.hadamard_block if spec.predictor else 0)
     layers = [info for info in adapter.linears() if info.name in plans]
     if image is not None and not adapter.supports_image:
         raise DQError(f"--image: the {adapter.family} model generates from text only; it cannot use an image")

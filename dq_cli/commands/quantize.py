@@ -48,7 +48,8 @@ def command(
     device = pick_device(device)
     adapter = load_recipe_model(spec.model, device)
     layers = adapter.linears()
-    plans = plan_layers(spec.quantization, layers, source)
+    plans = plan_layers(spec.quantization, layers, source,
+                        hadamard=spec.predictor.hadamard_block if spec.predictor else 0)
     if not adapter.trained:
         note(quiet, "[yellow]note:[/] dq-tiny has no trained weights yet: quantizing a seeded random network")
     routing = _load_predictor(predictor, plans) if predictor is not None else None

@@ -23,6 +23,7 @@ from dq_cli.quant.activations import CORE_GROUP, quantize_input
 from dq_cli.quant.plan import LayerPlan
 from dq_kernels.checks import check_finite
 from dq_kernels.formats import k_multiple, pack_weight, pad_k, unpack_weight
+from dq_kernels.hadamard import block_hadamard
 
 
 class QuantLinear(nn.Module):
@@ -61,7 +62,10 @@ class QuantLinear(nn.Module):
             weight = weight * smooth.float()
         if lora_up is not None:
             weight = weight - lora_up.float() @ lora_down.float()
-        tensors = pack_weight(pad_k(weight, k_multiple_of(plan)), plan.weight, plan.group_size)
+        weight = pad_k(weight, k_multiple_of(plan))
+        if plan.hadamard:  # stored rotated: the input is rotated by the same H_b on the fly
+            weight = block_hadamard(weight, plan.hadamard)
+        tensors = pack_weight(weight, plan.weight, plan.group_size)
         bias = None if linear.bias is None else linear.bias.detach().clone()
         return cls(linear.in_features, linear.out_features, plan, name, tensors, bias, smooth, lora_up, lora_down,
                    sees_video)
@@ -80,10 +84,17 @@ class QuantLinear(nn.Module):
         down = meta((plan.rank, k), torch.bfloat16) if uses_low_rank(plan) else None
         return cls(k, n, plan, name, tensors, bias, smooth, up, down, sees_video)
 
+    def stored_weight(self) -> torch.Tensor:
+        """fp32 [N, K padded]: the dequantized stored tensors (rotated when the plan says so)."""
+        tensors = {k: getattr(self, k) for k in self.tensor_names}
+        return unpack_weight(tensors, self.plan.weight, self.plan.group_size)
+
     def residual_weight(self) -> torch.Tensor:
         """fp32 [N, K]: the dequantized 4/8-bit part, Q(W·λ − L₁L₂) (padding dropped)."""
-        tensors = {k: getattr(self, k) for k in self.tensor_names}
-        return unpack_weight(tensors, self.plan.weight, self.plan.group_size)[:, : self.in_features]
+        w = self.stored_weight()
+        if self.plan.hadamard:
+            w = block_hadamard(w, self.plan.hadamard)  # H_b is its own inverse
+        return w[:, : self.in_features]
 
     def effective_weight(self) -> torch.Tensor:
         """fp32 [N, K] that the layer multiplies unquantized inputs by: (Q(R) + L₁L₂) / λ."""
@@ -102,10 +113,14 @@ class QuantLinear(nn.Module):
         if self.lora_up is not None:  # the 16-bit branch sees the unquantized (smoothed) input
             y += (xs.to(self.lora_down.dtype) @ self.lora_down.T).float() @ self.lora_up.float().T
         plan = self.active_plan(xs)
+        w = self.stored_weight()
+        xin = pad_k(xs, k_multiple_of(self.plan))
+        if self.plan.hadamard:
+            xin = block_hadamard(xin, self.plan.hadamard)
         # The weight is the same packed tensors whatever the route: the INT8 route multiplies 8-bit
         # activations by the 4-bit weight unpacked on the fly (no second copy of the weight).
-        xq = quantize_input(pad_k(xs, k_multiple_of(plan)), plan, self.forward_state, self.sees_video)
-        y += xq[..., : self.in_features] @ self.residual_weight().T
+        xq = quantize_input(pad_k(xin, k_multiple_of(plan)), plan, self.forward_state, self.sees_video)
+        y += xq[..., : w.shape[1]] @ w.T
         if self.bias is not None:
             y += self.bias.float()
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
@@ -145,4 +160,5 @@ def uses_low_rank(plan: LayerPlan) -> bool:
 def k_multiple_of(plan: LayerPlan) -> int:
     """Pad K to serve the weight's, the activation's and the core tokens' grouping."""
     core = CORE_GROUP if plan.method == "deltaquant" else 1
-    return math.lcm(k_multiple(plan.weight, plan.group_size), k_multiple(plan.activation, plan.group_size), core)
+    return math.lcm(k_multiple(plan.weight, plan.group_size), k_multiple(plan.activation, plan.group_size), core,
+                    plan.hadamard or 1)
