@@ -180,21 +180,25 @@ class Decisions:
     step: torch.Tensor
 
 
-def decisions(traj: Trajectories, layers: dict[str, LayerPredictor], low_route: str, static: bool = False
-              ) -> Decisions:
+def decisions(traj: Trajectories, layers: dict[str, LayerPredictor], low_route: str, static: bool = False,
+              skipped: torch.Tensor | None = None) -> Decisions:
+    """`skipped` [P, S, Br, B] (bool): block-steps a Temporal Delta Cache would skip. Their layers
+    do not run, and the step after a skip has no Γ(t−1): dynamic routing must take the safe route."""
     lo, sa = traj.routes.index(low_route), traj.routes.index(SAFE_ROUTE)
     cols = {k: [] for k in ("predicted", "weight", "err_low", "err_safe", "layer", "step")}
     for i, name in enumerate(traj.linears):
-        p = layers[name]
+        p, k = layers[name], traj.linear_block[i]
         e_lo, e_sa = traj.erel[..., i, lo], traj.erel[..., i, sa]       # [P, S, Br]
         ran = torch.isfinite(e_lo)
         g_prev = torch.full_like(e_lo, float("nan"))
-        g_prev[:, 1:] = traj.gamma[:, :-1, :, traj.linear_block[i]]
-        pred = p.alpha * g_prev + p.beta
+        g_prev[:, 1:] = traj.gamma[:, :-1, :, k]
+        if skipped is not None:
+            ran &= ~skipped[..., k]
+            g_prev[:, 1:][skipped[:, :-1, :, k]] = float("nan")
         if static:
             pred = torch.full_like(e_lo, p.beta)
         else:
-            pred = torch.where(torch.isfinite(g_prev), pred, torch.full_like(pred, math.inf))
+            pred = torch.where(torch.isfinite(g_prev), p.alpha * g_prev + p.beta, torch.full_like(e_lo, math.inf))
         steps = torch.arange(traj.steps).view(1, -1, 1).expand_as(e_lo)
         cols["predicted"].append(pred[ran])
         cols["weight"].append(torch.full((int(ran.sum()),), float(p.in_features)))

@@ -118,6 +118,22 @@ def test_regressions_use_the_previous_steps_gamma():
     assert (a.block, b.in_features) == ("t.blocks.0", 256)
 
 
+def test_decisions_count_tdc_skips_as_predictor_fit_replays_them():
+    traj = _synthetic(prompts=1, steps=6)
+    layers = fit_layers(traj, "nvfp4", {})
+    plain = decisions(traj, layers, "nvfp4")
+    assert plain.predicted.numel() == 2 * 6 * 2 and torch.isinf(plain.predicted).sum() == 2 * 2  # step 0
+    skipped = torch.zeros(1, 6, 2, 2, dtype=torch.bool)
+    skipped[0, 3, 0, 0] = True          # block 0, cond branch, step 3
+    d = decisions(traj, layers, "nvfp4", skipped=skipped)
+    assert d.predicted.numel() == plain.predicted.numel() - 1               # its layer did not run
+    on = (d.layer == 0) & (d.step == 4)
+    assert torch.isinf(d.predicted[on]).sum() == 1                          # cond after the skip: forced
+    assert torch.isinf(d.predicted[(d.layer == 1) & (d.step == 4)]).sum() == 0  # the other block: not
+    static = decisions(traj, fit_layers(traj, "nvfp4", {}, static=True), "nvfp4", static=True, skipped=skipped)
+    assert not torch.isinf(static.predicted).any()                           # a static mix needs no Γ
+
+
 # ------------------------------------------------------------------ the threshold
 
 

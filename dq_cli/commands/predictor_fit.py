@@ -75,15 +75,18 @@ def command(
     plots.mkdir(parents=True, exist_ok=True)
     with progress_bar(quiet, "fitting predictor", 5) as advance:
         layers = fit_layers(traj, low_route, in_features, static=static)
+        # With TDC on, the bits are counted as it will run: skipped block-steps run no layer, and the
+        # step after a skip is forced to the safe route (replayed on the calibration trajectories).
+        skipped = _tdc_skips(traj, spec) if spec.tdc.enabled else None
+        tdc_estimate = float(skipped[_ran(traj)].float().mean()) if skipped is not None else None
         advance()
-        d = decisions(traj, layers, low_route, static=static)
+        d = decisions(traj, layers, low_route, static=static, skipped=skipped)
         choice = choose_threshold(d, low_bits, safe_bits, target_bits=target, error_budget=budget)
         # The other kind at the same target, for comparison on the same calibration set.
         other = fit_layers(traj, low_route, in_features, static=not static)
-        other_d = decisions(traj, other, low_route, static=not static)
+        other_d = decisions(traj, other, low_route, static=not static, skipped=skipped)
         other_choice = choose_threshold(other_d, low_bits, safe_bits, target_bits=target, error_budget=budget)
         advance()
-        tdc_estimate = _tdc_estimate(traj, spec) if spec.tdc.enabled else None
         advance()
         drawn = draw.scatter_fits(plots / "gamma_vs_error.png", traj, layers if not static else other, low_route)
         draw.bit_map(plots / "bit_map.png", traj, d, choice.threshold, low_bits, safe_bits)
@@ -108,8 +111,8 @@ def command(
                 + (f"; best {ranked[0]} ({fitted[ranked[0]].r2:.3f}), worst {ranked[-1]} "
                    f"({fitted[ranked[-1]].r2:.3f})" if ranked else ""))
     if not choice.met:
-        console.print(f"[yellow]warning:[/] {goal} cannot be met (the first steps alone take {SAFE_ROUTE}); "
-                      "using the closest mix")
+        console.print(f"[yellow]warning:[/] {goal} cannot be met (the steps without Γ(t−1) — the first, an "
+                      f"expert's first, those after a TDC skip — alone take {SAFE_ROUTE}); using the closest mix")
     note(quiet, f"{kind}, {goal}: threshold {choice.threshold:.4g} on the predicted error → "
                 f"{SAFE_ROUTE} {100 * choice.safe_fraction:.1f}%, {low_route} {100 * (1 - choice.safe_fraction):.1f}%, "
                 f"{choice.bits:.2f} bits on average, mean E_rel {choice.mean_error:.4f}")
@@ -118,25 +121,31 @@ def command(
                 f"{other_choice.mean_error:.4f} (calibration set)")
     if tdc_estimate is not None:
         note(quiet, f"TDC at tau {spec.tdc.tau:g}, max {spec.tdc.max_skips} skips: would skip "
-                    f"{100 * tdc_estimate:.1f}% of block evaluations on the calibration trajectories")
+                    f"{100 * tdc_estimate:.1f}% of block evaluations on the calibration trajectories "
+                    "(counted in the bits above)")
     note(quiet, f"plots: {', '.join(str(plots / n) for n in ('gamma_vs_error.png', 'bit_map.png', 'delta_similarity.png'))}"
                 f" (scatter: {len(drawn)} layers)")
     console.print(f"wrote {out}") if not quiet else typer.echo(str(out))
 
 
-def _tdc_estimate(traj, spec) -> float:
-    """Fraction of block evaluations TDC would skip, replayed on the measured Δ changes."""
+def _ran(traj):
+    import torch
+
+    return torch.isfinite(traj.gamma)
+
+
+def _tdc_skips(traj, spec):
+    """[P, S, Br, B] bool: the block-steps TDC would skip, replayed on the measured Δ changes."""
     import torch
 
     from dq_cli.quant.tdc import TDCConfig, simulate
 
     cfg = TDCConfig(spec.tdc.tau, spec.tdc.max_skips)
-    skipped = ran = 0
+    skipped = torch.zeros(traj.gamma.shape, dtype=torch.bool)
     for p in range(traj.prompts):
         for b in range(len(traj.branches)):
             for k in range(len(traj.blocks)):
-                mask = torch.isfinite(traj.gamma[p, :, b, k])
+                mask = torch.isfinite(traj.gamma[p, :, b, k])   # the steps this block ran (its expert's)
                 if mask.any():
-                    skipped += int(simulate(traj.delta_rel_l1[p, mask, b, k], cfg).sum())
-                    ran += int(mask.sum())
-    return skipped / ran if ran else 0.0
+                    skipped[p, mask, b, k] = simulate(traj.delta_rel_l1[p, mask, b, k], cfg)
+    return skipped
