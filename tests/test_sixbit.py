@@ -431,3 +431,20 @@ def test_hadamard_plan_keeps_the_product_and_smooths_an_outlier_channel():
     err = {b: rel_error(QuantLinear.from_linear(linear, replace(int8, hadamard=b), "l")(x), y).max().item()
            for b in (0, 32)}
     assert err[32] < 0.5 * err[0]
+
+
+def test_deltaquant_route_uses_the_cube_split_on_the_same_weights():
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 32)
+    q = QuantLinear.from_linear(linear, NVFP4_PLAN, "l")
+    q.forward_state = ForwardState(grid=(4, 4, 8), in_forward=True)
+    # Neighbouring tokens share a large common part: what DeltaQuant's core tokens take out.
+    x = torch.randn(1, 1, 64) * 5 + 0.2 * torch.randn(1, 128, 64)
+    y = linear(x)
+    err = {}
+    for route in ("nvfp4", "deltaquant", "int8"):
+        q.route = route
+        err[route] = rel_error(q(x), y).item()
+        assert q.last_route == route
+    assert err["deltaquant"] < err["nvfp4"]
+    assert set(q.tensor_names) == {"qweight", "block_scales", "tensor_scale"}

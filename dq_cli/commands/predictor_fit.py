@@ -52,7 +52,8 @@ def command(
         cal = load_calibration(calibration)
     except ArtifactError as e:
         raise DQError(f"--calibration: {e}") from None
-    json_path = Path(calibration).with_suffix(".json") if Path(calibration).suffix else Path(f"{calibration}.json")
+    stem = Path(calibration)  # as load_calibration names it
+    json_path = (stem.with_suffix("") if stem.suffix in (".json", ".safetensors") else stem).with_suffix(".json")
     traj = cal.trajectories
     if traj is None:
         raise DQError(f"{json_path}: no 'trajectories' (Γ and E_rel per step): run `dq calibrate` with a recipe "
@@ -73,7 +74,7 @@ def command(
     if target is None and budget is None:
         raise RecipeError(source, "predictor.target_bits", "give target_bits or error_budget")
     plots.mkdir(parents=True, exist_ok=True)
-    with progress_bar(quiet, "fitting predictor", 5) as advance:
+    with progress_bar(quiet, "fitting predictor", 4) as advance:
         layers = fit_layers(traj, low_route, in_features, static=static)
         # With TDC on, the bits are counted as it will run: skipped block-steps run no layer, and the
         # step after a skip is forced to the safe route (replayed on the calibration trajectories).
@@ -86,7 +87,6 @@ def command(
         other = fit_layers(traj, low_route, in_features, static=not static)
         other_d = decisions(traj, other, low_route, static=not static, skipped=skipped)
         other_choice = choose_threshold(other_d, low_bits, safe_bits, target_bits=target, error_budget=budget)
-        advance()
         advance()
         drawn = draw.scatter_fits(plots / "gamma_vs_error.png", traj, layers if not static else other, low_route)
         draw.bit_map(plots / "bit_map.png", traj, d, choice.threshold, low_bits, safe_bits)
