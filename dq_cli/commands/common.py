@@ -75,7 +75,8 @@ def pick_device(device: str | None) -> str:
 def set_threads() -> None:
     import torch
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    # OMP_NUM_THREADS wins when set, as users of torch expect (e.g. several dq jobs on one host).
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)))
 
 
 @contextmanager
