@@ -234,7 +234,8 @@ class Adapter:
                 video = pipe(**self.pipeline_kwargs(call)).frames[0]  # [F, 3, H, W] in [0, 1]
             except ValueError as e:  # the pipeline's check of the settings (sizes, frames, prompt)
                 raise DQError(f"{self.family}: {e}") from None
-        return (video.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+        # Frames come back on the CPU whatever the device: they go to encoders, numpy and metrics.
+        return (video.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu()
 
     def pipeline_for(self, image):
         """The pipeline that samples with (or without) a first-frame image."""
