@@ -15,6 +15,11 @@ from dq_cli.errors import DQError
 
 @handle_errors
 def command(
+    what: str = typer.Argument("model", help="model: run the model and checkpoints; kernels: the quantized "
+                               "linear kernels against cuBLAS at real model shapes (CUDA only)."),
+    kernel_models: list[str] = typer.Option([], "--shapes", help="With `kernels`: which models' linear shapes "
+                                            "(repeatable; default wan-a14b-480p). One of: wan-a14b-480p, "
+                                            "wan-a14b-720p, wan-ti2v-5b, ltx-video, cogvideox-5b."),
     checkpoints: list[Path] = typer.Option([], "--checkpoint", "-c", help="A quantized checkpoint to compare "
                                            "(repeatable)."),
     model: str = typer.Option(None, "--model", "-m", help="Baseline model (default: the first checkpoint's, "
@@ -47,6 +52,10 @@ def command(
     from dq_cli.session import load_quantized, sampling
     set_threads()
     device = pick_device(device)
+    if what == "kernels":
+        return _kernels(kernel_models or ["wan-a14b-480p"], device, out, as_json, quiet)
+    if what != "model":
+        raise DQError(f"dq bench {what}: expected 'model' or 'kernels'")
     for path in checkpoints:
         if not path.is_file():
             raise DQError(f"--checkpoint {path}: no such file")
@@ -88,6 +97,24 @@ def _emit(doc: dict, out: Path | None, as_json: bool, quiet: bool, to_markdown, 
         typer.echo(json.dumps(doc, indent=1))
     elif not quiet:
         print_table(doc)
+
+
+def _kernels(models: list[str], device: str, out, as_json: bool, quiet: bool) -> None:
+    from dq_cli import bench as lib
+    from dq_cli import kernel_bench as kb
+
+    unknown = [m for m in models if m not in kb.SHAPES]
+    if unknown:
+        raise DQError(f"--shapes {unknown[0]}: unknown; choose from {', '.join(kb.SHAPES)}")
+    if not device.startswith("cuda"):
+        raise DQError("dq bench kernels times GPU kernels against cuBLAS: it needs a CUDA device")
+    import triton
+
+    total = sum(len(kb.SHAPES[m][2]) for m in models)
+    with progress_bar(quiet, "timing kernels", total) as advance:
+        rows = kb.run(models, on_shape=lambda r: advance())
+    doc = kb.report(rows, lib.environment(device) | {"triton": triton.__version__})
+    _emit(doc, out, as_json, quiet, kb.markdown, lambda d: console.print(kb.markdown(d)))
 
 
 def _quality(baseline, checkpoints, model, run, prompts, num_prompts, device, quiet) -> dict:

@@ -1,0 +1,204 @@
+"""DeltaQuant's activation quantizer for the Hopper W4A4 GEMM — Triton kernel, launch wrapper and
+the PyTorch reference it must meet.
+
+In: X [M, K] (M = B·T·H·W tokens, T-major), the smoothing vector λ and the low-rank down factor
+L₂ [r, K]. Out, in one launch:
+
+- core   fp32 [B·n_cubes, K]  the cube means of X/λ (the core tokens, quantized to FP8 by the caller)
+- delta  E4M3 [M, K]          each token's delta d = x/λ − c rounded to INT4 with power-of-two
+                              group scales (`int4_pow2`) and stored as code·s_g/s_tok, exact in E4M3
+- scale  fp32 [M]             s_tok = (largest group scale of the token) · 2**-6
+- down   fp32 [M, r]          (X/λ)·L₂ᵀ, the input of the 16-bit low-rank branch
+
+so the GEMM multiplies two E4M3 operands and applies s_tok and the weight's row scale once,
+after its K loop. Without cubes (`cube=None`) the deltas are the tokens themselves (RTN /
+SVDQuant activations in `int4_pow2`).
+
+One program per cube (per block of tokens without cubes) walks K twice in groups of 64: the first
+pass finds each token's largest group |d| (and writes the core and the low-rank input), the second
+rounds. The cube mean is recomputed in the second pass from the same tile (same reduction, same
+result) rather than read back. Ragged edge cubes mask the tokens they lack and average the ones
+they hold, like the reference.
+
+Exactness against the reference: the mean is a float sum in another order, and λ is applied by a
+GPU division (≤ 2 ulp): a delta can land on the other side of a rounding boundary, so a few codes
+may differ by one step. Tests bound how many and by how much.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .delta_cubes import cube_ids, split_deltas
+from .int4 import POW2_SPAN, quantize_int4
+from .scaled_gemm import interpreting
+
+__all__ = ["delta_quantize", "delta_quantize_reference", "DeltaActivations"]
+
+GROUP = 64
+CARRIER_SHIFT = 6
+
+
+class DeltaActivations(tuple):
+    """(core, delta, scale, down, cube_index): what the GEMMs of one layer need."""
+    __slots__ = ()
+    core = property(lambda self: self[0])
+    delta = property(lambda self: self[1])
+    scale = property(lambda self: self[2])
+    down = property(lambda self: self[3])
+    cube_index = property(lambda self: self[4])
+
+
+def delta_quantize_reference(x: torch.Tensor, smooth: torch.Tensor | None, lora_down: torch.Tensor | None,
+                             batch: int, grid: tuple[int, int, int] | None, cube: tuple[int, int, int] | None
+                             ) -> DeltaActivations:
+    """The same outputs from dq_kernels' PyTorch formats (K a multiple of 64)."""
+    xs = x.float() / smooth.float() if smooth is not None else x.float()
+    down = (xs.to(lora_down.dtype) @ lora_down.T).float() if lora_down is not None else None
+    if cube is not None:
+        core, deltas, ids = split_deltas(xs.reshape(batch, -1, xs.shape[-1]), grid, cube)
+        n_cubes = core.shape[1]
+        index = (ids[None, :] + n_cubes * torch.arange(batch, device=x.device)[:, None]).reshape(-1)
+        core, deltas = core.reshape(-1, xs.shape[-1]), deltas.reshape(-1, xs.shape[-1])
+    else:
+        core, deltas, index = None, xs, None
+    codes, scales = quantize_int4(deltas, GROUP, pow2_scales=True)
+    s_tok = scales.float().amax(dim=-1) * 2.0**-CARRIER_SHIFT
+    ratio = torch.where(s_tok[:, None] > 0, scales.float() / s_tok[:, None], torch.zeros_like(scales.float()))
+    delta = (codes.float() * ratio.repeat_interleave(GROUP, dim=-1)).to(torch.float8_e4m3fn)
+    return DeltaActivations((core, delta, s_tok, down, index))
+
+
+@triton.jit
+def _ceil_exp(amax):
+    """Smallest e with 7·2**e >= amax (amax a positive normal fp32): the exponent of the
+    power-of-two INT4 scale. From the bits, without a division (GPU fp32 division is not
+    correctly rounded by default): amax = (1 + m)·2**E, and 7·2**(E-2) = 1.75·2**E."""
+    bits = amax.to(tl.int32, bitcast=True)
+    e = ((bits >> 23) & 0xFF) - 127
+    return tl.where((bits & 0x7FFFFF) <= 0x600000, e - 2, e - 1)
+
+
+@triton.jit
+def _pow2(e):
+    return ((e + 127) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _load_tokens(x_ptr, smooth_ptr, tokens, valid, cols, K, stride_x, HAS_SMOOTH: tl.constexpr):
+    mask = valid[:, None] & (cols[None, :] < K)
+    xt = tl.load(x_ptr + tokens[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    if HAS_SMOOTH:
+        lam = tl.load(smooth_ptr + cols, mask=cols < K, other=1.0)
+        xt = xt / lam[None, :]
+    return xt
+
+
+@triton.jit
+def delta_quantize_kernel(
+    x_ptr, smooth_ptr, down_w_ptr,                  # inputs: X [M, K], λ [K], L₂ [R, K]
+    core_ptr, delta_ptr, scale_ptr, down_ptr,        # outputs: see the module docstring
+    K, KP, stride_x, T, H, W, tokens_per_batch,
+    CT: tl.constexpr, CH: tl.constexpr, CW: tl.constexpr,
+    CUBE_TOKENS: tl.constexpr, HAS_CUBES: tl.constexpr, HAS_SMOOTH: tl.constexpr,
+    HAS_DOWN: tl.constexpr, R: tl.constexpr, GROUP_K: tl.constexpr, SPAN: tl.constexpr, SHIFT: tl.constexpr,
+):
+    pid, batch = tl.program_id(0), tl.program_id(1)
+    j = tl.arange(0, CUBE_TOKENS)
+    if HAS_CUBES:
+        nh, nw = tl.cdiv(H, CH), tl.cdiv(W, CW)
+        t = (pid // (nh * nw)) * CT + j // (CH * CW)
+        h = ((pid // nw) % nh) * CH + (j // CW) % CH
+        w = (pid % nw) * CW + j % CW
+        valid = (j < CT * CH * CW) & (t < T) & (h < H) & (w < W)
+        tokens = batch * tokens_per_batch + (t * H + h) * W + w
+        count = tl.sum(valid.to(tl.float32), axis=0)
+    else:
+        tokens = pid * CUBE_TOKENS + j
+        valid = tokens < tokens_per_batch
+    cols0 = tl.arange(0, GROUP_K)
+
+    # Pass 1: each token's largest |delta| over K; the core tokens; the low-rank input.
+    row_max = tl.zeros((CUBE_TOKENS,), dtype=tl.float32)
+    if HAS_DOWN:
+        down = tl.zeros((CUBE_TOKENS, R), dtype=tl.float32)
+    for k0 in range(0, KP, GROUP_K):
+        cols = k0 + cols0
+        xt = _load_tokens(x_ptr, smooth_ptr, tokens, valid, cols, K, stride_x, HAS_SMOOTH)
+        if HAS_DOWN:
+            r = tl.arange(0, R)
+            lw = tl.load(down_w_ptr + r[:, None] * K + cols[None, :], mask=cols[None, :] < K, other=0.0)
+            down += tl.dot(xt.to(lw.dtype), tl.trans(lw)).to(tl.float32)
+        if HAS_CUBES:
+            mean = tl.sum(xt, axis=0) / count
+            tl.store(core_ptr + (batch * tl.num_programs(0) + pid) * KP + cols, mean)
+            xt = tl.where(valid[:, None], xt - mean[None, :], 0.0)
+        row_max = tl.maximum(row_max, tl.max(tl.abs(xt), axis=1))
+    if HAS_DOWN:
+        tl.store(down_ptr + tokens[:, None] * R + tl.arange(0, R)[None, :], down, mask=valid[:, None])
+
+    # Pass 2: round each delta group with its power-of-two scale, store it in the E4M3 carrier.
+    nonzero = row_max > 0
+    e_tok = tl.where(nonzero, _ceil_exp(tl.where(nonzero, row_max, 1.0)), 0)
+    for k0 in range(0, KP, GROUP_K):
+        cols = k0 + cols0
+        xt = _load_tokens(x_ptr, smooth_ptr, tokens, valid, cols, K, stride_x, HAS_SMOOTH)
+        if HAS_CUBES:
+            mean = tl.sum(xt, axis=0) / count
+            xt = tl.where(valid[:, None], xt - mean[None, :], 0.0)
+        g_max = tl.max(tl.abs(xt), axis=1)
+        e_g = tl.where(g_max > 0, _ceil_exp(tl.where(g_max > 0, g_max, 1.0)), e_tok - SPAN)
+        e_g = tl.maximum(e_g, e_tok - SPAN)  # within 2**SPAN of the token's largest group
+        q = xt * _pow2(-e_g)[:, None]
+        q = (q + 12582912.0) - 12582912.0  # round half to even (1.5·2**23 trick; |q| < 2**22)
+        q = tl.minimum(tl.maximum(q, -8.0), 7.0)
+        carrier = q * _pow2(e_g - e_tok + SHIFT)[:, None]
+        carrier = tl.where(nonzero[:, None], carrier, 0.0)
+        tl.store(delta_ptr + tokens[:, None] * KP + cols[None, :], carrier.to(delta_ptr.dtype.element_ty),
+                 mask=valid[:, None])
+    scale = tl.where(nonzero, _pow2(e_tok - SHIFT), 0.0)
+    tl.store(scale_ptr + tokens, scale, mask=valid)
+
+
+def delta_quantize(x: torch.Tensor, smooth: torch.Tensor | None, lora_down: torch.Tensor | None,
+                   batch: int, grid: tuple[int, int, int] | None, cube: tuple[int, int, int] | None
+                   ) -> DeltaActivations:
+    """X [M, K] (K a multiple of 64; M = batch·T·H·W when `cube` is given) → DeltaActivations."""
+    m, k = x.shape
+    if k % GROUP:
+        raise ValueError(f"delta_quantize: K={k} is not a multiple of {GROUP}")
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    dev = x.device
+    rank = lora_down.shape[0] if lora_down is not None else 0
+    r = max(16, triton.next_power_of_2(rank))  # tl.dot wants a power of two >= 16: pad with zero rows
+    if lora_down is not None and r != rank:
+        lora_down = torch.cat([lora_down, lora_down.new_zeros(r - rank, k)])
+    if lora_down is not None and interpreting():
+        lora_down = lora_down.float()  # the interpreter's bf16 tl.dot is wrong (FACTS.md)
+    delta = torch.empty(m, k, dtype=torch.float8_e4m3fn, device=dev)
+    scale = torch.empty(m, dtype=torch.float32, device=dev)
+    down = torch.empty(m, r, dtype=torch.float32, device=dev) if lora_down is not None else None
+    if cube is not None:
+        t, h, w = grid
+        ct, ch, cw = (max(1, min(c, g)) for c, g in zip(cube, grid))
+        n_cubes = -(-t // ct) * -(-h // ch) * -(-w // cw)
+        cube_tokens = max(16, triton.next_power_of_2(ct * ch * cw))
+        core = torch.empty(batch * n_cubes, k, dtype=torch.float32, device=dev)
+        launch = (n_cubes, batch)
+        ids, _ = cube_ids(grid, (ct, ch, cw), dev)
+        index = (ids[None, :] + n_cubes * torch.arange(batch, device=dev)[:, None]).reshape(-1).to(torch.int32)
+    else:
+        t = h = w = ct = ch = cw = 1
+        cube_tokens, core, index = 64, None, None
+        launch = (triton.cdiv(m, cube_tokens), 1)
+    dummy = scale  # any tensor: pointers of absent inputs are never read
+    delta_quantize_kernel[launch](
+        x, smooth if smooth is not None else dummy, lora_down if lora_down is not None else dummy,
+        core if core is not None else dummy, delta, scale, down if down is not None else dummy,
+        k, k, x.stride(0), t, h, w, m // batch if cube is not None else m,
+        CT=ct, CH=ch, CW=cw, CUBE_TOKENS=cube_tokens, HAS_CUBES=cube is not None,
+        HAS_SMOOTH=smooth is not None, HAS_DOWN=lora_down is not None, R=r, GROUP_K=GROUP,
+        SPAN=POW2_SPAN, SHIFT=CARRIER_SHIFT)
+    return DeltaActivations((core, delta, scale, down[:, :rank] if down is not None else None, index))
