@@ -14,15 +14,17 @@ so the GEMM multiplies two E4M3 operands and applies s_tok and the weight's row 
 after its K loop. Without cubes (`cube=None`) the deltas are the tokens themselves (RTN /
 SVDQuant activations in `int4_pow2`).
 
-One program per cube (per block of tokens without cubes) walks K twice in groups of 64: the first
-pass finds each token's largest group |d| (and writes the core and the low-rank input), the second
-rounds. The cube mean is recomputed in the second pass from the same tile (same reduction, same
-result) rather than read back. Ragged edge cubes mask the tokens they lack and average the ones
-they hold, like the reference.
+Two launches over (cube, slice of 1,024 columns): `delta_stats_kernel` writes the core tokens, each
+token's largest |d| per slice and the slice's share of (X/λ)·L₂ᵀ; `delta_round_kernel` takes the
+token's largest group scale from those maxima and rounds. X is read twice, but every pass is
+spread over cubes × slices, so the GPU is full and the reads stream (a first version with one
+program per cube walking all of K took 1.1 ms for 32,760×5,120 on an H100, 4× the memory-bound
+time). The low-rank input is summed over slices in a fixed order: deterministic. Ragged edge
+cubes mask the tokens they lack and average the ones they hold, like the reference.
 
-Exactness against the reference: the mean is a float sum in another order, and λ is applied by a
-GPU division (≤ 2 ulp): a delta can land on the other side of a rounding boundary, so a few codes
-may differ by one step. Tests bound how many and by how much.
+Exactness against the reference: λ is applied with a correctly rounded division, as the
+reference does; the cube mean is a float sum in another order, so a delta can land on the other
+side of a rounding boundary and a few codes may differ by one step. Tests bound how many.
 """
 
 from __future__ import annotations
@@ -74,8 +76,8 @@ def delta_quantize_reference(x: torch.Tensor, smooth: torch.Tensor | None, lora_
 @triton.jit
 def _ceil_exp(amax):
     """Smallest e with 7·2**e >= amax (amax a positive normal fp32): the exponent of the
-    power-of-two INT4 scale. From the bits, without a division (GPU fp32 division is not
-    correctly rounded by default): amax = (1 + m)·2**E, and 7·2**(E-2) = 1.75·2**E."""
+    power-of-two INT4 scale. From the bits, without a division: amax = (1 + m)·2**E, and
+    7·2**(E-2) = 1.75·2**E."""
     bits = amax.to(tl.int32, bitcast=True)
     e = ((bits >> 23) & 0xFF) - 127
     return tl.where((bits & 0x7FFFFF) <= 0x600000, e - 2, e - 1)
@@ -87,25 +89,9 @@ def _pow2(e):
 
 
 @triton.jit
-def _load_tokens(x_ptr, smooth_ptr, tokens, valid, cols, K, stride_x, HAS_SMOOTH: tl.constexpr):
-    mask = valid[:, None] & (cols[None, :] < K)
-    xt = tl.load(x_ptr + tokens[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    if HAS_SMOOTH:
-        lam = tl.load(smooth_ptr + cols, mask=cols < K, other=1.0)
-        xt = xt / lam[None, :]
-    return xt
-
-
-@triton.jit
-def delta_quantize_kernel(
-    x_ptr, smooth_ptr, down_w_ptr,                  # inputs: X [M, K], λ [K], L₂ [R, K]
-    core_ptr, delta_ptr, scale_ptr, down_ptr,        # outputs: see the module docstring
-    K, KP, stride_x, T, H, W, tokens_per_batch,
-    CT: tl.constexpr, CH: tl.constexpr, CW: tl.constexpr,
-    CUBE_TOKENS: tl.constexpr, HAS_CUBES: tl.constexpr, HAS_SMOOTH: tl.constexpr,
-    HAS_DOWN: tl.constexpr, R: tl.constexpr, GROUP_K: tl.constexpr, SPAN: tl.constexpr, SHIFT: tl.constexpr,
-):
-    pid, batch = tl.program_id(0), tl.program_id(1)
+def _cube_tokens(pid, batch, T, H, W, tokens_per_batch, CT: tl.constexpr, CH: tl.constexpr, CW: tl.constexpr,
+                 CUBE_TOKENS: tl.constexpr, HAS_CUBES: tl.constexpr):
+    """Row indices of the tokens of cube `pid` (or of the pid-th block of tokens), and which exist."""
     j = tl.arange(0, CUBE_TOKENS)
     if HAS_CUBES:
         nh, nw = tl.cdiv(H, CH), tl.cdiv(W, CW)
@@ -114,52 +100,103 @@ def delta_quantize_kernel(
         w = (pid % nw) * CW + j % CW
         valid = (j < CT * CH * CW) & (t < T) & (h < H) & (w < W)
         tokens = batch * tokens_per_batch + (t * H + h) * W + w
-        count = tl.sum(valid.to(tl.float32), axis=0)
     else:
         tokens = pid * CUBE_TOKENS + j
         valid = tokens < tokens_per_batch
-    cols0 = tl.arange(0, GROUP_K)
+    return tokens, valid
 
-    # Pass 1: each token's largest |delta| over K; the core tokens; the low-rank input.
+
+@triton.jit
+def _load_chunk(x_ptr, smooth_ptr, tokens, valid, cols, K, stride_x, HAS_SMOOTH: tl.constexpr):
+    """X/λ for the tokens × a [G, 64] chunk of columns → fp32 [CUBE_TOKENS, G, 64]."""
+    mask = valid[:, None, None] & (cols[None, :, :] < K)
+    xt = tl.load(x_ptr + tokens[:, None, None] * stride_x + cols[None, :, :], mask=mask, other=0.0).to(tl.float32)
+    if HAS_SMOOTH:
+        lam = tl.load(smooth_ptr + cols, mask=cols < K, other=1.0)
+        xt = tl.math.div_rn(xt, lam[None, :, :])  # correctly rounded, as the reference's division
+    return xt
+
+
+@triton.jit
+def delta_stats_kernel(
+    x_ptr, smooth_ptr, down_w_ptr,                   # X [M, K], λ [K], L₂ [R, K]
+    core_ptr, part_max_ptr, down_part_ptr,           # core [B·n_cubes, KP]; per split: max |d| [M, S], (X/λ)L₂ᵀ [S, M, R]
+    K, KP, stride_x, T, H, W, tokens_per_batch, M, n_splits,
+    CT: tl.constexpr, CH: tl.constexpr, CW: tl.constexpr, CUBE_TOKENS: tl.constexpr, HAS_CUBES: tl.constexpr,
+    HAS_SMOOTH: tl.constexpr, HAS_DOWN: tl.constexpr, DOWN_IEEE: tl.constexpr, R: tl.constexpr,
+    SPLIT_K: tl.constexpr, G: tl.constexpr, GROUP_K: tl.constexpr,
+):
+    pid, split, batch = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    tokens, valid = _cube_tokens(pid, batch, T, H, W, tokens_per_batch, CT, CH, CW, CUBE_TOKENS, HAS_CUBES)
+    count = tl.sum(valid.to(tl.float32), axis=0)
+    cube_row = batch * tl.num_programs(0) + pid
+    local = tl.arange(0, G)[:, None] * GROUP_K + tl.arange(0, GROUP_K)[None, :]
     row_max = tl.zeros((CUBE_TOKENS,), dtype=tl.float32)
-    if HAS_DOWN:
-        down = tl.zeros((CUBE_TOKENS, R), dtype=tl.float32)
-    for k0 in range(0, KP, GROUP_K):
-        cols = k0 + cols0
-        xt = _load_tokens(x_ptr, smooth_ptr, tokens, valid, cols, K, stride_x, HAS_SMOOTH)
+    down = tl.zeros((CUBE_TOKENS, R), dtype=tl.float32)
+    for k0 in range(split * SPLIT_K, min(split * SPLIT_K + SPLIT_K, KP), G * GROUP_K):
+        cols = k0 + local
+        xt = _load_chunk(x_ptr, smooth_ptr, tokens, valid, cols, K, stride_x, HAS_SMOOTH)
         if HAS_DOWN:
             r = tl.arange(0, R)
-            lw = tl.load(down_w_ptr + r[:, None] * K + cols[None, :], mask=cols[None, :] < K, other=0.0)
-            down += tl.dot(xt.to(lw.dtype), tl.trans(lw)).to(tl.float32)
+            flat = k0 + tl.arange(0, G * GROUP_K)
+            lw = tl.load(down_w_ptr + r[:, None] * K + flat[None, :], mask=flat[None, :] < K, other=0.0)
+            x2 = tl.reshape(xt, (CUBE_TOKENS, G * GROUP_K)).to(lw.dtype)
+            if DOWN_IEEE:
+                down += tl.dot(x2, tl.trans(lw), input_precision="ieee")
+            else:
+                down += tl.dot(x2, tl.trans(lw))
         if HAS_CUBES:
-            mean = tl.sum(xt, axis=0) / count
-            tl.store(core_ptr + (batch * tl.num_programs(0) + pid) * KP + cols, mean)
-            xt = tl.where(valid[:, None], xt - mean[None, :], 0.0)
-        row_max = tl.maximum(row_max, tl.max(tl.abs(xt), axis=1))
+            mean = tl.math.div_rn(tl.sum(xt, axis=0), count)
+            tl.store(core_ptr + cube_row * KP + cols, mean, mask=cols < KP)
+            xt = tl.where(valid[:, None, None], xt - mean[None, :, :], 0.0)
+        row_max = tl.maximum(row_max, tl.max(tl.max(tl.abs(xt), axis=2), axis=1))
+    tl.store(part_max_ptr + tokens * n_splits + split, row_max, mask=valid)
     if HAS_DOWN:
-        tl.store(down_ptr + tokens[:, None] * R + tl.arange(0, R)[None, :], down, mask=valid[:, None])
+        r = tl.arange(0, R)
+        tl.store(down_part_ptr + (split * M + tokens[:, None]) * R + r[None, :], down, mask=valid[:, None])
 
-    # Pass 2: round each delta group with its power-of-two scale, store it in the E4M3 carrier.
+
+@triton.jit
+def delta_round_kernel(
+    x_ptr, smooth_ptr, core_ptr, part_max_ptr,       # inputs (core and part_max from delta_stats_kernel)
+    delta_ptr, scale_ptr,                            # outputs: E4M3 carriers [M, KP], token scales [M]
+    K, KP, stride_x, T, H, W, tokens_per_batch, n_splits,
+    CT: tl.constexpr, CH: tl.constexpr, CW: tl.constexpr, CUBE_TOKENS: tl.constexpr, HAS_CUBES: tl.constexpr,
+    HAS_SMOOTH: tl.constexpr, SPLITS: tl.constexpr, SPLIT_K: tl.constexpr, G: tl.constexpr,
+    GROUP_K: tl.constexpr, SPAN: tl.constexpr, SHIFT: tl.constexpr,
+):
+    pid, split, batch = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    tokens, valid = _cube_tokens(pid, batch, T, H, W, tokens_per_batch, CT, CH, CW, CUBE_TOKENS, HAS_CUBES)
+    cube_row = batch * tl.num_programs(0) + pid
+    s = tl.arange(0, SPLITS)
+    part = tl.load(part_max_ptr + tokens[:, None] * n_splits + s[None, :],
+                   mask=valid[:, None] & (s[None, :] < n_splits), other=0.0)
+    row_max = tl.max(part, axis=1)
     nonzero = row_max > 0
     e_tok = tl.where(nonzero, _ceil_exp(tl.where(nonzero, row_max, 1.0)), 0)
-    for k0 in range(0, KP, GROUP_K):
-        cols = k0 + cols0
-        xt = _load_tokens(x_ptr, smooth_ptr, tokens, valid, cols, K, stride_x, HAS_SMOOTH)
+    local = tl.arange(0, G)[:, None] * GROUP_K + tl.arange(0, GROUP_K)[None, :]
+    for k0 in range(split * SPLIT_K, min(split * SPLIT_K + SPLIT_K, KP), G * GROUP_K):
+        cols = k0 + local
+        xt = _load_chunk(x_ptr, smooth_ptr, tokens, valid, cols, K, stride_x, HAS_SMOOTH)
         if HAS_CUBES:
-            mean = tl.sum(xt, axis=0) / count
-            xt = tl.where(valid[:, None], xt - mean[None, :], 0.0)
-        g_max = tl.max(tl.abs(xt), axis=1)
-        e_g = tl.where(g_max > 0, _ceil_exp(tl.where(g_max > 0, g_max, 1.0)), e_tok - SPAN)
-        e_g = tl.maximum(e_g, e_tok - SPAN)  # within 2**SPAN of the token's largest group
-        q = xt * _pow2(-e_g)[:, None]
+            mean = tl.load(core_ptr + cube_row * KP + cols, mask=cols < KP, other=0.0)
+            xt = tl.where(valid[:, None, None], xt - mean[None, :, :], 0.0)
+        g_max = tl.max(tl.abs(xt), axis=2)                                   # [CUBE_TOKENS, G]
+        e_g = tl.where(g_max > 0, _ceil_exp(tl.where(g_max > 0, g_max, 1.0)), e_tok[:, None] - SPAN)
+        e_g = tl.maximum(e_g, e_tok[:, None] - SPAN)  # within 2**SPAN of the token's largest group
+        q = xt * _pow2(-e_g)[:, :, None]
         q = (q + 12582912.0) - 12582912.0  # round half to even (1.5·2**23 trick; |q| < 2**22)
         q = tl.minimum(tl.maximum(q, -8.0), 7.0)
-        carrier = q * _pow2(e_g - e_tok + SHIFT)[:, None]
-        carrier = tl.where(nonzero[:, None], carrier, 0.0)
-        tl.store(delta_ptr + tokens[:, None] * KP + cols[None, :], carrier.to(delta_ptr.dtype.element_ty),
-                 mask=valid[:, None])
-    scale = tl.where(nonzero, _pow2(e_tok - SHIFT), 0.0)
-    tl.store(scale_ptr + tokens, scale, mask=valid)
+        carrier = q * _pow2(e_g - e_tok[:, None] + SHIFT)[:, :, None]
+        carrier = tl.where(nonzero[:, None, None], carrier, 0.0)
+        tl.store(delta_ptr + tokens[:, None, None] * KP + cols[None, :, :], carrier.to(delta_ptr.dtype.element_ty),
+                 mask=valid[:, None, None] & (cols[None, :, :] < KP))
+    if split == 0:
+        tl.store(scale_ptr + tokens, tl.where(nonzero, _pow2(e_tok - SHIFT), 0.0), mask=valid)
+
+
+SPLIT_K = 1024  # columns per program: enough programs to fill the GPU, few partial sums to add
+CHUNK_GROUPS = 2  # groups of 64 columns per loop step
 
 
 def delta_quantize(x: torch.Tensor, smooth: torch.Tensor | None, lora_down: torch.Tensor | None,
@@ -177,28 +214,37 @@ def delta_quantize(x: torch.Tensor, smooth: torch.Tensor | None, lora_down: torc
         lora_down = torch.cat([lora_down, lora_down.new_zeros(r - rank, k)])
     if lora_down is not None and interpreting():
         lora_down = lora_down.float()  # the interpreter's bf16 tl.dot is wrong (FACTS.md)
-    delta = torch.empty(m, k, dtype=torch.float8_e4m3fn, device=dev)
-    scale = torch.empty(m, dtype=torch.float32, device=dev)
-    down = torch.empty(m, r, dtype=torch.float32, device=dev) if lora_down is not None else None
     if cube is not None:
         t, h, w = grid
         ct, ch, cw = (max(1, min(c, g)) for c, g in zip(cube, grid))
         n_cubes = -(-t // ct) * -(-h // ch) * -(-w // cw)
         cube_tokens = max(16, triton.next_power_of_2(ct * ch * cw))
         core = torch.empty(batch * n_cubes, k, dtype=torch.float32, device=dev)
-        launch = (n_cubes, batch)
+        programs, per_batch = n_cubes, m // batch
         ids, _ = cube_ids(grid, (ct, ch, cw), dev)
         index = (ids[None, :] + n_cubes * torch.arange(batch, device=dev)[:, None]).reshape(-1).to(torch.int32)
     else:
         t = h = w = ct = ch = cw = 1
         cube_tokens, core, index = 64, None, None
-        launch = (triton.cdiv(m, cube_tokens), 1)
+        programs, per_batch, batch = triton.cdiv(m, 64), m, 1
+    splits = triton.cdiv(k, SPLIT_K)
+    delta = torch.empty(m, k, dtype=torch.float8_e4m3fn, device=dev)
+    scale = torch.empty(m, dtype=torch.float32, device=dev)
+    part_max = torch.empty(m, splits, dtype=torch.float32, device=dev)
+    down_part = torch.empty(splits, m, r, dtype=torch.float32, device=dev) if lora_down is not None else None
     dummy = scale  # any tensor: pointers of absent inputs are never read
-    delta_quantize_kernel[launch](
-        x, smooth if smooth is not None else dummy, lora_down if lora_down is not None else dummy,
-        core if core is not None else dummy, delta, scale, down if down is not None else dummy,
-        k, k, x.stride(0), t, h, w, m // batch if cube is not None else m,
-        CT=ct, CH=ch, CW=cw, CUBE_TOKENS=cube_tokens, HAS_CUBES=cube is not None,
-        HAS_SMOOTH=smooth is not None, HAS_DOWN=lora_down is not None, R=r, GROUP_K=GROUP,
-        SPAN=POW2_SPAN, SHIFT=CARRIER_SHIFT)
-    return DeltaActivations((core, delta, scale, down[:, :rank] if down is not None else None, index))
+    shape = dict(CT=ct, CH=ch, CW=cw, CUBE_TOKENS=cube_tokens, HAS_CUBES=cube is not None,
+                 HAS_SMOOTH=smooth is not None, SPLIT_K=SPLIT_K, G=CHUNK_GROUPS, GROUP_K=GROUP)
+    launch = (programs, splits, batch)
+    sm = smooth if smooth is not None else dummy
+    delta_stats_kernel[launch](
+        x, sm, lora_down if lora_down is not None else dummy, core if core is not None else dummy, part_max,
+        down_part if down_part is not None else dummy, k, k, x.stride(0), t, h, w, per_batch, m, splits,
+        HAS_DOWN=lora_down is not None, DOWN_IEEE=lora_down is not None and lora_down.dtype == torch.float32,
+        R=r, num_warps=4, **shape)
+    delta_round_kernel[launch](
+        x, sm, core if core is not None else dummy, part_max, delta, scale, k, k, x.stride(0), t, h, w, per_batch,
+        splits, SPLITS=max(2, triton.next_power_of_2(splits)), SPAN=POW2_SPAN, SHIFT=CARRIER_SHIFT, num_warps=4,
+        **shape)
+    down = down_part.sum(0)[:, :rank] if down_part is not None else None
+    return DeltaActivations((core, delta, scale, down, index))

@@ -19,7 +19,7 @@ import torch
 from .delta_quantize import delta_quantize
 from .expand_int4 import expand_int4_pow2
 from .fp8 import quantize_fp8
-from .int8 import quantize_int8_rowwise
+from .int8_quantize import quantize_int8_tokens
 from .scaled_gemm import scaled_gemm
 
 __all__ = ["w4a4_linear", "w8a8_linear"]
@@ -52,9 +52,8 @@ def _(x, qweight, scales, smooth, lora_down, lora_up, bias, batch, grid, cube):
 def w8a8_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, smooth: torch.Tensor | None,
                 bias: torch.Tensor | None) -> torch.Tensor:
     """x [M, K] → y [M, N]: per-token INT8 activations × per-channel INT8 weights, int32 accumulation."""
-    xs = x.float() / smooth.float() if smooth is not None else x
-    q, s = quantize_int8_rowwise(xs)
-    return scaled_gemm(q, qweight, s.reshape(-1), scales.reshape(-1).float(), bias=bias, out_dtype=x.dtype)
+    q, s = quantize_int8_tokens(x, smooth.float() if smooth is not None else None)
+    return scaled_gemm(q, qweight, s, scales.reshape(-1).float(), bias=bias, out_dtype=x.dtype)
 
 
 @w8a8_linear.register_fake

@@ -58,6 +58,9 @@ def _configs() -> list[triton.Config]:
         triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8}, num_warps=8, num_stages=4),
         triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8}, num_warps=4, num_stages=4),
         triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8}, num_warps=4, num_stages=4),
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8}, num_warps=8, num_stages=4),
+        triton.Config({"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=4),
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=5),
     ]
 
 
@@ -71,7 +74,7 @@ def _grouped_configs() -> list[triton.Config]:
 def _scaled_gemm_body(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, core_ptr, cube_index_ptr, down_ptr, up_ptr,
                       bias_ptr, M, N, K, stride_am, stride_bn, stride_cm,
                       A_GROUPED: tl.constexpr, HAS_A_SCALE: tl.constexpr, HAS_CORE: tl.constexpr,
-                      HAS_LORA: tl.constexpr, HAS_BIAS: tl.constexpr, R: tl.constexpr, ACC_INT: tl.constexpr,
+                      HAS_LORA: tl.constexpr, HAS_BIAS: tl.constexpr, R: tl.constexpr, LORA_IEEE: tl.constexpr, ACC_INT: tl.constexpr,
                       MAX_IMPRECISE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                       BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     # Grouped launch order: neighbouring programs share B tiles in L2.
@@ -119,7 +122,10 @@ def _scaled_gemm_body(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, core_ptr, c
         r = tl.arange(0, R)
         down = tl.load(down_ptr + rm[:, None] * R + r[None, :], mask=rm[:, None] < M, other=0.0)
         up = tl.load(up_ptr + rn[:, None] * R + r[None, :], mask=rn[:, None] < N, other=0.0)
-        y += tl.dot(down.to(up.dtype), tl.trans(up)).to(tl.float32)
+        if LORA_IEEE:  # fp32 factors (tests): no TF32 rounding
+            y += tl.dot(down.to(up.dtype), tl.trans(up), input_precision="ieee")
+        else:
+            y += tl.dot(down.to(up.dtype), tl.trans(up)).to(tl.float32)
     if HAS_BIAS:
         y += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
     tl.store(c_ptr + rm[:, None] * stride_cm + rn[None, :], y.to(c_ptr.dtype.element_ty), mask=mask)
@@ -160,6 +166,7 @@ def scaled_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor | None, 
         down.contiguous() if down is not None else dummy, up.contiguous() if up is not None else dummy,
         bias if bias is not None else dummy, m, n, k, a.stride(0), b.stride(0), c.stride(0),
         A_GROUPED=grouped, HAS_A_SCALE=scale_a is not None and not grouped, HAS_CORE=core is not None,
-        HAS_LORA=up is not None, HAS_BIAS=bias is not None, R=r, ACC_INT=a.dtype == torch.int8,
+        HAS_LORA=up is not None, HAS_BIAS=bias is not None, R=r,
+        LORA_IEEE=up is not None and up.dtype == torch.float32, ACC_INT=a.dtype == torch.int8,
         MAX_IMPRECISE=max_num_imprecise_acc)
     return c

@@ -198,3 +198,18 @@ def test_w4a4_custom_op_passes_opcheck(device):
             [2, 2, 4])
     torch.library.opcheck(torch.ops.dq.w4a4_linear.default, args,
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_int8_token_quantizer_is_bit_exact(device):
+    from dq_kernels.int8_quantize import quantize_int8_tokens
+
+    x = activations(40, 1100, seed=12)  # K spans two 1024-column steps
+    x[3] = 0.0
+    x[5, :10] = torch.tensor([127.0, 63.5, -63.5, 0.5, 1.5, -2.5, 0, 0, 0, 0])  # scale 1: ties round to even
+    x[5, 10:] = 0.0
+    smooth = torch.rand(1100, generator=torch.Generator().manual_seed(1)) + 0.5
+    for lam in (None, smooth):
+        q, s = quantize_int8_tokens(x.to(device), None if lam is None else lam.to(device))
+        ref_q, ref_s = quantize_int8_rowwise(x / lam if lam is not None else x)
+        assert torch.equal(q.cpu(), ref_q) and torch.equal(s.cpu(), ref_s.reshape(-1))
