@@ -98,8 +98,8 @@ def bench_shape(model: str, layer: str, m: int, k: int, n: int, count: int, grid
     acts = delta_quantize(x, smooth, down, 1, grid, CUBE)
     wq, wscale = expand_int4_pow2(packed, scales)
     core = torch.zeros(acts.core.shape[0], n, device=dev)
-    gemm_ms = _time(lambda: scaled_gemm(acts.delta, wq, acts.scale, wscale, core=core, cube_index=acts.cube_index,
-                                        down=acts.down, up=up, bias=bias))
+    gemm_ms = _time(lambda: scaled_gemm(acts.delta, wq, acts.scale, wscale, core=core, cube_of_row=acts.cube_of_row,
+                                        row_token=acts.row_token, down=acts.down, up=up, bias=bias))
     w8a8_ms = _time(lambda: torch.ops.dq.w8a8_linear(x, wi8, swi, None, bias))
     w8a8_gemm_ms = _time(lambda: scaled_gemm(xi8, wi8, sxi.reshape(-1), swi.reshape(-1), bias=bias))
     return KernelRow(model, layer, m, k, n, count, bf16_ms, fp8_ms, int8_ms, w4a4_ms, gemm_ms, w8a8_ms, w8a8_gemm_ms,

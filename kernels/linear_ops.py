@@ -39,8 +39,8 @@ def w4a4_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, sm
     if cube:
         core_q, core_s = quantize_fp8(acts.core, CORE_GROUP)
         core_out = scaled_gemm(core_q, w, None, w_scale, a_group_scales=core_s, out_dtype=torch.float32)
-    return scaled_gemm(acts.delta, w, acts.scale, w_scale, core=core_out, cube_index=acts.cube_index,
-                       down=acts.down, up=lora_up, bias=bias, out_dtype=x.dtype)
+    return scaled_gemm(acts.delta, w, acts.scale, w_scale, core=core_out, cube_of_row=acts.cube_of_row,
+                       row_token=acts.row_token, down=acts.down, up=lora_up, bias=bias, out_dtype=x.dtype)
 
 
 @w4a4_linear.register_fake

@@ -41,6 +41,8 @@ def main() -> None:
     grid = (21, 30, 52) if m == 32760 else None
     cube = (4, 2, 8) if grid else None
     print(f"delta_quantize {t(lambda: delta_quantize(x, smooth, down, 1, grid, cube)):.3f} ms")
+    print(f"delta_quantize without L2 {t(lambda: delta_quantize(x, smooth, None, 1, grid, cube)):.3f} ms")
+    print(f"delta_quantize no cubes {t(lambda: delta_quantize(x, smooth, down, 1, None, None)):.3f} ms")
     print(f"int8 tokens {t(lambda: quantize_int8_tokens(x, smooth)):.3f} ms")
     codes, scales = quantize_int4(w.float(), 64, pow2_scales=True)
     packed = pack_int4(codes)
@@ -51,17 +53,19 @@ def main() -> None:
     c = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
     a8 = torch.randint(-100, 100, (m, k), device="cuda", dtype=torch.int8)
     b8 = torch.randint(-100, 100, (n, k), device="cuda", dtype=torch.int8)
-    for cfg in _configs():
+    for cfg in _configs()[:2]:
         kw = dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         g = (triton.cdiv(m, kw["BLOCK_M"]) * triton.cdiv(n, kw["BLOCK_N"]),)
         for label, extra, (aa, bb, acc_int) in (
-                ("fp8 plain", dict(HAS_CORE=False, HAS_LORA=False, HAS_BIAS=False), (acts.delta, wq, False)),
-                ("fp8 full", dict(HAS_CORE=cube is not None, HAS_LORA=True, HAS_BIAS=True), (acts.delta, wq, False)),
-                ("int8 plain", dict(HAS_CORE=False, HAS_LORA=False, HAS_BIAS=False), (a8, b8, True))):
+                ("fp8 plain", dict(HAS_CORE=False, HAS_LORA=False, HAS_BIAS=False, ROW_MAP=False), (acts.delta, wq, False)),
+                ("fp8 full", dict(HAS_CORE=cube is not None, HAS_LORA=True, HAS_BIAS=True, ROW_MAP=cube is not None),
+                 (acts.delta, wq, False)),
+                ("int8 plain", dict(HAS_CORE=False, HAS_LORA=False, HAS_BIAS=False, ROW_MAP=False), (a8, b8, True))):
             def run():
-                _scaled_gemm_body[g](aa, bb, c, acts.scale, ws, core, acts.cube_index if cube else acts.scale,
-                                     acts.down, up, bias, m, n, k, k, k, n, A_GROUPED=False, HAS_A_SCALE=True,
-                                     R=32, LORA_IEEE=False, ACC_INT=acc_int, MAX_IMPRECISE=None, **extra, **kw)
+                _scaled_gemm_body[g](aa, bb, c, acts.scale, ws, core, acts.cube_of_row if cube else acts.scale,
+                                     acts.row_token if cube else acts.scale, acts.down, up, bias, m, n, k, k, k, n,
+                                     A_GROUPED=False, HAS_A_SCALE=True, NC=16, R=32, IEEE_DOTS=False,
+                                     ACC_INT=acc_int, MAX_IMPRECISE=None, **extra, **kw)
             try:
                 ms = t(run)
                 print(f"{label:10s} {kw} {ms:.3f} ms {flop / ms:.0f} TFLOP/s")
