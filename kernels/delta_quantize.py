@@ -162,10 +162,10 @@ def delta_stats_kernel(
         xt = _load_chunk(x_ptr, smooth_ptr, tokens, valid, cols, K, stride_x, HAS_SMOOTH)
         if HAS_DOWN:
             lw = tl.load(down_w_ptr + r[:, None] * K + cols[None, :], mask=cols[None, :] < K, other=0.0)
-            if DOWN_IEEE:
-                down += tl.dot(xt, tl.trans(lw), input_precision="ieee")
+            if DOWN_IEEE:  # accumulate in place: no second register tile
+                down = tl.dot(xt, tl.trans(lw), down, input_precision="ieee")
             else:
-                down += tl.dot(xt.to(lw.dtype), tl.trans(lw))
+                down = tl.dot(xt.to(lw.dtype), tl.trans(lw), down)
         if HAS_CUBES:
             mean = tl.math.div_rn(tl.sum(xt, axis=0), count)
             tl.store(core_ptr + cube_row * KP + cols, mean, mask=cols < KP)

@@ -20,7 +20,8 @@ DeltaQuant's core tokens (one row per cube, 1/16–1/64 of the tokens), FP8 with
 channels as the paper keeps them.
 
 Accumulation: INT8 in int32 (exact); E4M3 in fp32 — on Hopper the FP8 MMA accumulator is
-narrower than fp32 (FACTS.md), and `max_num_imprecise_acc` sets how often Triton promotes it.
+narrower than fp32 (FACTS.md), so the partial sum of each BLOCK_K step is promoted into the fp32
+accumulator (`max_num_imprecise_acc`; `promote=False` turns it off).
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def _scaled_gemm_body(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, core_ptr, c
                       A_GROUPED: tl.constexpr, HAS_A_SCALE: tl.constexpr, HAS_CORE: tl.constexpr,
                       ROW_MAP: tl.constexpr, NC: tl.constexpr,
                       HAS_LORA: tl.constexpr, HAS_BIAS: tl.constexpr, R: tl.constexpr, IEEE_DOTS: tl.constexpr, ACC_INT: tl.constexpr,
-                      MAX_IMPRECISE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                      PROMOTE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                       BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     # Grouped launch order: neighbouring programs share B tiles in L2.
     pid = tl.program_id(0)
@@ -107,13 +108,15 @@ def _scaled_gemm_body(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, core_ptr, c
         a = tl.load(a_ptrs, mask=(rm[:, None] < M) & kmask[None, :], other=0.0)
         b = tl.load(b_ptrs, mask=(rn[:, None] < N) & kmask[None, :], other=0.0)
         if A_GROUPED:
-            part = tl.dot(a, tl.trans(b), max_num_imprecise_acc=MAX_IMPRECISE)
+            part = tl.dot(a, tl.trans(b))
             g = tl.load(a_scale_ptr + rm * (K // BLOCK_K) + k0 // BLOCK_K, mask=rm < M, other=0.0)
             acc += part * g[:, None]
         elif ACC_INT:
             acc = tl.dot(a, tl.trans(b), acc, out_dtype=tl.int32)
+        elif PROMOTE:  # Hopper's FP8 MMA accumulates with reduced precision: promote every BLOCK_K products
+            acc = tl.dot(a, tl.trans(b), acc, max_num_imprecise_acc=BLOCK_K)
         else:
-            acc = tl.dot(a, tl.trans(b), acc, max_num_imprecise_acc=MAX_IMPRECISE)
+            acc = tl.dot(a, tl.trans(b), acc)
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K
 
@@ -131,18 +134,19 @@ def _scaled_gemm_body(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, core_ptr, c
             onehot = (cube[:, None] == ids[None, :]).to(tl.float32)
             slab = tl.load(core_ptr + ids[:, None] * N + rn[None, :], mask=(ids[:, None] <= last) & (rn[None, :] < N),
                            other=0.0)
+            # Accumulate into y itself: a second [BM, BN] fp32 tile would spill registers.
             if IEEE_DOTS:
-                y += tl.dot(onehot, slab, input_precision="ieee")
+                y = tl.dot(onehot, slab, y, input_precision="ieee")
             else:  # one-hot rows are exact; tf32x3 keeps the core values to ~fp32
-                y += tl.dot(onehot, slab, input_precision="tf32x3")
+                y = tl.dot(onehot, slab, y, input_precision="tf32x3")
     if HAS_LORA:
         r = tl.arange(0, R)
         down = tl.load(down_ptr + rm[:, None] * R + r[None, :], mask=rm[:, None] < M, other=0.0)
         up = tl.load(up_ptr + rn[:, None] * R + r[None, :], mask=rn[:, None] < N, other=0.0)
         if IEEE_DOTS:  # fp32 factors (tests) or the interpreter: no TF32 rounding
-            y += tl.dot(down.to(up.dtype), tl.trans(up), input_precision="ieee")
+            y = tl.dot(down.to(up.dtype), tl.trans(up), y, input_precision="ieee")
         else:
-            y += tl.dot(down.to(up.dtype), tl.trans(up)).to(tl.float32)
+            y = tl.dot(down.to(up.dtype), tl.trans(up), y)
     if HAS_BIAS:
         y += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
     if ROW_MAP:
@@ -152,9 +156,18 @@ def _scaled_gemm_body(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, core_ptr, c
     tl.store(c_ptr + out_rows[:, None] * stride_cm + rn[None, :], y.to(c_ptr.dtype.element_ty), mask=mask)
 
 
+def _prune(configs, named_args, **kwargs):
+    """Small problems (tests, dq-tiny) take the smallest tile at once: tuning them costs compiles, not time."""
+    if named_args["M"] * named_args["N"] < 2**22:
+        return [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
+    return configs
+
+
 _KEY = ["M", "N", "K", "A_GROUPED", "ACC_INT"]
-scaled_gemm_kernel = triton.autotune(_configs(), key=_KEY)(_scaled_gemm_body)
-grouped_gemm_kernel = triton.autotune(_grouped_configs(), key=_KEY)(_scaled_gemm_body)
+scaled_gemm_kernel = triton.autotune(_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune}
+                                     )(_scaled_gemm_body)
+grouped_gemm_kernel = triton.autotune(_grouped_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune}
+                                      )(_scaled_gemm_body)
 
 
 def scaled_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor | None, b_scale: torch.Tensor, *,
@@ -162,7 +175,7 @@ def scaled_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor | None, 
                 cube_of_row: torch.Tensor | None = None, row_token: torch.Tensor | None = None,
                 down: torch.Tensor | None = None,
                 up: torch.Tensor | None = None, bias: torch.Tensor | None = None,
-                out_dtype: torch.dtype = torch.bfloat16, max_num_imprecise_acc: int | None = None) -> torch.Tensor:
+                out_dtype: torch.dtype = torch.bfloat16, promote: bool = True) -> torch.Tensor:
     """A [M, K] and B [N, K], both E4M3 or both INT8 (K-major), → Y [M, N] in `out_dtype`.
     `core` [n_cubes, N] fp32 with `cube_of_row` (non-decreasing); `row_token` scatters the rows."""
     m, k = a.shape
@@ -193,5 +206,5 @@ def scaled_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor | None, 
         ROW_MAP=row_token is not None, NC=16,
         HAS_LORA=up is not None, HAS_BIAS=bias is not None, R=r,
         IEEE_DOTS=interpreting() or (up is not None and up.dtype == torch.float32), ACC_INT=a.dtype == torch.int8,
-        MAX_IMPRECISE=max_num_imprecise_acc)
+        PROMOTE=promote and a.dtype == torch.float8_e4m3fn)
     return c

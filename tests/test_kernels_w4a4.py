@@ -86,9 +86,12 @@ def test_cube_means_match_float64():
         torch.testing.assert_close(ours[c], x[ids == c].double().mean(0), rtol=1e-6, atol=1e-6)
 
 
-def fp32_sum_bound(a, b, a_scale, b_scale):
+def fp32_sum_bound(a, b, a_scale, b_scale, device="cpu"):
+    """fp32 summation of K exact products; on a GPU, Hopper's FP8 MMA also accumulates each BLOCK_K
+    step with a narrower accumulator (before promotion to fp32): allow 2**-10 of Σ|terms| there."""
     k = a.shape[1]
-    return 2 * k * 2.0**-24 * (a.float().abs() @ b.float().abs().T) * a_scale[:, None].abs() * b_scale[None, :].abs()
+    rel = 2 * k * 2.0**-24 if device == "cpu" or a.dtype == torch.int8 else 2.0**-10
+    return rel * (a.float().abs() @ b.float().abs().T) * a_scale[:, None].abs() * b_scale[None, :].abs()
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -111,7 +114,7 @@ def test_scaled_gemm_matches_reference(device, dtype):
     got = scaled_gemm(*(t.to(device) for t in (a, b, sa, sb)), **{key: v.to(device) if torch.is_tensor(v) else v
                                                                    for key, v in extra.items()})
     ref = scaled_gemm_reference(a, b, sa, sb, **extra)
-    tol = fp32_sum_bound(a, b, sa, sb)[torch.argsort(row_token.long())] + 1e-4 * (1 + ref.abs())  # + the small dots, adds
+    tol = fp32_sum_bound(a, b, sa, sb, device)[torch.argsort(row_token.long())] + 1e-4 * (1 + ref.abs())  # + the small dots, adds
     assert ((got.cpu() - ref).abs() <= tol).all()
 
 
@@ -125,7 +128,8 @@ def test_grouped_gemm_for_core_tokens(device):
                       out_dtype=torch.float32).cpu()
     ref = scaled_gemm_reference(a, b, None, sb.reshape(-1), a_group_scales=sa, out_dtype=torch.float32)
     a_deq = a.float() * sa.repeat_interleave(64, 1)
-    bound = 2 * k * 2.0**-24 * (a_deq.abs() @ b.float().abs().T) * sb.reshape(1, -1) + 1e-30
+    rel = 2 * k * 2.0**-24 if device == "cpu" else 2.0**-10  # see fp32_sum_bound
+    bound = rel * (a_deq.abs() @ b.float().abs().T) * sb.reshape(1, -1) + 1e-30
     assert ((got - ref).abs() <= bound).all()
 
 

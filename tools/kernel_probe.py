@@ -57,6 +57,7 @@ def main() -> None:
         kw = dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         g = (triton.cdiv(m, kw["BLOCK_M"]) * triton.cdiv(n, kw["BLOCK_N"]),)
         for label, extra, (aa, bb, acc_int) in (
+                ("fp8 nopromo", dict(HAS_CORE=False, HAS_LORA=False, HAS_BIAS=False, ROW_MAP=False), (acts.delta, wq, True)),
                 ("fp8 plain", dict(HAS_CORE=False, HAS_LORA=False, HAS_BIAS=False, ROW_MAP=False), (acts.delta, wq, False)),
                 ("fp8 full", dict(HAS_CORE=cube is not None, HAS_LORA=True, HAS_BIAS=True, ROW_MAP=cube is not None),
                  (acts.delta, wq, False)),
@@ -65,7 +66,7 @@ def main() -> None:
                 _scaled_gemm_body[g](aa, bb, c, acts.scale, ws, core, acts.cube_of_row if cube else acts.scale,
                                      acts.row_token if cube else acts.scale, acts.down, up, bias, m, n, k, k, k, n,
                                      A_GROUPED=False, HAS_A_SCALE=True, NC=16, R=32, IEEE_DOTS=False,
-                                     ACC_INT=acc_int, MAX_IMPRECISE=None, **extra, **kw)
+                                     ACC_INT=acc_int and aa.dtype == torch.int8, PROMOTE=not acc_int, **extra, **kw)
             try:
                 ms = t(run)
                 print(f"{label:10s} {kw} {ms:.3f} ms {flop / ms:.0f} TFLOP/s")
