@@ -13,6 +13,7 @@ import torch
 import triton
 import triton.testing
 
+import dq_kernels.linear_ops  # noqa: F401
 from dq_kernels.delta_quantize import delta_quantize
 from dq_kernels.expand_int4 import expand_int4_pow2
 from dq_kernels.int4 import pack_int4, quantize_int4
@@ -43,9 +44,12 @@ def main() -> None:
     print(f"delta_quantize {t(lambda: delta_quantize(x, smooth, down, 1, grid, cube)):.3f} ms")
     print(f"delta_quantize without L2 {t(lambda: delta_quantize(x, smooth, None, 1, grid, cube)):.3f} ms")
     print(f"delta_quantize no cubes {t(lambda: delta_quantize(x, smooth, down, 1, None, None)):.3f} ms")
+    factor = (down.float() / smooth).bfloat16()
+    print(f"low-rank input by cuBLAS {t(lambda: x @ factor.T):.3f} ms")
     print(f"int8 tokens {t(lambda: quantize_int8_tokens(x, smooth)):.3f} ms")
     codes, scales = quantize_int4(w.float(), 64, pow2_scales=True)
     packed = pack_int4(codes)
+    print(f"w4a4 op total {t(lambda: torch.ops.dq.w4a4_linear(x, packed, scales, smooth, down, up, bias, 1, list(grid), list(cube))):.3f} ms" if grid else "")
     print(f"expand weights {t(lambda: expand_int4_pow2(packed, scales)):.3f} ms")
     acts = delta_quantize(x, smooth, down, 1, grid, cube)
     wq, ws = expand_int4_pow2(packed, scales)
@@ -57,7 +61,7 @@ def main() -> None:
         kw = dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         g = (triton.cdiv(m, kw["BLOCK_M"]) * triton.cdiv(n, kw["BLOCK_N"]),)
         for label, extra, (aa, bb, acc_int) in (
-                ("fp8 nopromo", dict(HAS_CORE=False, HAS_LORA=False, HAS_BIAS=False, ROW_MAP=False), (acts.delta, wq, True)),
+                ("fp8 promote", dict(HAS_CORE=False, HAS_LORA=False, HAS_BIAS=False, ROW_MAP=False), (acts.delta, wq, True)),
                 ("fp8 plain", dict(HAS_CORE=False, HAS_LORA=False, HAS_BIAS=False, ROW_MAP=False), (acts.delta, wq, False)),
                 ("fp8 full", dict(HAS_CORE=cube is not None, HAS_LORA=True, HAS_BIAS=True, ROW_MAP=cube is not None),
                  (acts.delta, wq, False)),
@@ -66,7 +70,7 @@ def main() -> None:
                 _scaled_gemm_body[g](aa, bb, c, acts.scale, ws, core, acts.cube_of_row if cube else acts.scale,
                                      acts.row_token if cube else acts.scale, acts.down, up, bias, m, n, k, k, k, n,
                                      A_GROUPED=False, HAS_A_SCALE=True, NC=16, R=32, IEEE_DOTS=False,
-                                     ACC_INT=acc_int and aa.dtype == torch.int8, PROMOTE=not acc_int, **extra, **kw)
+                                     ACC_INT=aa.dtype == torch.int8, PROMOTE=label == "fp8 promote", **extra, **kw)
             try:
                 ms = t(run)
                 print(f"{label:10s} {kw} {ms:.3f} ms {flop / ms:.0f} TFLOP/s")
