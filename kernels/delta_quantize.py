@@ -33,6 +33,8 @@ side of a rounding boundary and a few codes may differ by one step. Tests bound 
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
@@ -47,15 +49,14 @@ GROUP = 64
 CARRIER_SHIFT = 6
 
 
-class DeltaActivations(tuple):
-    """(core, delta, scale, down, cube_of_row, row_token): what the GEMMs of one layer need."""
-    __slots__ = ()
-    core = property(lambda self: self[0])
-    delta = property(lambda self: self[1])
-    scale = property(lambda self: self[2])
-    down = property(lambda self: self[3])
-    cube_of_row = property(lambda self: self[4])
-    row_token = property(lambda self: self[5])
+class DeltaActivations(NamedTuple):
+    """What the GEMMs of one layer need (see the module docstring)."""
+    core: torch.Tensor | None
+    delta: torch.Tensor
+    scale: torch.Tensor
+    down: torch.Tensor | None
+    cube_of_row: torch.Tensor | None
+    row_token: torch.Tensor | None
 
 
 def cube_order(grid: tuple[int, int, int], cube: tuple[int, int, int], batch: int, device=None):
@@ -90,7 +91,7 @@ def delta_quantize_reference(x: torch.Tensor, smooth: torch.Tensor | None, lora_
     s_tok = scales.float().amax(dim=-1) * 2.0**-CARRIER_SHIFT
     ratio = torch.where(s_tok[:, None] > 0, scales.float() / s_tok[:, None], torch.zeros_like(scales.float()))
     delta = (codes.float() * ratio.repeat_interleave(GROUP, dim=-1)).to(torch.float8_e4m3fn)
-    return DeltaActivations((core, delta, s_tok, down, cube_of_row, row_token))
+    return DeltaActivations(core, delta, s_tok, down, cube_of_row, row_token)
 
 
 @triton.jit
@@ -266,4 +267,4 @@ def delta_quantize(x: torch.Tensor, smooth: torch.Tensor | None, lora_down: torc
         per_batch, splits, SPLITS=max(2, triton.next_power_of_2(splits)), SPAN=POW2_SPAN, SHIFT=CARRIER_SHIFT,
         num_warps=4, **shape)
     down = down_part.sum(0)[:, :rank] if down_part is not None else None
-    return DeltaActivations((core, delta, scale, down, cube_of_row, row_token))
+    return DeltaActivations(core, delta, scale, down, cube_of_row, row_token)
