@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from dq_calib.trajectories import Trajectories
+
 
 class ArtifactError(ValueError):
     pass
@@ -25,6 +27,7 @@ class LayerCalibration:
 class Calibration:
     summary: dict
     layers: dict[str, LayerCalibration]
+    trajectories: Trajectories | None = None  # 6Bit-Diffusion's Γ / E_rel / Δ, when recorded
 
 
 def load_calibration(path: str | Path) -> Calibration:
@@ -49,4 +52,11 @@ def load_calibration(path: str | Path) -> Calibration:
                                             tensors[f"{name}.token_meta"])
         except KeyError as e:
             raise ArtifactError(f"{tensors_path}: missing tensor {e.args[0]}") from None
-    return Calibration(summary, layers)
+    trajectories = None
+    if "trajectories" in summary:
+        try:
+            trajectories = Trajectories.from_artifact(summary["trajectories"], tensors)
+        except KeyError as e:
+            raise ArtifactError(f"{tensors_path}: missing tensor {e.args[0]} (or {json_path}: key "
+                                f"trajectories.{e.args[0]})") from None
+    return Calibration(summary, layers, trajectories)

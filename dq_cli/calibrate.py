@@ -7,16 +7,21 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import torch
+from diffusers.hooks import HookRegistry, ModelHook
 from safetensors.torch import save_file
 
 from dq_calib.stats import LayerStats
+from dq_calib.trajectories import Trajectories, cosine, gamma, rel_error, rel_l1_change
 from dq_cli import __version__
 from dq_cli.models.base import Adapter, LinearInfo, StepInfo
+from dq_cli.quant.linear import QuantLinear
+from dq_cli.quant.plan import CALIBRATED_METHODS, LayerPlan
+from dq_cli.quant.runtime import block_inputs, block_metadata, block_outputs, transformer_blocks
 
 BRANCH_CODES = {"cond": 0, "uncond": 1}
 
@@ -27,6 +32,7 @@ class CalibrationResult:
     steps_seen: dict[str, list[int]] = field(default_factory=dict)      # expert -> steps it ran
     branches_seen: set[str] = field(default_factory=set)
     forwards: int = 0
+    trajectories: Trajectories | None = None  # 6Bit-Diffusion's Γ, E_rel and Δ (when the recipe asks)
 
 
 def token_meta(adapter: Adapter, batch: int, seq: int) -> torch.Tensor:
@@ -51,9 +57,13 @@ def token_meta(adapter: Adapter, batch: int, seq: int) -> torch.Tensor:
 def calibrate(adapter: Adapter, layers: list[LinearInfo], prompts: list[str], *, steps: int, guidance: float,
               frames: int, height: int, width: int, seed: int, step_ranges: int, tokens_per_layer: int,
               negative_prompt: str = "", image=None,
-              on_step: Callable[[StepInfo], None] | None = None) -> CalibrationResult:
+              on_step: Callable[[StepInfo], None] | None = None,
+              plans: dict[str, LayerPlan] | None = None, routes: tuple[str, ...] | None = None) -> CalibrationResult:
+    """`routes` (with `plans`): also record 6Bit-Diffusion's trajectories — Γ and Δ per block, and
+    E_rel per quantized linear inside the blocks under each activation route."""
     result = CalibrationResult({info.name: LayerStats.new(info.in_features, step_ranges, tokens_per_layer,
                                                           seed + i) for i, info in enumerate(layers)})
+    prompt_index = [0]
 
     def observe(info: LinearInfo):
         stats = result.stats[info.name]
@@ -78,14 +88,116 @@ def calibrate(adapter: Adapter, layers: list[LinearInfo], prompts: list[str], *,
 
     handles = [adapter.module(info).register_forward_pre_hook(observe(info)) for info in layers]
     handles += [m.register_forward_hook(count, with_kwargs=True) for m in adapter.transformers().values()]
+    remove_block_hooks = lambda: None  # noqa: E731
+    if routes is not None:
+        result.trajectories, more, remove_block_hooks = _trajectory_hooks(
+            adapter, layers, plans or {}, routes, len(prompts), steps, prompt_index)
+        handles += more
     try:
         for i, prompt in enumerate(prompts):
+            prompt_index[0] = i
             adapter.generate(prompt, negative_prompt=negative_prompt, image=image, steps=steps, guidance=guidance,
                              seed=seed + i, frames=frames, height=height, width=width, on_step=on_step)
     finally:
         for h in handles:
             h.remove()
+        remove_block_hooks()
     return result
+
+
+# ---- 6Bit-Diffusion trajectories ----------------------------------------------------------------------
+TRAJECTORY_HOOK = "dq_calibrate_trajectory"
+
+
+class BlockObserver(ModelHook):
+    """Records Γ(t) and the step-to-step change of Δ = out − in of one block, per batch row (CFG
+    branch), into the shared `Trajectories`."""
+
+    def __init__(self, adapter: Adapter, traj: Trajectories, index: int, prompt_index: list[int]):
+        super().__init__()
+        self.adapter, self.traj, self.index, self.prompt_index = adapter, traj, index, prompt_index
+        self.previous: dict[str, tuple[int, int, torch.Tensor]] = {}  # branch -> (prompt, step, Δ row)
+
+    def initialize_hook(self, module):
+        self._meta = block_metadata(module)
+        return module
+
+    def new_forward(self, module, *args, **kwargs):
+        hidden, _ = block_inputs(self._meta, args, kwargs)
+        output = self.fn_ref.original_forward(*args, **kwargs)
+        out, _ = block_outputs(self._meta, output)
+        state, p, traj = self.adapter.state, self.prompt_index[0], self.traj
+        if state.step >= traj.steps:
+            return output
+        g, delta = gamma(hidden, out), (out - hidden).detach().float()
+        for row, branch in enumerate(state.branches[: hidden.shape[0]]):
+            b = traj.branch_index(branch)
+            traj.gamma[p, state.step, b, self.index] = g[row]
+            prev = self.previous.get(branch)
+            if prev is not None and prev[:2] == (p, state.step - 1):
+                traj.delta_rel_l1[p, state.step, b, self.index] = rel_l1_change(delta[row: row + 1], prev[2])[0]
+                traj.delta_cos[p, state.step, b, self.index] = cosine(delta[row: row + 1], prev[2])[0]
+            self.previous[branch] = (p, state.step, delta[row: row + 1].clone())
+        return output
+
+
+def _trajectory_hooks(adapter: Adapter, layers: list[LinearInfo], plans: dict[str, LayerPlan],
+                      routes: tuple[str, ...], prompts: int, steps: int, prompt_index: list[int]):
+    blocks = [(f"{c}.{name}", block) for c, model in adapter.transformers().items()
+              for name, block in transformer_blocks(model)]
+    block_of = {name: i for i, (name, _) in enumerate(blocks)}
+    inside = [(info, block_of[b]) for info in layers if info.name in plans
+              for b in [_block_name(info, block_of)] if b is not None]
+    traj = Trajectories([n for n, _ in blocks], [i.name for i, _ in inside], [b for _, b in inside],
+                        list(routes), prompts, steps)
+    registries = []
+    for i, (_, block) in enumerate(blocks):
+        registry = HookRegistry.check_if_exists_or_initialize(block)
+        registry.register_hook(BlockObserver(adapter, traj, i, prompt_index), TRAJECTORY_HOOK)
+        registries.append(registry)
+
+    def measure(li: int, quantized: QuantLinear):
+        def hook(module, args, output):
+            state = adapter.state
+            if state.step >= traj.steps:
+                return
+            x, y = args[0], output
+            rows = x.shape[0] if x.dim() == 3 else 1
+            for r, route in enumerate(routes):
+                quantized.route = route
+                err = rel_error(quantized(x).reshape(rows, -1), y.reshape(rows, -1))
+                for row, branch in enumerate(state.branches[:rows]):
+                    traj.erel[prompt_index[0], state.step, traj.branch_index(branch), li, r] = err[row]
+        return hook
+
+    handles = []
+    for li, (info, _) in enumerate(inside):
+        linear = adapter.module(info)
+        quantized = QuantLinear.from_linear(linear, _weights_only(plans[info.name]), info.name,
+                                            sees_video=info.sees_video).to(linear.weight.device)
+        quantized.forward_state = adapter.state
+        handles.append(linear.register_forward_hook(measure(li, quantized)))
+
+    def remove():
+        for registry in registries:
+            registry.remove_hook(TRAJECTORY_HOOK, recurse=False)
+
+    return traj, handles, remove
+
+
+def _block_name(info: LinearInfo, block_of: dict[str, int]) -> str | None:
+    for name in block_of:
+        if (info.name + ".").startswith(name + "."):
+            return name
+    return None
+
+
+def _weights_only(plan: LayerPlan) -> LayerPlan:
+    """E_rel is measured with the recipe's quantized weights. Methods that need a fit from this very
+    calibration (smoothing, low rank) are measured with their plain round-to-nearest weights."""
+    if plan.method in CALIBRATED_METHODS:
+        return replace(plan, method="rtn", rank=0, smoothing=None)
+    return plan
 
 
 def _text_meta(adapter: Adapter, batch: int, seq: int) -> torch.Tensor:
@@ -104,6 +216,9 @@ def save_artifact(out: Path, result: CalibrationResult, layers: list[LinearInfo]
     tensors = {}
     for info in layers:
         tensors.update(result.stats[info.name].to_tensors(info.name))
+    if result.trajectories is not None:
+        tensors.update(result.trajectories.to_tensors())
+        summary = {**summary, "trajectories": result.trajectories.describe()}
     meta = {"format": "dq-calibration", "format_version": "1", "recipe": recipe_text, "dq_version": __version__}
     _atomic(tensors_path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=meta))
     doc = {**meta, **summary, "tensors": tensors_path.name,

@@ -35,13 +35,14 @@ class CheckpointInfo:
     classes: dict      # component -> diffusers class name
     configs: dict      # component -> config dict
     layers: dict       # layer name -> LayerPlan
+    predictor: dict | None = None  # 6Bit-Diffusion's predictor (JSON), when quantized with one
 
     def size_bytes(self) -> int:
         return self.path.stat().st_size
 
 
 def save(path: Path, components: dict[str, torch.nn.Module], plans: dict[str, LayerPlan],
-         recipe_text: str, model: dict, fits: dict | None = None) -> None:
+         recipe_text: str, model: dict, fits: dict | None = None, predictor: dict | None = None) -> None:
     """Write atomically: a temporary file in the same folder, renamed when complete."""
     tensors = {}
     for component, module in components.items():
@@ -58,6 +59,8 @@ def save(path: Path, components: dict[str, torch.nn.Module], plans: dict[str, La
         "layers": json.dumps({name: plan.to_json() for name, plan in plans.items()}),
         # What calibration found per layer (smoothing strength, relative output error).
         "fits": json.dumps(fits or {}),
+        # 6Bit-Diffusion's per-layer routing predictor, read back by `dq generate`.
+        "predictor": json.dumps(predictor),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
@@ -86,7 +89,8 @@ def read_info(path: Path) -> CheckpointInfo:
                               f"reads version {FORMAT_VERSION}")
     return CheckpointInfo(path=path, recipe=meta["recipe"], model=json.loads(meta["model"]),
                           classes=json.loads(meta["classes"]), configs=json.loads(meta["configs"]),
-                          layers={k: LayerPlan.from_json(v) for k, v in json.loads(meta["layers"]).items()})
+                          layers={k: LayerPlan.from_json(v) for k, v in json.loads(meta["layers"]).items()},
+                          predictor=json.loads(meta.get("predictor", "null")))
 
 
 def build_components(info: CheckpointInfo, device: str, dtype: torch.dtype) -> dict[str, torch.nn.Module]:

@@ -26,6 +26,7 @@ class QualityRow:
     layer_error: float | None = None   # mean over layers of ‖Y_q − Y‖/‖Y‖ on the baseline's own inputs
     per_layer_error: dict[str, float] = field(default_factory=dict)
     per_prompt: list[dict] = field(default_factory=list)
+    runtime: dict | None = None        # 6Bit-Diffusion: average activation bits, route mix, TDC skips
 
 
 def generate_all(adapter: Adapter, prompts: list[str], run, on_video: Callable[[], None] | None = None
@@ -105,14 +106,18 @@ def report(rows: list[QualityRow], env: dict, settings: dict) -> dict:
 
 
 def markdown(doc: dict) -> str:
-    lines = ["| config | mean layer rel. error | PSNR vs baseline (dB) | SSIM vs baseline | adherence (%) |",
-             "|---|---|---|---|---|"]
+    lines = ["| config | mean layer rel. error | PSNR vs baseline (dB) | SSIM vs baseline | adherence (%) "
+             "| act. bits (6Bit) | TDC skipped (%) |",
+             "|---|---|---|---|---|---|---|"]
     for r in doc["rows"]:
         p = "—" if r["psnr_db"] is None else ("inf" if math.isinf(r["psnr_db"]) else f"{r['psnr_db']:.2f}")
         s = "—" if r["ssim"] is None else f"{r['ssim']:.4f}"
         a = "—" if r["adherence"] is None else f"{100 * r['adherence']:.1f}"
         e = "—" if r.get("layer_error") is None else f"{r['layer_error']:.4f}"
-        lines.append(f"| {r['config']} | {e} | {p} | {s} | {a} |")
+        rt = r.get("runtime") or {}
+        bits = "—" if rt.get("average_bits") is None else f"{rt['average_bits']:.2f}"
+        skip = "—" if not rt else f"{100 * rt['skip_fraction']:.1f}"
+        lines.append(f"| {r['config']} | {e} | {p} | {s} | {a} | {bits} | {skip} |")
     st = doc["settings"]
     lines += ["", f"{st['prompts']} prompts from {st['prompt_source']}, {st['steps']} steps, guidance "
                   f"{st['guidance']}, seeds {st['seed']}…{st['seed'] + st['prompts'] - 1}; device "

@@ -123,8 +123,15 @@ class PredictorSpec(_Strict):
     target_bits: Annotated[float, Field(ge=4.0, le=8.0)] | None = 6.0
     error_budget: Annotated[float, Field(gt=0.0)] | None = None
     routes: tuple[Literal["nvfp4", "int8", "deltaquant"], ...] = ("nvfp4", "int8")
-    hadamard_block: Annotated[int, Field(ge=0)] = 0
+    hadamard_block: Annotated[int, Field(ge=0, le=4096)] = 0
     refresh_ratio: Annotated[float, Field(gt=0.0)] | None = None
+
+    @model_validator(mode="after")
+    def _power_of_two(self) -> "PredictorSpec":
+        b = self.hadamard_block
+        if b and (b < 2 or b & (b - 1)):
+            raise ValueError(f"hadamard_block must be 0 or a power of two (got {b})")
+        return self
 
 
 class TDCSpec(_Strict):

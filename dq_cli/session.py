@@ -39,9 +39,12 @@ def load_recipe_model(spec: ModelSpec, device: str) -> Adapter:
     return load_model(spec.name, spec.path, spec.family, device=device, dtype=spec.dtype)
 
 
-def load_quantized(path: Path, device: str, dtype: str = "auto", model: str | None = None) -> tuple[Adapter, ckpt.CheckpointInfo]:
+def load_quantized(path: Path, device: str, dtype: str = "auto", model: str | None = None,
+                   predictor: Path | None = None, tdc: bool | None = None) -> tuple[Adapter, ckpt.CheckpointInfo]:
     """Rebuild a quantized model from a checkpoint; `model` (a name or folder) overrides where its
-    other components (VAE, text encoder) come from, and must be the model it was made from."""
+    other components (VAE, text encoder) come from, and must be the model it was made from.
+    6Bit-Diffusion's runtime (per-step routing, TDC) is installed from the checkpoint's predictor and
+    recipe; `predictor` (a file) replaces the recorded predictor, `tdc` turns TDC on or off."""
     info = ckpt.read_info(path)
     spec = info.model
     name, folder = (model, None) if model else (spec["name"], spec.get("path"))
@@ -50,7 +53,35 @@ def load_quantized(path: Path, device: str, dtype: str = "auto", model: str | No
     adapter = load_model(name, folder, spec.get("family") if not model else None, device=device, dtype=dtype,
                          components=components)
     attach_state(adapter)
+    install_runtime(adapter, info, predictor, tdc)
     return adapter, info
+
+
+def install_runtime(adapter: Adapter, info: ckpt.CheckpointInfo, predictor_file: Path | None = None,
+                    tdc: bool | None = None) -> None:
+    """Hook the blocks for 6Bit-Diffusion when the checkpoint (or the flags) ask for it; the run
+    counters land in `adapter.runtime`."""
+    from dq_calib.predictor import Predictor, PredictorError
+    from dq_cli.errors import DQError
+    from dq_cli.quant.runtime import install
+    from dq_cli.quant.tdc import TDCConfig
+    from dq_cli.recipe import parse
+
+    recipe = parse(info.recipe, f"{info.path} (recipe)")
+    try:
+        predictor = (Predictor.load(predictor_file) if predictor_file is not None
+                     else Predictor.from_json(info.predictor, f"{info.path} (predictor)") if info.predictor else None)
+    except PredictorError as e:
+        raise DQError(str(e)) from None
+    if predictor is not None:
+        unknown = sorted(set(predictor.layers) - set(info.layers))
+        if unknown:
+            raise DQError(f"{predictor_file or info.path}: the predictor routes {unknown[0]} ({len(unknown)} layers), "
+                          "which the checkpoint does not quantize: fit it on a calibration of the same recipe")
+    use_tdc = recipe.tdc.enabled if tdc is None else tdc
+    refresh = recipe.predictor.refresh_ratio if recipe.predictor else None
+    config = TDCConfig(recipe.tdc.tau, recipe.tdc.max_skips, refresh) if use_tdc else None
+    adapter.runtime = install(adapter, predictor, config) if (predictor is not None or config is not None) else None
 
 
 def _check_same_model(info: ckpt.CheckpointInfo, name: str, folder: str | None) -> None:

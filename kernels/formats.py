@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from dq_kernels.fp8 import dequantize_fp8, quantize_fp8
 from dq_kernels.int4 import dequantize_int4, pack_int4, quantize_int4, unpack_int4
 from dq_kernels.int8 import dequantize_int8, quantize_int8_rowwise
-from dq_kernels.nvfp4 import dequantize_nvfp4, pack_fp4, quantize_nvfp4, unpack_fp4
+from dq_kernels.nvfp4 import dequantize_nvfp4, fake_quantize_nvfp4, pack_fp4, quantize_nvfp4, unpack_fp4
 
 NVFP4_BLOCK = 16
 
@@ -94,5 +94,5 @@ def fake_quant(x: torch.Tensor, fmt: str, group_size: int) -> torch.Tensor:
     if fmt in INT4_FORMATS:
         return _dequantize_int4_family(*_quantize_int4_family(x, fmt, group_size))
     if fmt == "nvfp4":
-        return dequantize_nvfp4(*quantize_nvfp4(x))
+        return fake_quantize_nvfp4(x)
     raise ValueError(f"unknown activation format {fmt!r}")

@@ -47,6 +47,7 @@ from .checks import check_last_dim_multiple
 __all__ = [
     "quantize_nvfp4",
     "dequantize_nvfp4",
+    "fake_quantize_nvfp4",
     "pack_fp4",
     "unpack_fp4",
     "e2m1_to_float",
@@ -109,6 +110,23 @@ def quantize_nvfp4(
     # where(): dq_scale underflows to 0 only for tensor scales below ~2**-140; keep codes 0.
     v = torch.where(dq_scale > 0, xb / dq_scale, torch.zeros_like(xb))
     return float_to_e2m1(v).reshape(x.shape), s8, ts
+
+
+def fake_quantize_nvfp4(x: torch.Tensor, block_size: int = NVFP4_BLOCK) -> torch.Tensor:
+    """dequantize_nvfp4(*quantize_nvfp4(x)) in fp32, bit for bit, without forming the codes: about
+    twice as fast on the CPU, where activations are rounded on every forward of the reference path."""
+    check_last_dim_multiple(x, block_size, "fake_quantize_nvfp4")
+    xf = x.float()
+    ts = nvfp4_tensor_scale(xf)
+    xb = xf.reshape(*x.shape[:-1], x.shape[-1] // block_size, block_size)
+    s = xb.abs().amax(dim=-1, keepdim=True) / (E2M1_MAX * ts)
+    s = torch.where(s == 0, torch.ones_like(s), s)
+    dq_scale = s.clamp(E4M3_MIN_SUBNORMAL, E4M3_MAX).to(torch.float8_e4m3fn).float() * ts
+    v = torch.where(dq_scale > 0, xb / dq_scale, torch.zeros_like(xb))
+    m = v.abs().clamp_(max=E2M1_MAX)
+    step = torch.where(m < 2.0, 0.5, torch.where(m < 4.0, 1.0, 2.0))  # as in float_to_e2m1
+    q = torch.round(m / step).mul_(step).copysign_(v)
+    return (q * dq_scale).reshape(x.shape)
 
 
 def dequantize_nvfp4(

@@ -1,4 +1,4 @@
-"""The `dq` command line: help, predictor-fit's refusal, and `dq generate`'s MP4 (a real H.264 file,
+"""The `dq` command line: help, predictor-fit's refusal of a recipe without a predictor, and `dq generate`'s MP4 (a real H.264 file,
 frame count and size, the same seed giving the same video, --image refused on text-only models)."""
 
 from __future__ import annotations
@@ -53,11 +53,12 @@ def test_help_does_not_import_torch():
 # ------------------------------------------------------------------ predictor-fit
 
 
-def test_predictor_fit_says_it_is_not_implemented(dq, tmp_path, monkeypatch):
+def test_predictor_fit_needs_a_predictor_section(dq, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "predictor.json"
-    result = dq("predictor-fit", "-r", "tiny_w4a4.yaml", "-o", out, code=3)
-    assert "not implemented" in result.stderr and "nothing was written" in result.stderr
+    result = dq("predictor-fit", "-r", "tiny_w4a4.yaml", "-o", out, code=2)
+    assert "builtin:tiny_w4a4.yaml: predictor" in result.stderr and "no predictor section" in result.stderr
+    assert not out.exists()
     assert "Traceback" not in result.output
     assert list(tmp_path.iterdir()) == []  # not --out, not a default path, not a temporary file
 
@@ -66,8 +67,8 @@ def test_predictor_fit_real_process_exit_code(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "dq_cli", "predictor-fit", "-o", str(tmp_path / "p.json")],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path,
                           env={**os.environ, "NO_COLOR": "1"})
-    assert proc.returncode == 3
-    assert "not implemented" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2  # the default recipe (tiny_w4a4) has no predictor section
+    assert "no predictor section" in proc.stderr and "Traceback" not in proc.stderr
     assert list(tmp_path.iterdir()) == []
 
 

@@ -138,6 +138,7 @@ def _quality(baseline, checkpoints, model, run, prompts, num_prompts, device, qu
             adapter, _ = load_quantized(path, device, model=model)
             videos = qb.generate_all(adapter, prompt_list, run, on_video=advance)
             rows.append(qb.evaluate(path.stem, prompt_list, videos, reference, adherence))
+            rows[-1].runtime = adapter.runtime.summary() if adapter.runtime is not None else None
             variants[path.stem] = qb.quantized_layers(adapter)
         # Per-layer error: every checkpoint's layers on the baseline's own activations (first prompt).
         errors = qb.layer_errors(baseline, variants, prompt_list[0], run) if variants else {}
@@ -154,13 +155,16 @@ def _quality(baseline, checkpoints, model, run, prompts, num_prompts, device, qu
 
 def _print_quality(doc: dict) -> None:
     table = Table(title=f"dq bench --quality ({doc['settings']['prompts']} prompts)")
-    for col in ("config", "layer err", "PSNR dB", "SSIM", "adherence %"):
+    for col in ("config", "layer err", "PSNR dB", "SSIM", "adherence %", "act bits", "TDC skip %"):
         table.add_column(col, justify="right")
     for r in doc["rows"]:
+        rt = r.get("runtime") or {}
         table.add_row(r["config"], "—" if r.get("layer_error") is None else f"{r['layer_error']:.4f}",
                       "—" if r["psnr_db"] is None else f"{r['psnr_db']:.2f}",
                       "—" if r["ssim"] is None else f"{r['ssim']:.4f}",
-                      "—" if r["adherence"] is None else f"{100 * r['adherence']:.1f}")
+                      "—" if r["adherence"] is None else f"{100 * r['adherence']:.1f}",
+                      "—" if rt.get("average_bits") is None else f"{rt['average_bits']:.2f}",
+                      "—" if not rt else f"{100 * rt['skip_fraction']:.1f}")
     console.print(table)
 
 

@@ -37,7 +37,9 @@ def command(
 
     In: a recipe (model, calibration prompts and settings). Out: <out>.safetensors with, per layer,
     the per-channel absmax by step range and a bounded sample of input tokens with their (step,
-    CFG branch, t, h, w), and <out>.json summarising it with the recipe.
+    CFG branch, t, h, w), and <out>.json summarising it with the recipe. With a `predictor:`
+    section or `tdc.enabled`, also per block and step Γ = ‖out − in‖₁/‖in‖₁ and the change of
+    Δ = out − in, and per quantized linear and step E_rel under each activation route.
     """
     # Imported here: `dq --help` must not wait for torch and diffusers.
     from dq_calib.prompts import PromptSourceError, load_prompts
@@ -54,7 +56,8 @@ def command(
     cal = spec.calibration
     device = pick_device(device)
     adapter = load_recipe_model(spec.model, device)
-    plans = plan_layers(spec.quantization, adapter.linears(), source)
+    plans = plan_layers(spec.quantization, adapter.linears(), source,
+                        hadamard=spec.predictor.hadamard_block if spec.predictor else 0)
     layers = [info for info in adapter.linears() if info.name in plans]
     if image is not None and not adapter.supports_image:
         raise DQError(f"--image: the {adapter.family} model generates from text only; it cannot use an image")
@@ -69,11 +72,14 @@ def command(
     run = sampling(adapter, spec.sampling, steps=cal.steps)
     if not adapter.trained:
         note(quiet, "[yellow]note:[/] dq-tiny has no trained weights yet: calibrating a seeded random network")
+    # 6Bit-Diffusion (a predictor section or TDC): also Γ, Δ per block and E_rel per route.
+    routes = tuple(spec.predictor.routes) if spec.predictor else (() if spec.tdc.enabled else None)
     with progress_bar(quiet, f"calibrating {len(layers)} layers", len(prompt_list) * run.steps) as advance:
         result = calibrate(adapter, layers, prompt_list, steps=run.steps, guidance=run.guidance,
                            frames=run.frames, height=run.height, width=run.width, seed=cal.seed,
                            step_ranges=cal.step_ranges, tokens_per_layer=cal.tokens_per_layer,
-                           negative_prompt=run.negative_prompt, image=first_frame, on_step=lambda s: advance())
+                           negative_prompt=run.negative_prompt, image=first_frame, on_step=lambda s: advance(),
+                           plans=plans, routes=routes)
     summary = {"model": {"name": spec.model.name, "path": spec.model.path, "family": adapter.family},
                "prompts": len(prompt_list), "prompt_source": prompt_source, "steps": run.steps,
                "step_ranges": cal.step_ranges, "forwards": result.forwards,
@@ -82,4 +88,8 @@ def command(
     tensors_path, json_path = save_artifact(out, result, layers, spec.text, summary)
     note(quiet, f"{len(prompt_list)} prompts × {run.steps} steps, {result.forwards} forwards, "
                 f"branches {', '.join(sorted(result.branches_seen))}")
+    if result.trajectories is not None:
+        t = result.trajectories
+        note(quiet, f"trajectories: Γ and Δ of {len(t.blocks)} blocks, E_rel of {len(t.linears)} linears "
+                    f"under {', '.join(t.routes) or 'no route'}")
     console.print(f"wrote {tensors_path} and {json_path}") if not quiet else typer.echo(str(json_path))

@@ -36,6 +36,10 @@ def command(
                                      "shorter side is at least this many pixels in the MP4."),
     save_frames_to: Path = typer.Option(None, "--save-frames", help="Also save the raw frames at the model's "
                                         "resolution (.npy or .pt, uint8 [F, H, W, 3]) for metrics."),
+    predictor: Path = typer.Option(None, "--predictor", help="6Bit-Diffusion predictor replacing the one "
+                                   "recorded in the checkpoint."),
+    tdc: bool = typer.Option(None, "--tdc/--no-tdc", help="Turn the Temporal Delta Cache on or off (default: "
+                             "the checkpoint's recipe)."),
     device: str = DEVICE_OPTION,
     quiet: bool = QUIET_OPTION,
 ) -> None:
@@ -57,8 +61,10 @@ def command(
         raise DQError(f"--image {image}: no such file")
     device = pick_device(device)
     spec = recipes.load(recipe) if recipe else None
+    if (predictor is not None or tdc is not None) and checkpoint is None:
+        raise DQError("--predictor/--tdc: need a quantized checkpoint (--checkpoint)")
     if checkpoint is not None:
-        adapter, info = load_quantized(checkpoint, device, model=model)
+        adapter, info = load_quantized(checkpoint, device, model=model, predictor=predictor, tdc=tdc)
         note(quiet, f"checkpoint {checkpoint}: {len(info.layers)} quantized layers")
     elif spec is not None and model is None:
         adapter = load_recipe_model(spec.model, device)
@@ -89,4 +95,6 @@ def command(
         save_frames(video, save_frames_to)
     note(quiet, f"{video.shape[0]} frames {video.shape[2]}×{video.shape[1]} in {elapsed:.1f} s "
                 f"({run.steps} steps, guidance {run.guidance}, seed {run.seed})")
+    if getattr(adapter, "runtime", None) is not None:
+        note(quiet, adapter.runtime.line())
     console.print(f"wrote {out}") if not quiet else typer.echo(str(out))

@@ -21,6 +21,8 @@ def command(
     calibration: Path = typer.Option(None, "--calibration", "-c", help="Artifact of `dq calibrate` (needed by "
                                      "smoothquant / svdquant / deltaquant). Default: out/<recipe name>-calib "
                                      "when it exists."),
+    predictor: Path = typer.Option(None, "--predictor", help="6Bit-Diffusion predictor from `dq predictor-fit`, "
+                                   "recorded in the checkpoint: `dq generate` then routes each layer per step."),
     device: str = DEVICE_OPTION,
     quiet: bool = QUIET_OPTION,
 ) -> None:
@@ -28,7 +30,8 @@ def command(
 
     In: a recipe (model + per-layer method/formats). Out: a checkpoint holding packed weights,
     scales and the layers kept in 16 bits, with the recipe in its metadata; `dq generate
-    --checkpoint` runs it.
+    --checkpoint` runs it. With --predictor, the checkpoint also records the per-step routing
+    (weights are still stored once, packed).
     """
     # Imported here: `dq --help` must not wait for torch and diffusers.
     from dq_cli import checkpoint as ckpt
@@ -45,9 +48,11 @@ def command(
     device = pick_device(device)
     adapter = load_recipe_model(spec.model, device)
     layers = adapter.linears()
-    plans = plan_layers(spec.quantization, layers, source)
+    plans = plan_layers(spec.quantization, layers, source,
+                        hadamard=spec.predictor.hadamard_block if spec.predictor else 0)
     if not adapter.trained:
         note(quiet, "[yellow]note:[/] dq-tiny has no trained weights yet: quantizing a seeded random network")
+    routing = _load_predictor(predictor, plans) if predictor is not None else None
     stats = None
     if needs_calibration(plans):
         calibration = calibration or Path("out") / f"{stem}-calib"
@@ -65,10 +70,29 @@ def command(
     with progress_bar(quiet, "quantizing layers", len(plans)) as advance:
         count = quantize_model(adapter, plans, stats, on_layer=done)
     model_meta = {"name": spec.model.name, "path": spec.model.path, "family": adapter.family, "source": adapter.source}
-    ckpt.save(out, adapter.transformers(), plans, spec.text, model_meta, fits=fits)
+    ckpt.save(out, adapter.transformers(), plans, spec.text, model_meta, fits=fits,
+              predictor=routing.to_json() if routing else None)
     size = out.stat().st_size
     note(quiet, f"quantized {count} of {len(layers)} linear layers ({adapter.family})")
     if fits:
         mean = sum(f["error"] for f in fits.values()) / len(fits)
         note(quiet, f"mean relative output error on calibration tokens: {mean:.4f}")
+    if routing is not None:
+        note(quiet, f"predictor {predictor}: {routing.kind} routing of {len(routing.layers)} layers "
+                    f"({routing.low_route}/{routing.safe_route}, {routing.achieved.get('bits', float('nan')):.2f} bits "
+                    "on the calibration set)")
     console.print(f"wrote {out} ({size / 2**20:.2f} MiB)") if not quiet else typer.echo(str(out))
+
+
+def _load_predictor(path: Path, plans: dict):
+    from dq_calib.predictor import Predictor, PredictorError
+
+    try:
+        predictor = Predictor.load(path)
+    except PredictorError as e:
+        raise DQError(f"--predictor: {e}") from None
+    unknown = sorted(set(predictor.layers) - set(plans))
+    if unknown:
+        raise DQError(f"--predictor {path}: routes {unknown[0]} ({len(unknown)} layers), which this recipe does "
+                      "not quantize: fit the predictor on a calibration of the same recipe")
+    return predictor

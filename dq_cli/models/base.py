@@ -161,6 +161,7 @@ class Adapter:
         self.pipe, self.source = pipe, source
         self.state = ForwardState()
         self.trained = True
+        self.runtime = None  # 6Bit-Diffusion's run counters (dq_cli/quant/runtime.py), when installed
         for name, module in self.transformers().items():
             HookRegistry.check_if_exists_or_initialize(module).register_hook(ForwardTracker(self, name), TRACKER_HOOK)
 

@@ -13,16 +13,19 @@ On CUDA, the formats the Triton kernels implement run there instead (dq_cli/quan
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 from torch import nn
 
+from dq_calib.trajectories import outlier_ratio
 from dq_cli.models.base import ForwardState
 from dq_cli.quant.activations import CORE_GROUP, quantize_input
 from dq_cli.quant.kernel_path import kernel_forward, wants_kernels
 from dq_cli.quant.plan import LayerPlan
 from dq_kernels.checks import check_finite
 from dq_kernels.formats import k_multiple, pack_weight, pad_k, unpack_weight
+from dq_kernels.hadamard import block_hadamard
 
 
 class QuantLinear(nn.Module):
@@ -44,6 +47,12 @@ class QuantLinear(nn.Module):
         self.register_buffer("lora_down", lora_down)
         # Set by the model adapter: where sampling is (grid, step) for DeltaQuant's cubes.
         self.forward_state: ForwardState | None = None
+        # Set per step by 6Bit-Diffusion's block hook (dq_cli/quant/runtime.py): the activation route
+        # ("nvfp4", "int8", "deltaquant"; None = the plan's), and on a TDC refresh the max/mean ratio
+        # above which the input stays unquantized. `last_route` says what the last call took.
+        self.route: str | None = None
+        self.refresh_ratio: float | None = None
+        self.last_route: str | None = None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, plan: LayerPlan, name: str, sees_video: bool = True,
@@ -55,7 +64,10 @@ class QuantLinear(nn.Module):
             weight = weight * smooth.float()
         if lora_up is not None:
             weight = weight - lora_up.float() @ lora_down.float()
-        tensors = pack_weight(pad_k(weight, k_multiple_of(plan)), plan.weight, plan.group_size)
+        weight = pad_k(weight, k_multiple_of(plan))
+        if plan.hadamard:  # stored rotated: the input is rotated by the same H_b on the fly
+            weight = block_hadamard(weight, plan.hadamard)
+        tensors = pack_weight(weight, plan.weight, plan.group_size)
         bias = None if linear.bias is None else linear.bias.detach().clone()
         return cls(linear.in_features, linear.out_features, plan, name, tensors, bias, smooth, lora_up, lora_down,
                    sees_video)
@@ -74,10 +86,17 @@ class QuantLinear(nn.Module):
         down = meta((plan.rank, k), torch.bfloat16) if uses_low_rank(plan) else None
         return cls(k, n, plan, name, tensors, bias, smooth, up, down, sees_video)
 
+    def stored_weight(self) -> torch.Tensor:
+        """fp32 [N, K padded]: the dequantized stored tensors (rotated when the plan says so)."""
+        tensors = {k: getattr(self, k) for k in self.tensor_names}
+        return unpack_weight(tensors, self.plan.weight, self.plan.group_size)
+
     def residual_weight(self) -> torch.Tensor:
         """fp32 [N, K]: the dequantized 4/8-bit part, Q(W·λ − L₁L₂) (padding dropped)."""
-        tensors = {k: getattr(self, k) for k in self.tensor_names}
-        return unpack_weight(tensors, self.plan.weight, self.plan.group_size)[:, : self.in_features]
+        w = self.stored_weight()
+        if self.plan.hadamard:
+            w = block_hadamard(w, self.plan.hadamard)  # H_b is its own inverse
+        return w[:, : self.in_features]
 
     def effective_weight(self) -> torch.Tensor:
         """fp32 [N, K] that the layer multiplies unquantized inputs by: (Q(R) + L₁L₂) / λ."""
@@ -104,17 +123,41 @@ class QuantLinear(nn.Module):
         y = torch.zeros(*xs.shape[:-1], self.out_features, dtype=torch.float32, device=x.device)
         if self.lora_up is not None:  # the 16-bit branch sees the unquantized (smoothed) input
             y += (xs.to(self.lora_down.dtype) @ self.lora_down.T).float() @ self.lora_up.float().T
-        xq = quantize_input(pad_k(xs, k_multiple_of(self.plan)), self.plan, self.forward_state, self.sees_video)
-        y += xq[..., : self.in_features] @ self.residual_weight().T
+        plan = self.active_plan(xs)
+        w = self.stored_weight()
+        xin = pad_k(xs, k_multiple_of(self.plan))
+        if self.plan.hadamard:
+            xin = block_hadamard(xin, self.plan.hadamard)
+        # The weight is the same packed tensors whatever the route: the INT8 route multiplies 8-bit
+        # activations by the 4-bit weight unpacked on the fly (no second copy of the weight).
+        xq = quantize_input(pad_k(xin, k_multiple_of(plan)), plan, self.forward_state, self.sees_video)
+        y += xq[..., : w.shape[1]] @ w.T
         if self.bias is not None:
             y += self.bias.float()
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
+
+    def active_plan(self, xs: torch.Tensor) -> LayerPlan:
+        route = self.route
+        if self.refresh_ratio is not None and outlier_ratio(xs) > self.refresh_ratio:
+            route = "none"
+        self.last_route = route or self.plan.activation
+        return self.plan if route is None else route_plan(self.plan, route)
 
     def extra_repr(self) -> str:
         p = self.plan
         extra = f", rank={p.rank}" if self.lora_up is not None else ""
         return (f"{self.in_features}→{self.out_features}, method={p.method}, W={p.weight}, A={p.activation}, "
                 f"group={p.group_size}{extra}")
+
+
+def route_plan(plan: LayerPlan, route: str) -> LayerPlan:
+    """The plan of one activation route: plain round-to-nearest NVFP4 / INT8 per token, DeltaQuant's
+    cube split with NVFP4 deltas, or "none" (16 bits). Weights are untouched by the route."""
+    if route == "deltaquant":
+        return replace(plan, method="deltaquant", activation="nvfp4")
+    if route in ("nvfp4", "int8", "none"):
+        return replace(plan, method="rtn" if plan.method == "deltaquant" else plan.method, activation=route)
+    raise ValueError(f"unknown activation route {route!r}")
 
 
 def uses_smoothing(plan: LayerPlan) -> bool:
@@ -128,4 +171,5 @@ def uses_low_rank(plan: LayerPlan) -> bool:
 def k_multiple_of(plan: LayerPlan) -> int:
     """Pad K to serve the weight's, the activation's and the core tokens' grouping."""
     core = CORE_GROUP if plan.method == "deltaquant" else 1
-    return math.lcm(k_multiple(plan.weight, plan.group_size), k_multiple(plan.activation, plan.group_size), core)
+    return math.lcm(k_multiple(plan.weight, plan.group_size), k_multiple(plan.activation, plan.group_size), core,
+                    plan.hadamard or 1)

@@ -5,7 +5,7 @@ layers unquantized."""
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from dq_cli.errors import NotReadyError, RecipeError
 from dq_cli.models.base import LinearInfo
@@ -28,6 +28,7 @@ class LayerPlan:
     smoothing: dict | None
     cubes: tuple | None
     core: str
+    hadamard: int = 0  # block size of the online Hadamard rotation before rounding (0 = none)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -66,8 +67,10 @@ def _matches(rule, info: LinearInfo) -> bool:
     return info.role == rule.role
 
 
-def plan_layers(spec: QuantizationSpec, layers: list[LinearInfo], source: str) -> dict[str, LayerPlan]:
-    """Resolved plan for every layer to quantize (layers left out stay in the model's dtype)."""
+def plan_layers(spec: QuantizationSpec, layers: list[LinearInfo], source: str, hadamard: int = 0
+                ) -> dict[str, LayerPlan]:
+    """Resolved plan for every layer to quantize (layers left out stay in the model's dtype).
+    `hadamard` (a recipe's predictor.hadamard_block): rotate every layer with quantized activations."""
     example = layers[0].name if layers else "(the model has no linear layers)"
     for i, pattern in enumerate(spec.keep_bf16):
         if not any(_matches(_Glob(pattern), info) for info in layers):
@@ -87,6 +90,8 @@ def plan_layers(spec: QuantizationSpec, layers: list[LinearInfo], source: str) -
             if _matches(rule, info):
                 setting, selected = _merge(setting, rule), True
         plan = _resolve(setting)
+        if hadamard and plan.activation != "none":
+            plan = replace(plan, hadamard=hadamard)
         if selected and not plan.is_passthrough:
             plans[info.name] = plan
     _check_ready(spec, plans, source)

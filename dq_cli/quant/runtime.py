@@ -1,0 +1,197 @@
+"""6Bit-Diffusion at inference: one `diffusers.hooks.ModelHook` per transformer block that
+
+1. decides, before the block runs, each of its quantized linears' activation route for this step
+   from the block's Γ at the previous step (`Predictor.route`: no Γ → the safe INT8 route);
+2. measures Γ = ‖out − in‖₁/‖in‖₁ after it runs, for the next step;
+3. runs the Temporal Delta Cache (dq_cli/quant/tdc.py): a stable block is skipped and returns
+   input + cached Δ (for CogVideoX's joint blocks, the encoder stream's Δ too).
+
+State is kept per (expert, CFG branch) stream, as FirstBlockCache keeps its per `cache_context`,
+but keyed on the adapter's `ForwardState` (which the ForwardTracker fills from that same
+`cache_context`), so a batched CFG forward (LTX, CogVideoX: [uncond, cond] in one batch) is one
+stream, and the expert is known for the reset at Wan 2.2's switch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks._common import _ALL_TRANSFORMER_BLOCK_IDENTIFIERS
+from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
+from diffusers.utils.torch_utils import unwrap_module
+
+from dq_calib.predictor import ROUTE_BITS, Predictor
+from dq_calib.trajectories import gamma, rel_l1_change
+from dq_cli.models.base import ForwardState
+from dq_cli.quant import tdc
+from dq_cli.quant.linear import QuantLinear
+
+RUNTIME_HOOK = "dq_6bit_block"
+
+
+# ---- block I/O (shared with calibration) ------------------------------------------------------------
+def block_metadata(module: torch.nn.Module) -> TransformerBlockMetadata:
+    """diffusers' own description of where a block's hidden states are; a block class it does not
+    know is taken to map `hidden_states` to one tensor."""
+    cls = unwrap_module(module).__class__
+    try:
+        return TransformerBlockRegistry.get(cls)
+    except ValueError:
+        return TransformerBlockMetadata(return_hidden_states_index=None, return_encoder_hidden_states_index=None,
+                                        _cls=cls)
+
+
+def block_inputs(meta: TransformerBlockMetadata, args, kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    hidden = meta._get_parameter_from_args_kwargs(meta.hidden_states_argument_name, args, kwargs)
+    enc = None
+    if meta.return_encoder_hidden_states_index is not None:
+        enc = meta._get_parameter_from_args_kwargs(meta.encoder_hidden_states_argument_name, args, kwargs)
+    return hidden, enc
+
+
+def block_outputs(meta: TransformerBlockMetadata, output) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if not isinstance(output, tuple):
+        return output, None
+    enc_i = meta.return_encoder_hidden_states_index
+    return output[meta.return_hidden_states_index or 0], (output[enc_i] if enc_i is not None else None)
+
+
+def join_outputs(meta: TransformerBlockMetadata, hidden: torch.Tensor, enc: torch.Tensor | None):
+    if meta.return_encoder_hidden_states_index is None:
+        return hidden
+    out = [None, None]
+    out[meta.return_hidden_states_index] = hidden
+    out[meta.return_encoder_hidden_states_index] = enc
+    return tuple(out)
+
+
+def transformer_blocks(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """(`<list name>.<i>`, block) for the block lists diffusers' caches recognise."""
+    out = []
+    for name, child in model.named_children():
+        if name in _ALL_TRANSFORMER_BLOCK_IDENTIFIERS and isinstance(child, torch.nn.ModuleList):
+            out += [(f"{name}.{i}", block) for i, block in enumerate(child)]
+    return out
+
+
+# ---- what a run did ---------------------------------------------------------------------------------
+@dataclass
+class RuntimeStats:
+    """Counted during generation: routes of every quantized linear evaluation inside the blocks
+    (weighted by input features, as predictor-fit counts bits) and block evaluations / skips."""
+
+    route_weight: dict[str, float] = field(default_factory=dict)
+    route_calls: dict[str, int] = field(default_factory=dict)
+    block_evals: int = 0      # block forwards requested (per stream)
+    block_skips: int = 0
+
+    def count_route(self, route: str, in_features: int) -> None:
+        self.route_weight[route] = self.route_weight.get(route, 0.0) + in_features
+        self.route_calls[route] = self.route_calls.get(route, 0) + 1
+
+    @property
+    def average_bits(self) -> float | None:
+        total = sum(self.route_weight.values())
+        if not total:
+            return None
+        return sum(w * ROUTE_BITS.get(r, 16.0) for r, w in self.route_weight.items()) / total
+
+    @property
+    def skip_fraction(self) -> float:
+        return self.block_skips / self.block_evals if self.block_evals else 0.0
+
+    def summary(self) -> dict:
+        total = sum(self.route_calls.values())
+        return {"average_bits": self.average_bits,
+                "route_mix": {r: c / total for r, c in sorted(self.route_calls.items())} if total else {},
+                "route_calls": dict(sorted(self.route_calls.items())),
+                "block_evals": self.block_evals, "block_skips": self.block_skips,
+                "skip_fraction": self.skip_fraction}
+
+    def line(self) -> str:
+        s = self.summary()
+        bits = "—" if s["average_bits"] is None else f"{s['average_bits']:.2f}"
+        mix = ", ".join(f"{r} {100 * f:.1f}%" for r, f in s["route_mix"].items()) or "—"
+        return (f"activations: {bits} bits on average ({mix}); TDC skipped {self.block_skips} of "
+                f"{self.block_evals} block evaluations ({100 * self.skip_fraction:.1f}%)")
+
+    def reset(self) -> None:
+        self.route_weight.clear()
+        self.route_calls.clear()
+        self.block_evals = self.block_skips = 0
+
+
+# ---- the hook ---------------------------------------------------------------------------------------
+class SixBitBlockHook(ModelHook):
+    _is_stateful = True
+
+    def __init__(self, forward_state: ForwardState, linears: dict[str, QuantLinear], predictor: Predictor | None,
+                 tdc_config: tdc.TDCConfig | None, stats: RuntimeStats):
+        super().__init__()
+        self.forward_state, self.linears, self.predictor = forward_state, linears, predictor
+        self.tdc, self.stats = tdc_config, stats
+        self.states: dict[tuple, tdc.BlockState] = {}
+        self._meta: TransformerBlockMetadata | None = None
+
+    def initialize_hook(self, module):
+        self._meta = block_metadata(module)
+        return module
+
+    def state(self) -> tdc.BlockState:
+        fs = self.forward_state
+        key = tuple(fs.branches)
+        st = self.states.get(key)
+        if st is None or st.stale(fs.step, fs.expert):
+            st = self.states[key] = tdc.BlockState(expert=fs.expert)
+        return st
+
+    def new_forward(self, module, *args, **kwargs):
+        st, step = self.state(), self.forward_state.step
+        hidden, enc = block_inputs(self._meta, args, kwargs)
+        self.stats.block_evals += 1
+        if tdc.should_skip(st, self.tdc):
+            tdc.on_skip(st, step)
+            self.stats.block_skips += 1
+            d_hidden, d_enc = st.delta
+            return join_outputs(self._meta, hidden + d_hidden, None if enc is None else enc + d_enc)
+        refresh = self.tdc.refresh_ratio if (self.tdc is not None and st.skips > 0) else None
+        for name, linear in self.linears.items():
+            routed = self.predictor is not None and name in self.predictor.layers
+            linear.route = self.predictor.route(name, st.gamma) if routed else None
+            linear.refresh_ratio = refresh
+            linear.last_route = None
+        output = self.fn_ref.original_forward(*args, **kwargs)
+        out_hidden, out_enc = block_outputs(self._meta, output)
+        delta = (out_hidden - hidden, None if enc is None else out_enc - enc)
+        # A batched CFG forward is one stream: its most-changing row decides (the conservative side).
+        g = float(gamma(hidden, out_hidden).max())
+        change = None
+        if self.tdc is not None and st.delta is not None:
+            change = float(rel_l1_change(delta[0], st.delta[0]).max())
+        tdc.on_compute(st, step, delta if self.tdc is not None else (None, None), change, g)
+        for linear in self.linears.values():
+            if linear.last_route is not None:
+                self.stats.count_route(linear.last_route, linear.in_features)
+        return output
+
+    def reset_state(self, module):
+        self.states.clear()
+        return module
+
+
+def install(adapter, predictor: Predictor | None, tdc_config: tdc.TDCConfig | None) -> RuntimeStats:
+    """Hook every transformer block of the adapter's model(s); returns the run counters."""
+    stats = RuntimeStats()
+    for component, model in adapter.transformers().items():
+        for block_name, block in transformer_blocks(model):
+            prefix = f"{component}.{block_name}."
+            linears = {prefix + n: m for n, m in block.named_modules() if isinstance(m, QuantLinear)}
+            registry = HookRegistry.check_if_exists_or_initialize(block)
+            if registry.get_hook(RUNTIME_HOOK) is not None:
+                registry.remove_hook(RUNTIME_HOOK, recurse=False)
+            registry.register_hook(SixBitBlockHook(adapter.state, linears, predictor, tdc_config, stats), RUNTIME_HOOK)
+        # cache_context walks a cached list of child registries: it must see the new ones.
+        HookRegistry.check_if_exists_or_initialize(model).invalidate_child_registries_cache()
+    return stats
