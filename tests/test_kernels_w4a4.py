@@ -221,3 +221,19 @@ def test_int8_token_quantizer_is_bit_exact(device):
         q, s = quantize_int8_tokens(x.to(device), None if lam is None else lam.to(device))
         ref_q, ref_s = quantize_int8_rowwise(x / lam if lam is not None else x)
         assert torch.equal(q.cpu(), ref_q) and torch.equal(s.cpu(), ref_s.reshape(-1))
+
+
+def test_routed_or_rotated_layers_keep_the_reference():
+    """6Bit-Diffusion's per-step route (and a Hadamard-rotated plan) must not reach kernels that
+    know neither."""
+    from dataclasses import replace
+
+    from dq_cli.quant.kernel_path import kernel_forward
+
+    layer = quant_layer("rtn", "int8")
+    x = torch.zeros(1, 4, 150)
+    layer.route = "nvfp4"
+    assert kernel_forward(layer, x) is None
+    layer.route = None
+    layer.plan = replace(layer.plan, hadamard=128)
+    assert kernel_forward(layer, x) is None

@@ -5,8 +5,8 @@ reference math: on CUDA, for the formats the Hopper kernels implement exactly â€
   tokens when every token of the sequence is a video token): `dq::w4a4_linear`;
 - `int8` weights and activations: `dq::w8a8_linear`.
 
-Everything else (free group scales, NVFP4, CogVideoX's joint text+video sequence under
-DeltaQuant) keeps the reference path. `DQ_KERNELS=triton` forces the kernels on the CPU (under
+Everything else (free group scales, NVFP4, 6Bit-Diffusion's per-step routes and Hadamard
+rotation, CogVideoX's joint text+video sequence under DeltaQuant) keeps the reference path. `DQ_KERNELS=triton` forces the kernels on the CPU (under
 TRITON_INTERPRET=1, for tests); `DQ_KERNELS=reference` keeps the reference everywhere.
 """
 
@@ -30,6 +30,8 @@ def kernel_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
     import dq_kernels.linear_ops  # noqa: F401  (registers torch.ops.dq.*; imports triton)
 
     plan = layer.plan
+    if plan.hadamard or layer.route is not None or layer.refresh_ratio is not None:
+        return None  # 6Bit-Diffusion's per-step routes and rotations run on the reference
     if plan.weight == plan.activation == "int8" and plan.method in ("rtn", "smoothquant"):
         y = torch.ops.dq.w8a8_linear(x.reshape(-1, x.shape[-1]), layer.qweight, layer.scales, layer.smooth, layer.bias)
         return y.reshape(*x.shape[:-1], -1)
