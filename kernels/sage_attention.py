@@ -42,8 +42,11 @@ import os
 
 import torch
 
-from .sage_quant import (LOG2E, SageInputs, interpreting, sage_quantize, sage_quantize_reference,
+from .sage_quant import (SageInputs, interpreting, sage_quantize, sage_quantize_reference,
                          triton)
+
+if triton is not None:
+    from .sage_quant import _round_to_e4m3
 
 if triton is not None:
     import triton.language as tl
@@ -82,31 +85,31 @@ def sage_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     acc = torch.zeros(b * h, s_q, d, device=q.device)
     for n0 in range(0, s_k, block_n):
         n1 = min(n0 + block_n, s_k)
-        kc = z.k8[:, n0:n1].float()
         sc = qs * z.ks[:, n0 // qb, None]  # qs·ks: one product per (query block, key block)
-        s = torch.bmm(qc, kc.transpose(1, 2)) * sc[..., None]
+        s = torch.bmm(qc, z.k8[:, n0:n1].float().transpose(1, 2)).mul_(sc[..., None])
         m_new = torch.maximum(m, s.amax(dim=-1))
-        p = torch.exp2(s - (m_new - LOG2_E4M3_MAX)[..., None])  # in [0, 448]
+        p = s.sub_((m_new - LOG2_E4M3_MAX)[..., None]).exp2_()  # P in [0, 448]
         alpha = torch.exp2(m - m_new)
         l_ = l_ * alpha + p.sum(dim=-1)
-        p8 = p.clamp(max=448.0).to(torch.float8_e4m3fn).float()
+        p8 = round_to_e4m3(p.clamp_(max=448.0))  # = p.to(float8_e4m3fn).float(), 3x faster on a CPU
         acc = acc * alpha[..., None] + torch.bmm(p8, z.v8t[:, :, n0:n1].float().transpose(1, 2))
         m = m_new
     out = acc * (1.0 / l_)[..., None] * z.vs[:, None, :] + z.vm[:, None, :]
     return out.reshape(b, h, s_q, d).to(q.dtype)
 
 
+def round_to_e4m3(x: torch.Tensor) -> torch.Tensor:
+    """fp32 x (|x| <= 448) → the nearest E4M3 value (ties to even), in fp32: the same values as
+    `x.to(torch.float8_e4m3fn).float()`, with integer ops (what `sage_quant._round_to_e4m3` does in Triton)."""
+    bits = x.view(torch.int32)
+    normal = ((bits + 0x7FFFF + ((bits >> 20) & 1)) & -1048576).view(torch.float32)
+    ax = x.abs()
+    sub = (ax + 16384.0) - 16384.0
+    return torch.where(ax < 0.015625, torch.where(x < 0, -sub, sub), normal)
+
+
 # ---- the Triton kernel -------------------------------------------------------------------------
 if triton is not None:
-
-    @triton.jit
-    def _round_p_e4m3(x):
-        # Interpreter only (see sage_quant._round_to_e4m3): its fp32→fp8 cast is not exact.
-        bits = x.to(tl.int32, bitcast=True)
-        lsb = (bits >> 20) & 1
-        normal = ((bits + 0x7FFFF + lsb) & -1048576).to(tl.float32, bitcast=True)
-        sub = (x + 16384.0) - 16384.0
-        return tl.where(tl.abs(x) < 0.015625, sub, normal)
 
     @triton.jit
     def _sage8_attn_inner(acc, l_i, m_i, q, qs, k_ptrs, v_ptrs, KS, start, stop, S_K,
@@ -137,7 +140,7 @@ if triton is not None:
             alpha = tl.math.exp2(m_i - m_new)
             l_i = l_i * alpha + tl.sum(p, 1)
             if INTERPRET:
-                p = _round_p_e4m3(p)
+                p = _round_to_e4m3(p)
             p8 = p.to(tl.float8e4nv)
             v = tl.load(v_ptrs + start_n)  # fp8 [BLOCK_N, D], tokens contiguous
             if PV_ACC == 0:

@@ -138,8 +138,11 @@ if triton is not None:
         bits = x.to(tl.int32, bitcast=True)
         lsb = (bits >> 20) & 1
         normal = ((bits + 0x7FFFF + lsb) & -1048576).to(tl.float32, bitcast=True)  # keep 3 mantissa bits
-        sub = (x + 16384.0) - 16384.0  # below 2**-6 E4M3 is fixed point: multiples of 2**-9
-        return tl.where(tl.abs(x) < 0.015625, sub, normal)
+        # Below 2**-6 E4M3 is fixed point, multiples of 2**-9: round |x| with a magic add (on the
+        # magnitude: a negative x would drop below 2**14 into a finer binade).
+        ax = tl.abs(x)
+        sub = (ax + 16384.0) - 16384.0
+        return tl.where(ax < 0.015625, tl.where(x < 0, -sub, sub), normal)
 
     @triton.jit
     def _int8_block(x):

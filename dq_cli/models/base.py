@@ -161,6 +161,7 @@ class Adapter:
         self.pipe, self.source = pipe, source
         self.state = ForwardState()
         self.trained = True
+        self.attention = None  # AttentionStats once `set_attention` ran
         for name, module in self.transformers().items():
             HookRegistry.check_if_exists_or_initialize(module).register_hook(ForwardTracker(self, name), TRACKER_HOOK)
 
@@ -181,6 +182,14 @@ class Adapter:
 
     def model_config(self) -> dict[str, dict]:
         return {c: dict(m.config) for c, m in self.transformers().items()}
+
+    def set_attention(self, backend: str):
+        """Route the transformers' self-attention through `backend` ('sdpa' or 'sage8'); returns
+        the `dq_cli.attention.AttentionStats` that counts the routed calls."""
+        from dq_cli.attention import set_attention
+
+        self.attention = set_attention(self.transformers(), backend)
+        return self.attention
 
     # ---- the current forward -----------------------------------------------------------------
     def batch_size(self, args, kwargs) -> int:
