@@ -11,7 +11,7 @@ module under a `TorchFunctionMode` that sends SDPA calls it can take to `torch.o
 and lets everything else through — the mechanism diffusers' own `AttentionScoreSkipFunctionMode`
 (hooks/layer_skip.py) uses. Cross-attention (attn2: 512 text keys, a small share of the FLOPs)
 stays on SDPA. Calls that the kernel cannot take (a mask, dropout, causal, a head dim outside
-16/32/64/128) go to SDPA and are counted with the reason.
+32/64/128) go to SDPA and are counted with the reason.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """8-bit attention for Hopper, SageAttention style: INT8 QKᵀ, FP8 (E4M3) PV, FP32 accumulation.
 
-    out = softmax(scale · q kᵀ) v          q, k, v [B, H, S, D] (any strides), D in 16/32/64/128,
+    out = softmax(scale · q kᵀ) v          q, k, v [B, H, S, D] (any strides), D in 32/64/128,
                                            non-causal, no mask; q and k lengths may differ
 
 The pipeline (see `sage_quant.py` for the pre-pass and its layouts):
@@ -26,8 +26,10 @@ Choices, and why:
   that scales and shifts the scores: s' = f·sc - (1.5·2²³·sc + m'). Its rounding moves s by
   under one unit of qk·sc, far below the INT8 quantization error.
 - The row max is taken on the int32 scores (one conversion per row, not per score).
-- Only the last key tile is masked (a separate instantiation of the inner loop); Q/K/V are read
-  from the padded pre-pass buffers without masks, so loads vectorize and pipeline.
+- Q8, K8 and V8ᵀ are read through TMA tensor descriptors from the padded pre-pass buffers: no
+  masks and no per-element pointer tensors (a [D, BLOCK_N] tile of 64-bit pointers costs 64
+  registers a thread, which made every config spill), and Triton pipelines the loads over
+  `num_stages` buffers. Only the last key tile is masked (a separate instantiation of the loop).
 
 Off CUDA, the Triton kernel runs under the CPU interpreter (TRITON_INTERPRET=1); otherwise
 `sage_attention` falls back, explicitly, to `sage_attention_reference`: the same quantization and
@@ -46,6 +48,8 @@ from .sage_quant import (SageInputs, interpreting, sage_quantize, sage_quantize_
                          triton)
 
 if triton is not None:
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
     from .sage_quant import _round_to_e4m3
 
 if triton is not None:
@@ -56,7 +60,7 @@ __all__ = ["sage_attention", "sage_attention_reference", "sage_attention_triton"
 
 log = logging.getLogger(__name__)
 
-HEAD_DIMS = (16, 32, 64, 128)
+HEAD_DIMS = (32, 64, 128)  # INT8 wgmma needs K = D >= 32
 QUANT_BLOCK = 128
 LOG2_E4M3_MAX = math.log2(448.0)
 # Interpreter and explicit calls without a config: one fixed tile (the autotuner would time every
@@ -112,13 +116,12 @@ def round_to_e4m3(x: torch.Tensor) -> torch.Tensor:
 if triton is not None:
 
     @triton.jit
-    def _sage8_attn_inner(acc, l_i, m_i, q, qs, k_ptrs, v_ptrs, KS, start, stop, S_K,
-                          offs_n, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
-                          QUANT_BLOCK: tl.constexpr, MASKED: tl.constexpr, FAST_I2F: tl.constexpr,
-                          PV_ACC: tl.constexpr, INTERPRET: tl.constexpr):
+    def _sage8_attn_inner(acc, l_i, m_i, q, qs, desc_k, desc_v, KS, k_row, v_row, start, stop, S_K,
+                          offs_n, BLOCK_N: tl.constexpr, QUANT_BLOCK: tl.constexpr, MASKED: tl.constexpr,
+                          FAST_I2F: tl.constexpr, PV_ACC: tl.constexpr, INTERPRET: tl.constexpr):
         for start_n in range(start, stop, BLOCK_N):
             start_n = tl.multiple_of(start_n, BLOCK_N)
-            k = tl.load(k_ptrs + start_n * HEAD_DIM)  # int8 [D, BLOCK_N] (kᵀ, D contiguous)
+            k = desc_k.load([k_row + start_n, 0]).T  # int8 [D, BLOCK_N]
             ks = tl.load(KS + start_n // QUANT_BLOCK)
             qk = tl.dot(q, k)  # int32 [BLOCK_M, BLOCK_N], exact
             sc = qs * ks  # log2 units per unit of qk
@@ -142,7 +145,7 @@ if triton is not None:
             if INTERPRET:
                 p = _round_to_e4m3(p)
             p8 = p.to(tl.float8e4nv)
-            v = tl.load(v_ptrs + start_n)  # fp8 [BLOCK_N, D], tokens contiguous
+            v = desc_v.load([v_row, start_n]).T  # fp8 [BLOCK_N, D], tokens contiguous in shared memory
             if PV_ACC == 0:
                 acc = acc * alpha[:, None] + tl.dot(p8, v)
             elif PV_ACC == 1:
@@ -154,55 +157,66 @@ if triton is not None:
 
     @triton.jit
     def _sage8_attn_fwd(
-        Q8, QS, K8, KS, V8T, VS, VM, Out,
+        desc_q, QS, desc_k, KS, desc_v, VS, VM, Out,
         so_b, so_h, so_s, so_d,
         H, S_Q, S_K, SQ_PAD, SK_PAD, SK_BUCKET,
         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         QUANT_BLOCK: tl.constexpr, FAST_I2F: tl.constexpr, PV_ACC: tl.constexpr, INTERPRET: tl.constexpr,
     ):
+        # Q8/K8 are [B·H·S_pad, D] int8 and V8ᵀ is [B·H·D, Sk_pad] fp8, read through TMA tensor
+        # descriptors: no per-element pointers in registers, and the loads pipeline (num_stages).
         tl.static_assert(QUANT_BLOCK % BLOCK_M == 0)  # one Q scale per program
         tl.static_assert(QUANT_BLOCK % BLOCK_N == 0)  # one K scale per key tile
         start_m = tl.program_id(0)
         bh = tl.program_id(1)
         b = bh // H
         h = bh % H
-        bh64 = bh.to(tl.int64)
         offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, HEAD_DIM)
 
-        q = tl.load(Q8 + bh64 * SQ_PAD * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_d[None, :])
+        q = desc_q.load([bh * SQ_PAD + start_m * BLOCK_M, 0])  # int8 [BLOCK_M, D]
         qs = tl.load(QS + bh * (SQ_PAD // QUANT_BLOCK) + (start_m * BLOCK_M) // QUANT_BLOCK)
-        k_ptrs = K8 + bh64 * SK_PAD * HEAD_DIM + offs_n[None, :] * HEAD_DIM + offs_d[:, None]
-        v_ptrs = V8T + bh64 * HEAD_DIM * SK_PAD + offs_d[None, :] * SK_PAD + offs_n[:, None]
         ks_ptr = KS + bh * (SK_PAD // QUANT_BLOCK)
+        k_row = bh * SK_PAD
+        v_row = bh * HEAD_DIM
 
         m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - float("inf")
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
         n_full = (S_K // BLOCK_N) * BLOCK_N
-        acc, l_i, m_i = _sage8_attn_inner(acc, l_i, m_i, q, qs, k_ptrs, v_ptrs, ks_ptr, 0, n_full, S_K,
-                                          offs_n, BLOCK_N, HEAD_DIM, QUANT_BLOCK, False, FAST_I2F, PV_ACC,
-                                          INTERPRET)
+        acc, l_i, m_i = _sage8_attn_inner(acc, l_i, m_i, q, qs, desc_k, desc_v, ks_ptr, k_row, v_row, 0, n_full,
+                                          S_K, offs_n, BLOCK_N, QUANT_BLOCK, False, FAST_I2F, PV_ACC, INTERPRET)
         if n_full < S_K:  # the last, partial key tile (its padded keys hold zeros)
-            acc, l_i, m_i = _sage8_attn_inner(acc, l_i, m_i, q, qs, k_ptrs, v_ptrs, ks_ptr, n_full,
-                                              n_full + BLOCK_N, S_K, offs_n, BLOCK_N, HEAD_DIM, QUANT_BLOCK,
-                                              True, FAST_I2F, PV_ACC, INTERPRET)
+            acc, l_i, m_i = _sage8_attn_inner(acc, l_i, m_i, q, qs, desc_k, desc_v, ks_ptr, k_row, v_row, n_full,
+                                              n_full + BLOCK_N, S_K, offs_n, BLOCK_N, QUANT_BLOCK, True, FAST_I2F,
+                                              PV_ACC, INTERPRET)
 
         vs = tl.load(VS + bh * HEAD_DIM + offs_d)
         vm = tl.load(VM + bh * HEAD_DIM + offs_d)
         out = acc * (1.0 / l_i)[:, None] * vs[None, :] + vm[None, :]
+        # The output keeps the caller's strides ([B, S, H, D] memory from diffusers): a plain masked
+        # store, once per program.
         o_ptrs = (Out + b.to(tl.int64) * so_b + h.to(tl.int64) * so_h + offs_m[:, None].to(tl.int64) * so_s
                   + offs_d[None, :] * so_d)
         tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=offs_m[:, None] < S_Q)
 
-    # Hopper: a 128-row Q tile needs 8 warps (acc, the int32 scores and the PV partial are each
-    # BLOCK_M·D/threads registers); 64 rows fit 4 warps. Stages 2–4 for the K/V loads.
+    def _set_block_shapes(nargs):
+        """Autotune pre-hook: the descriptors' tile shapes follow the config being tried."""
+        bm, bn, d = nargs["BLOCK_M"], nargs["BLOCK_N"], nargs["HEAD_DIM"]
+        nargs["desc_q"].block_shape = [bm, d]
+        nargs["desc_k"].block_shape = [bn, d]
+        nargs["desc_v"].block_shape = [d, bn]
+
+    # Hopper (checked by compiling for sm_90a, tools/attention_sass.py): with D = 128 a 128-row Q
+    # tile takes 177–199 registers a thread at 8 warps and none spill; 4 warps would spill. 64-row
+    # tiles fit 4 warps (168–183 registers). num_stages buffers the K/V TMA loads: 128×128 tiles
+    # with 4 stages use 145 KB of shared memory.
     AUTOTUNE_CONFIGS = [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s, pre_hook=_set_block_shapes)
         for bm, bn, w, s in [
-            (128, 128, 8, 2), (128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 8, 4),
-            (64, 128, 4, 3), (64, 64, 4, 3), (64, 64, 4, 4), (128, 128, 4, 2),
+            (128, 128, 8, 2), (128, 128, 8, 3), (128, 128, 8, 4), (128, 64, 8, 3),
+            (128, 64, 8, 4), (64, 128, 4, 3), (64, 64, 4, 3), (64, 64, 4, 4),
         ]
     ]
     _sage8_attn_fwd_tuned = triton.autotune(AUTOTUNE_CONFIGS, key=["HEAD_DIM", "SK_BUCKET", "FAST_I2F", "PV_ACC"])(
@@ -245,7 +259,11 @@ def sage_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sca
     if config is None and interp:
         config = dict(DEFAULT_CONFIG, BLOCK_M=min(DEFAULT_CONFIG["BLOCK_M"], z.quant_block),
                       BLOCK_N=min(DEFAULT_CONFIG["BLOCK_N"], z.quant_block))
-    args = (z.q8, z.qs, z.k8, z.ks, z.v8t, z.vs, z.vm, out, *out.stride(),
+    bm, bn = (config["BLOCK_M"], config["BLOCK_N"]) if config else (QUANT_BLOCK, QUANT_BLOCK)  # autotune resets
+    desc_q = TensorDescriptor.from_tensor(z.q8.view(-1, d), [bm, d])
+    desc_k = TensorDescriptor.from_tensor(z.k8.view(-1, d), [bn, d])
+    desc_v = TensorDescriptor.from_tensor(z.v8t.view(-1, z.v8t.shape[-1]), [d, bn])
+    args = (desc_q, z.qs, desc_k, z.ks, desc_v, z.vs, z.vm, out, *out.stride(),
             h, s_q, s_k, z.q8.shape[1], z.k8.shape[1], 1 << max(s_k - 1, 1).bit_length())
     meta = dict(HEAD_DIM=d, QUANT_BLOCK=z.quant_block, FAST_I2F=fast_i2f, PV_ACC=pv_acc, INTERPRET=interp)
     if config is None:

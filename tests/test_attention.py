@@ -216,13 +216,13 @@ def test_ltx_and_cogvideox_self_attention_routed():
 
     torch.manual_seed(13)
     ltx = LTXVideoTransformer3DModel(in_channels=8, out_channels=8, patch_size=1, patch_size_t=1,
-                                     num_attention_heads=2, attention_head_dim=16, cross_attention_dim=32,
+                                     num_attention_heads=2, attention_head_dim=32, cross_attention_dim=64,
                                      num_layers=2, caption_channels=32).eval()
     inputs = dict(hidden_states=torch.randn(1, 2 * 4 * 4, 8), encoder_hidden_states=torch.randn(1, 8, 32),
                   timestep=torch.tensor([500]), encoder_attention_mask=torch.ones(1, 8),
                   num_frames=2, height=4, width=4)
     assert _route_and_compare(ltx, inputs, expected_calls=2) < 0.05
-    cog = CogVideoXTransformer3DModel(num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4,
+    cog = CogVideoXTransformer3DModel(num_attention_heads=2, attention_head_dim=32, in_channels=4, out_channels=4,
                                       time_embed_dim=8, text_embed_dim=32, num_layers=2, sample_width=4,
                                       sample_height=4, sample_frames=9, patch_size=2, temporal_compression_ratio=4,
                                       max_text_seq_length=16).eval()
@@ -245,7 +245,7 @@ def test_unsupported_head_dim_stays_on_sdpa_and_is_counted(family_dir):
 
     assert stats.modules == sum(len(self_attention_modules(m)) for m in adapter.transformers().values()) == 4
     assert stats.routed == 0
-    assert stats.fallback == {"head dim 12 is not one of (16, 32, 64, 128)": 2}
+    assert stats.fallback == {"head dim 12 is not one of (32, 64, 128)": 2}
 
 
 # ---- recipe and CLI ---------------------------------------------------------------------------------
