@@ -269,6 +269,19 @@ def test_generate_attention_flag(dq, tmp_path):
     assert frames.is_file()
 
 
+@pytest.mark.slow
+def test_bench_attention_rows(dq, tmp_path):
+    import json
+
+    dq("bench", "--attention", "sage8", "--steps", "1", "--frames", "4", "--height", "16", "--width", "16",
+       "--out", tmp_path / "b", "--quiet")
+    doc = json.loads((tmp_path / "b.json").read_text())
+    assert [r["config"] for r in doc["rows"]] == ["baseline", "baseline+sage8"]
+    assert doc["settings"]["attention"] == ["sdpa", "sage8"]
+    row = doc["rows"][1]
+    assert row["psnr_db"] > 20 and row["notes"] == ["attention sage8: 12 self-attention calls in 8 bits"]
+
+
 # ---- on a GPU ---------------------------------------------------------------------------------------
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

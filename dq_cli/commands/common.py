@@ -38,6 +38,8 @@ def attention_note(stats) -> str:
     """One line on what the 8-bit attention did (calls routed, calls left on SDPA and why)."""
     left = ", ".join(f"{n} {why}" for why, n in stats.fallback.items())
     line = f"attention {stats.backend}: {stats.routed} self-attention calls in 8 bits"
+    if not stats.routed and not stats.fallback:
+        line += " (no SDPA call reached the hooks: is DIFFUSERS_ATTN_BACKEND set to another backend?)"
     return line + (f"; left on SDPA: {left}" if left else "")
 
 
