@@ -299,3 +299,19 @@ def test_cuda_kernel(d, pv_acc):
                                                                                     num_warps=8, num_stages=3))
             assert rel(pinned, sa.sage_attention_reference(q, k, v, block_n=bn)) < 1e-2
         assert rel(torch.ops.dq.sage8_attention(q, k, v, 1 / math.sqrt(d)), out) < 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_dq_tiny_routed_in_bf16():
+    from dq_cli.models import load_model
+
+    adapter = load_model("dq-tiny", device="cuda")  # bfloat16 on a GPU
+    model = adapter.pipe.transformer
+    g = torch.Generator().manual_seed(15)
+    inputs = dict(hidden_states=torch.randn(2, 3, 16, 32, 32, generator=g).cuda().bfloat16(),
+                  timestep=torch.tensor([500.0, 500.0]).cuda(),
+                  encoder_hidden_states=torch.randn(2, 16, 64, generator=g).cuda().bfloat16())
+    err = _route_and_compare(model, inputs, expected_calls=6)
+    assert sa.last_path()["path"] == "triton"
+    assert err < 0.05, err
