@@ -188,7 +188,7 @@ def _route_and_compare(model, inputs, expected_calls):
     out = _forward(model, inputs)
     assert stats.routed == expected_calls and not stats.fallback
     set_attention({"transformer": model}, "sdpa")
-    assert torch.equal(_forward(model, inputs), base)  # hooks gone, SDPA back
+    assert rel(_forward(model, inputs), base) < 1e-4  # hooks gone, SDPA back (exact on the CPU)
     return rel(out, base)
 
 
