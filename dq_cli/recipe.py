@@ -67,6 +67,9 @@ class SamplingSpec(_Strict):
     fps: Annotated[int, Field(ge=1, le=240)] = 16
     seed: int = 0
     negative_prompt: str = ""
+    # Self-attention backend: diffusers' SDPA, or dq's 8-bit attention (INT8 QK, FP8 PV; a Triton
+    # kernel on CUDA, its PyTorch reference on the CPU). Cross-attention always stays on SDPA.
+    attention: Literal["sdpa", "sage8"] = "sdpa"
 
 
 class CubeStage(_Strict):

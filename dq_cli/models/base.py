@@ -162,6 +162,7 @@ class Adapter:
         self.state = ForwardState()
         self.trained = True
         self.runtime = None  # 6Bit-Diffusion's run counters (dq_cli/quant/runtime.py), when installed
+        self.attention = None  # AttentionStats once `set_attention` ran
         for name, module in self.transformers().items():
             HookRegistry.check_if_exists_or_initialize(module).register_hook(ForwardTracker(self, name), TRACKER_HOOK)
 
@@ -182,6 +183,14 @@ class Adapter:
 
     def model_config(self) -> dict[str, dict]:
         return {c: dict(m.config) for c, m in self.transformers().items()}
+
+    def set_attention(self, backend: str):
+        """Route the transformers' self-attention through `backend` ('sdpa' or 'sage8'); returns
+        the `dq_cli.attention.AttentionStats` that counts the routed calls."""
+        from dq_cli.attention import set_attention
+
+        self.attention = set_attention(self.transformers(), backend)
+        return self.attention
 
     # ---- the current forward -----------------------------------------------------------------
     def batch_size(self, args, kwargs) -> int:
