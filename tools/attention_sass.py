@@ -10,6 +10,7 @@ traffic). Uses the ptxas/cuobjdump/nvdisasm that ship inside the triton wheel.
 from __future__ import annotations
 
 import argparse
+import sys
 import os
 import re
 import subprocess
@@ -26,27 +27,10 @@ from triton.runtime.jit import mangle_type  # noqa: E402
 from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: E402
 
 
-def _import_dq_kernels() -> None:
-    """`dq_kernels` is the installed name of the repo's kernels/ folder; without an install (a bare
-    GPU image) or with an install of another checkout, load this repo's folder under that name."""
-    import sys
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/ (python -P leaves it out)
+from repo_kernels import import_dq_kernels  # noqa: E402
 
-    try:
-        import dq_kernels.sage_attention  # noqa: F401
-    except ImportError:
-        import importlib.util
-
-        for name in [n for n in sys.modules if n == "dq_kernels" or n.startswith("dq_kernels.")]:
-            del sys.modules[name]
-        root = Path(__file__).resolve().parents[1] / "kernels"
-        spec = importlib.util.spec_from_file_location("dq_kernels", root / "__init__.py",
-                                                      submodule_search_locations=[str(root)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["dq_kernels"] = module
-        spec.loader.exec_module(module)
-
-
-_import_dq_kernels()
+import_dq_kernels()
 
 from dq_kernels.sage_attention import AUTOTUNE_CONFIGS, QUANT_BLOCK, _sage8_attn_fwd  # noqa: E402
 

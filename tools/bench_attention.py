@@ -21,6 +21,7 @@ recorded and the run goes on. JSON and markdown are rewritten after every shape.
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 import math
 import platform
@@ -31,27 +32,10 @@ from pathlib import Path
 import torch
 
 
-def _import_dq_kernels() -> None:
-    """`dq_kernels` is the installed name of the repo's kernels/ folder; without an install (a bare
-    GPU image) or with an install of another checkout, load this repo's folder under that name."""
-    import sys
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/ (python -P leaves it out)
+from repo_kernels import import_dq_kernels  # noqa: E402
 
-    try:
-        import dq_kernels.sage_attention  # noqa: F401
-    except ImportError:
-        import importlib.util
-
-        for name in [n for n in sys.modules if n == "dq_kernels" or n.startswith("dq_kernels.")]:
-            del sys.modules[name]
-        root = Path(__file__).resolve().parents[1] / "kernels"
-        spec = importlib.util.spec_from_file_location("dq_kernels", root / "__init__.py",
-                                                      submodule_search_locations=[str(root)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["dq_kernels"] = module
-        spec.loader.exec_module(module)
-
-
-_import_dq_kernels()
+import_dq_kernels()
 
 SHAPES = {  # name: (batch, heads, tokens, head_dim)
     "wan480": (1, 40, 32760, 128),    # Wan 2.2 A14B, 480p 81 frames: 21×30×52
