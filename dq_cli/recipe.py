@@ -20,8 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from dq_cli.errors import RecipeError
 
 Method = Literal["none", "rtn", "smoothquant", "svdquant", "deltaquant"]
-WeightFormat = Literal["bf16", "int8", "fp8", "int4", "nvfp4"]
-ActivationFormat = Literal["none", "int8", "fp8", "int4", "nvfp4"]
+# int4: bf16 scale per group; int4_pow2: power-of-two group scales (what the Hopper kernel runs
+# exactly on FP8 tensor cores); int4_row: one scale per output channel / token.
+WeightFormat = Literal["bf16", "int8", "fp8", "int4", "int4_pow2", "int4_row", "nvfp4"]
+ActivationFormat = Literal["none", "int8", "fp8", "int4", "int4_pow2", "int4_row", "nvfp4"]
 CorePrecision = Literal["bf16", "fp8", "int4"]
 Role = Literal[
     "self_attn.q", "self_attn.k", "self_attn.v", "self_attn.out",
@@ -65,6 +67,9 @@ class SamplingSpec(_Strict):
     fps: Annotated[int, Field(ge=1, le=240)] = 16
     seed: int = 0
     negative_prompt: str = ""
+    # Self-attention backend: diffusers' SDPA, or dq's 8-bit attention (INT8 QK, FP8 PV; a Triton
+    # kernel on CUDA, its PyTorch reference on the CPU). Cross-attention always stays on SDPA.
+    attention: Literal["sdpa", "sage8"] = "sdpa"
 
 
 class CubeStage(_Strict):

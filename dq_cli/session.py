@@ -24,6 +24,7 @@ class Sampling:
     fps: int
     seed: int
     negative_prompt: str
+    attention: str = "sdpa"
 
 
 def sampling(adapter: Adapter, spec: SamplingSpec | None = None, **flags) -> Sampling:
@@ -31,7 +32,7 @@ def sampling(adapter: Adapter, spec: SamplingSpec | None = None, **flags) -> Sam
     base = Sampling(steps=spec.steps or d.steps, guidance=d.guidance if spec.guidance is None else spec.guidance,
                     frames=spec.frames or d.frames, height=spec.height or d.height, width=spec.width or d.width,
                     fps=spec.fps if "fps" in spec.model_fields_set else d.fps, seed=spec.seed,
-                    negative_prompt=spec.negative_prompt)
+                    negative_prompt=spec.negative_prompt, attention=spec.attention)
     return replace(base, **{k: v for k, v in flags.items() if v is not None})
 
 

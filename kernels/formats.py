@@ -14,14 +14,30 @@ from dq_kernels.nvfp4 import dequantize_nvfp4, fake_quantize_nvfp4, pack_fp4, qu
 
 NVFP4_BLOCK = 16
 
+# The INT4 family differs only in its scales: "int4" free bf16 scales per group, "int4_pow2"
+# power-of-two group scales (exact in an E4M3 carrier, what the Hopper kernel multiplies),
+# "int4_row" one scale per row (per token / per output channel).
+INT4_FORMATS = ("int4", "int4_pow2", "int4_row")
+
 # Bits per stored weight element (values only; scales are counted from the tensors themselves).
-WEIGHT_BITS = {"bf16": 16, "int8": 8, "fp8": 8, "int4": 4, "nvfp4": 4}
-ACTIVATION_BITS = {"none": 16, "int8": 8, "fp8": 8, "int4": 4, "nvfp4": 4}
+WEIGHT_BITS = {"bf16": 16, "int8": 8, "fp8": 8, "nvfp4": 4, **{f: 4 for f in INT4_FORMATS}}
+ACTIVATION_BITS = {"none": 16, "int8": 8, "fp8": 8, "nvfp4": 4, **{f: 4 for f in INT4_FORMATS}}
 
 
 def k_multiple(fmt: str, group_size: int) -> int:
     """K must be a multiple of this for the format (callers pad with zeros)."""
-    return {"int4": group_size, "nvfp4": NVFP4_BLOCK}.get(fmt, 1)
+    return {"int4": group_size, "int4_pow2": group_size, "int4_row": 2, "nvfp4": NVFP4_BLOCK}.get(fmt, 1)
+
+
+def _quantize_int4_family(x: torch.Tensor, fmt: str, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if fmt == "int4_row":
+        return quantize_int4(x, x.shape[-1])
+    return quantize_int4(x, group_size, pow2_scales=fmt == "int4_pow2")
+
+
+def _dequantize_int4_family(codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    # The group size is implied by the shapes (int4_row has one group spanning K).
+    return dequantize_int4(codes, scales, codes.shape[-1] // scales.shape[-1])
 
 
 def pad_k(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -41,8 +57,8 @@ def pack_weight(w: torch.Tensor, fmt: str, group_size: int) -> dict[str, torch.T
     if fmt == "fp8":
         q, s = quantize_fp8(w)
         return {"qweight": q, "scales": s}
-    if fmt == "int4":
-        q, s = quantize_int4(w, group_size)
+    if fmt in INT4_FORMATS:
+        q, s = _quantize_int4_family(w, fmt, group_size)
         return {"qweight": pack_int4(q), "scales": s}
     if fmt == "nvfp4":
         q, s, ts = quantize_nvfp4(w)
@@ -58,8 +74,8 @@ def unpack_weight(t: dict[str, torch.Tensor], fmt: str, group_size: int) -> torc
         return dequantize_int8(t["qweight"], t["scales"])
     if fmt == "fp8":
         return dequantize_fp8(t["qweight"], t["scales"])
-    if fmt == "int4":
-        return dequantize_int4(unpack_int4(t["qweight"]), t["scales"], group_size)
+    if fmt in INT4_FORMATS:
+        return _dequantize_int4_family(unpack_int4(t["qweight"]), t["scales"])
     if fmt == "nvfp4":
         return dequantize_nvfp4(unpack_fp4(t["qweight"]), t["block_scales"], t["tensor_scale"])
     raise ValueError(f"unknown weight format {fmt!r}")
@@ -75,8 +91,8 @@ def fake_quant(x: torch.Tensor, fmt: str, group_size: int) -> torch.Tensor:
         return dequantize_int8(*quantize_int8_rowwise(x))
     if fmt == "fp8":
         return dequantize_fp8(*quantize_fp8(x))
-    if fmt == "int4":
-        return dequantize_int4(*quantize_int4(x, group_size), group_size)
+    if fmt in INT4_FORMATS:
+        return _dequantize_int4_family(*_quantize_int4_family(x, fmt, group_size))
     if fmt == "nvfp4":
         return fake_quantize_nvfp4(x)
     raise ValueError(f"unknown activation format {fmt!r}")

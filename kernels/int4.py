@@ -19,7 +19,12 @@ makes x̂ the nearest grid point: |x/s| <= 7·(1 + 2**-8) < 7.5, so nothing clip
 s = 0, codes 0 and dequantizes to 0.
 
 `pow2_scales=True` rounds the scale UP to a power of two (E8M0-style: a scale that folds
-exactly into an FP8/INT8 operand); rounding up keeps |x/s| <= 7, so nothing clips.
+exactly into an FP8/INT8 operand); rounding up keeps |x/s| <= 7, so nothing clips. The group
+scales of a row are also kept within 2**POW2_SPAN of the row's largest one (a smaller group
+takes the floor, a coarser but valid scale), so that every value of the row, code·s / s_row·2**6,
+is exact in E4M3: |code| <= 7 needs 3 significant bits, and E4M3 holds 7·2**-9 (its smallest
+subnormal step is 2**-9) up to 7·2**6 = 448. That is what lets the Hopper kernel multiply one
+E4M3 "carrier" per operand with a single per-row scale outside the K loop.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ __all__ = ["quantize_int4", "dequantize_int4", "pack_int4", "unpack_int4"]
 
 INT4_MIN = -8
 INT4_MAX = 7
+POW2_SPAN = 15  # log2 of the largest ratio between two group scales of one row (pow2 scales)
 
 
 def _groups(x: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -55,6 +61,8 @@ def quantize_int4(
     scale = xg.abs().amax(dim=-1, keepdim=True) / INT4_MAX
     if pow2_scales:
         scale = _pow2_ceil(scale)
+        floor = scale.amax(dim=-2, keepdim=True) * 2.0**-POW2_SPAN
+        scale = torch.maximum(scale, floor)
     scale_bf16 = scale.to(torch.bfloat16)
     s = scale_bf16.float()
     # where(): an all-zero group has s == 0 and must give code 0, not 0/0 = NaN.

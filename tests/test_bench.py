@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from conftest import run_dq, write_recipe
 
@@ -58,3 +59,24 @@ def test_bench_quality_orders_8_bit_before_4_bit(checkpoints, tmp_path):
 def test_bench_missing_checkpoint_is_a_user_error(tmp_path):
     result = run_dq("bench", "-c", tmp_path / "nope.safetensors", code=2)
     assert "nope.safetensors" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bench_kernels_refuses_bad_input_without_a_traceback():
+    result = run_dq("bench", "kernels", "--shapes", "wan-a14b-1080p", code=2)
+    assert "--shapes wan-a14b-1080p" in result.output and "wan-a14b-480p" in result.output
+    result = run_dq("bench", "kernelz", code=2)
+    assert "expected 'model' or 'kernels'" in result.output
+    if not torch.cuda.is_available():
+        result = run_dq("bench", "kernels", code=2)
+        assert "needs a CUDA device" in result.output
+
+
+def test_kernel_bench_summary_weights_layers_by_count():
+    from dq_cli.kernel_bench import KernelRow, summary
+
+    def row(layer, count, bf16, w4a4):
+        return KernelRow("m", layer, 10, 10, 10, count, bf16, 1, 1, w4a4, 1, 2, 1, 0.0)
+
+    s = summary([row("attn", 4, 2.0, 1.0), row("ffn", 1, 6.0, 4.0)])["m"]
+    assert s["bf16_ms"] == 4 * 2.0 + 6.0 and s["w4a4_ms"] == 4 * 1.0 + 4.0
+    assert s["w4a4_speedup"] == 14.0 / 8.0 and s["w4a4_min_shape_speedup"] == 1.5

@@ -38,6 +38,7 @@ def ref_quantize(x: torch.Tensor, g: int, pow2: bool = False):
     s = f32(xg.abs().amax(-1, keepdim=True) / 7)
     if pow2:
         s = torch.where(s > 0, 2.0 ** torch.ceil(torch.log2(s)), 0.0)
+        s = torch.maximum(s, s.amax(-2, keepdim=True) * 2.0**-15)  # within 2**15 of the row's largest
     s = bf16_rne(s)
     q = torch.where(s > 0, f32(xg / s), 0.0)
     codes = round_half_even(q).clamp(-8, 7)
@@ -153,10 +154,25 @@ def test_pow2_scales(seed):
     mantissa, _ = torch.frexp(s[s > 0])
     assert mantissa.eq(0.5).all()  # powers of two
     amax = x.reshape(8, 4, 64).abs().amax(-1).to(F64)
-    assert ((s >= amax / 7) & ((s < 2 * amax / 7) | (amax == 0))).all()
-    assert s[1, 0].item() == 0.5 and s[0, 0].item() == 0.0
+    floor = s.amax(-1, keepdim=True) * 2.0**-15
+    assert ((s >= amax / 7) & ((s < 2 * amax / 7) | (s == floor))).all()
+    assert s[1, 0].item() == 0.5 and s[0, 0].item() == floor[0, 0].item() and codes[0, :64].eq(0).all()
     assert codes.abs().max() <= 7  # rounded up: nothing clips
     assert_error_within_half_scale(x, codes, scales, 64)
+
+
+def test_pow2_codes_fold_exactly_into_an_e4m3_carrier():
+    """The Hopper kernel multiplies code·s/s_row·2**6 in E4M3 with one scale per row: that value
+    must be exact, also for groups 2**20 smaller than the row's largest (they take the floor)."""
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(16, 1024, generator=gen) * torch.exp(4 * torch.randn(16, 16, 1, generator=gen)).reshape(16, -1, 1
+                                                                                                    ).repeat(1, 1, 64).reshape(16, 1024)
+    x[3, 64:128] *= 2.0**-20
+    codes, scales = quantize_int4(x, 64, pow2_scales=True)
+    s = scales.float().repeat_interleave(64, -1)
+    carrier = codes.float() * s / scales.float().amax(-1, keepdim=True) * 2.0**6
+    assert carrier.abs().max() <= 448
+    assert torch.equal(carrier.to(torch.float8_e4m3fn).float(), carrier)
 
 
 def test_k_must_be_a_multiple_of_the_group():
@@ -190,3 +206,21 @@ def test_pack_rejects_bad_input():
         pack_int4(torch.tensor([8, 0], dtype=torch.int8))
     with pytest.raises(ValueError):
         unpack_int4(torch.zeros(2, dtype=torch.int8))
+
+
+@pytest.mark.parametrize("fmt", ["int4", "int4_pow2", "int4_row"])
+def test_int4_family_by_name(fmt):
+    """formats.py: the three scale granularities pack, unpack and fake-quantize consistently, and
+    each is the INT4 reference with its own group (64, 64 with power-of-two scales, the row)."""
+    from dq_kernels.formats import fake_quant, pack_weight, unpack_weight
+
+    gen = torch.Generator().manual_seed(11)
+    w = torch.randn(6, 256, generator=gen) * torch.exp(torch.randn(6, 256, generator=gen))
+    packed = pack_weight(w, fmt, 64)
+    groups = {"int4": 4, "int4_pow2": 4, "int4_row": 1}[fmt]
+    assert packed["qweight"].shape == (6, 128) and packed["scales"].shape == (6, groups)
+    g = 256 // groups
+    codes, scales = quantize_int4(w, g, pow2_scales=fmt == "int4_pow2")
+    expected = dequantize_int4(codes, scales, g)
+    assert torch.equal(unpack_weight(packed, fmt, 64), expected)
+    assert torch.equal(fake_quant(w, fmt, 64), expected)

@@ -4,19 +4,24 @@ checkpoint per variant, then `dq bench --quality` over them all.
     .venv/bin/python -P tools/compare_methods.py --out out/compare [--prompts 16 --steps 20]
 
 Variants: W8A8, FP8, RTN / SmoothQuant / SVDQuant / DeltaQuant W4A4 (INT4 g64 and NVFP4),
-DeltaQuant cube-size and core-precision ablations, and scale-granularity ablations (free group
-scales, power-of-two group scales are not a recipe option yet, per-token only via INT8).
+DeltaQuant cube-size and core-precision ablations, and scale-granularity ablations: free bf16
+group scales (int4, g64), power-of-two group scales (int4_pow2: what the Hopper kernel runs
+exactly on FP8 tensor cores) and one scale per token / output channel (int4_row).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
+
+from dq_cli.quality_bench import markdown
 
 BASE = yaml.safe_load(Path(__file__).resolve().parent.parent.joinpath("recipes", "tiny_deltaquant.yaml").read_text())
 KV8 = [{"role": "cross_attn.k", "method": "rtn", "weight": "int8", "activation": "int8"},
@@ -46,6 +51,9 @@ VARIANTS = {
     "dq_cube256": variant(**DQ, cubes=[{"until": 1.0, "size": [4, 4, 16]}]),
     "dq_core_bf16": variant(**DQ, core="bf16"),
     "dq_core_int4": variant(**DQ, core="int4"),
+    "svdquant_pow2": variant(method="svdquant", weight="int4_pow2", activation="int4_pow2", group_size=64, rank=32),
+    "dq_pow2": variant(**{**DQ, "weight": "int4_pow2", "activation": "int4_pow2"}),
+    "dq_row": variant(**{**DQ, "weight": "int4_row", "activation": "int4_row"}),
 }
 
 
@@ -54,26 +62,49 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("out/compare"))
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--calib-prompts", type=int, default=None, help="override the recipe's calibration prompts")
+    ap.add_argument("--calib-steps", type=int, default=None)
+    ap.add_argument("--jobs", type=int, default=1, help="variants quantized and benchmarked side by side")
     ap.add_argument("--only", nargs="*", default=None, help="variant names to run")
     args = ap.parse_args()
-    dq = str(Path(sys.executable).with_name("dq"))
+    dq = [sys.executable, "-P", "-m", "dq_cli"]
     args.out.mkdir(parents=True, exist_ok=True)
     names = args.only or list(VARIANTS)
+    for recipe in (BASE, *VARIANTS.values()):
+        if args.calib_prompts:
+            recipe["calibration"]["num_prompts"] = args.calib_prompts
+        if args.calib_steps:
+            recipe["calibration"]["steps"] = args.calib_steps
     base = args.out / "base.yaml"
     base.write_text(yaml.safe_dump(BASE))
     calib = args.out / "calib"
     if not calib.with_suffix(".json").exists():
-        subprocess.run([dq, "calibrate", "-r", str(base), "-o", str(calib), "-q"], check=True)
-    checkpoints = []
-    for name in names:
-        recipe = args.out / f"{name}.yaml"
+        subprocess.run([*dq, "calibrate", "-r", str(base), "-o", str(calib), "-q"], check=True)
+
+    def quantize(name: str) -> None:
+        recipe, ckpt = args.out / f"{name}.yaml", args.out / f"{name}.safetensors"
         recipe.write_text(yaml.safe_dump(VARIANTS[name]))
-        ckpt = args.out / f"{name}.safetensors"
         if not ckpt.exists():
-            subprocess.run([dq, "quantize", "-r", str(recipe), "-c", str(calib), "-o", str(ckpt), "-q"], check=True)
-        checkpoints += ["-c", str(ckpt)]
-    subprocess.run([dq, "bench", "--quality", *checkpoints, "-n", str(args.prompts), "--steps", str(args.steps),
-                    "-o", str(args.out / "quality")], check=True)
+            subprocess.run([*dq, "quantize", "-r", str(recipe), "-c", str(calib), "-o", str(ckpt), "-q"], check=True)
+
+    def bench(name: str) -> Path:
+        out = args.out / "quality" / name
+        if not out.with_suffix(".json").exists():
+            subprocess.run([*dq, "bench", "--quality", "-c", str(args.out / f"{name}.safetensors"),
+                            "-n", str(args.prompts), "--steps", str(args.steps), "-o", str(out), "-q"], check=True)
+        return out.with_suffix(".json")
+
+    # One bench per variant (each regenerates the same deterministic baseline videos): they run
+    # side by side on a many-core host, and a finished variant is not redone after an interruption.
+    with ThreadPoolExecutor(args.jobs) as pool:
+        list(pool.map(quantize, names))
+        reports = list(pool.map(bench, names))
+    docs = [json.loads(r.read_text()) for r in reports]
+    merged = {**docs[0], "rows": [docs[0]["rows"][0]] + [d["rows"][1] for d in docs],
+              "command": " ".join(sys.argv)}
+    (args.out / "quality.json").write_text(json.dumps(merged, indent=1))
+    (args.out / "quality.md").write_text(markdown(merged))
+    print(markdown(merged))
 
 
 if __name__ == "__main__":

@@ -8,13 +8,18 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from dq_cli.commands.common import (DEVICE_OPTION, QUIET_OPTION, console, handle_errors, note, pick_device,
-                                    progress_bar, set_threads)
+from dq_cli.commands.common import (DEVICE_OPTION, QUIET_OPTION, attention_note, check_attention, console,
+                                    handle_errors, note, pick_device, progress_bar, set_threads)
 from dq_cli.errors import DQError
 
 
 @handle_errors
 def command(
+    what: str = typer.Argument("model", help="model: run the model and checkpoints; kernels: the quantized "
+                               "linear kernels against cuBLAS at real model shapes (CUDA only)."),
+    kernel_models: list[str] = typer.Option([], "--shapes", help="With `kernels`: which models' linear shapes "
+                                            "(repeatable; default wan-a14b-480p). One of: wan-a14b-480p, "
+                                            "wan-a14b-720p, wan-ti2v-5b, ltx-video, cogvideox-5b."),
     checkpoints: list[Path] = typer.Option([], "--checkpoint", "-c", help="A quantized checkpoint to compare "
                                            "(repeatable)."),
     model: str = typer.Option(None, "--model", "-m", help="Baseline model (default: the first checkpoint's, "
@@ -29,6 +34,9 @@ def command(
                                  "held-out prompts) and report PSNR/SSIM against the baseline and prompt adherence."),
     prompts: Path = typer.Option(None, "--prompts", help="Prompt file for --quality (txt, jsonl, csv, parquet)."),
     num_prompts: int = typer.Option(None, "--num-prompts", "-n", min=1, help="Use the first N prompts (--quality)."),
+    attention: list[str] = typer.Option([], "--attention", help="Also run every configuration with this "
+                                        "self-attention backend (sage8: 8-bit attention), as rows "
+                                        "'<config>+sage8'; the reference stays the SDPA baseline. Repeatable."),
     out: Path = typer.Option(None, "--out", "-o", help="Write <out>.json and <out>.md."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
     device: str = DEVICE_OPTION,
@@ -46,7 +54,14 @@ def command(
     from dq_cli.models import load_model
     from dq_cli.session import load_quantized, sampling
     set_threads()
+    for backend in attention:
+        check_attention(backend)
+    extra = [b for b in dict.fromkeys(attention) if b != "sdpa"]
     device = pick_device(device)
+    if what == "kernels":
+        return _kernels(kernel_models or ["wan-a14b-480p"], device, out, as_json, quiet)
+    if what != "model":
+        raise DQError(f"dq bench {what}: expected 'model' or 'kernels'")
     for path in checkpoints:
         if not path.is_file():
             raise DQError(f"--checkpoint {path}: no such file")
@@ -59,23 +74,45 @@ def command(
     baseline = load_model(baseline_name or "dq-tiny", device=device)
     run = sampling(baseline, None, steps=steps, seed=seed, frames=frames, height=height, width=width)
     if quality:
-        doc = _quality(baseline, checkpoints, model, run, prompts, num_prompts, device, quiet)
+        doc = _quality(baseline, checkpoints, model, run, prompts, num_prompts, device, quiet, extra)
         return _emit(doc, out, as_json, quiet, qb.markdown, _print_quality)
     rows = []
-    with progress_bar(quiet, "benchmarking", run.steps * (1 + len(checkpoints))) as advance:
+    with progress_bar(quiet, "benchmarking", run.steps * (1 + len(checkpoints)) * (1 + len(extra))) as advance:
         row, reference = lib.run_config("baseline", baseline, prompt, run, None, on_step=lambda s: advance())
         rows.append(row)
+
+        def measure(adapter, name: str, path: Path | None) -> None:
+            for label in _attention_variants(adapter, name, extra, skip_sdpa=path is None):
+                row, video = lib.run_config(label, adapter, prompt, run, path.stat().st_size if path else None,
+                                            on_step=lambda s: advance())
+                row.psnr_db = lib.psnr_db(video, reference)
+                if adapter.attention is not None:
+                    row.notes.append(attention_note(adapter.attention))
+                rows.append(row)
+
+        measure(baseline, "baseline", None)
         del baseline
         for path in checkpoints:
             adapter, _ = load_quantized(path, device, model=model)
-            row, video = lib.run_config(path.stem, adapter, prompt, run, path.stat().st_size,
-                                        on_step=lambda s: advance())
-            row.psnr_db = lib.psnr_db(video, reference)
-            rows.append(row)
-    settings = {"prompt": prompt, "steps": run.steps, "seed": run.seed, "frames": run.frames,
-                "height": run.height, "width": run.width}
+            measure(adapter, path.stem, path)
+            del adapter
+    settings = {"prompt": prompt, "attention": ["sdpa", *extra], "steps": run.steps, "seed": run.seed,
+                "frames": run.frames, "height": run.height, "width": run.width}
     doc = lib.report(rows, lib.environment(device), settings)
     _emit(doc, out, as_json, quiet, lib.markdown, _print_table)
+
+
+def _attention_variants(adapter, name: str, extra: list[str], skip_sdpa: bool = False):
+    """Yield the row label for each attention backend the configuration runs with (SDPA first),
+    with the adapter switched to it; back on SDPA afterwards."""
+    if not skip_sdpa:
+        yield name
+    for backend in extra:
+        adapter.set_attention(backend)
+        yield f"{name}+{backend}"
+    if extra:
+        adapter.set_attention("sdpa")
+        adapter.attention = None
 
 
 def _emit(doc: dict, out: Path | None, as_json: bool, quiet: bool, to_markdown, print_table) -> None:
@@ -90,7 +127,25 @@ def _emit(doc: dict, out: Path | None, as_json: bool, quiet: bool, to_markdown, 
         print_table(doc)
 
 
-def _quality(baseline, checkpoints, model, run, prompts, num_prompts, device, quiet) -> dict:
+def _kernels(models: list[str], device: str, out, as_json: bool, quiet: bool) -> None:
+    from dq_cli import bench as lib
+    from dq_cli import kernel_bench as kb
+
+    unknown = [m for m in models if m not in kb.SHAPES]
+    if unknown:
+        raise DQError(f"--shapes {unknown[0]}: unknown; choose from {', '.join(kb.SHAPES)}")
+    if not device.startswith("cuda"):
+        raise DQError("dq bench kernels times GPU kernels against cuBLAS: it needs a CUDA device")
+    import triton
+
+    total = sum(len(kb.SHAPES[m][2]) for m in models)
+    with progress_bar(quiet, "timing kernels", total) as advance:
+        rows = kb.run(models, on_shape=lambda r: advance())
+    doc = kb.report(rows, lib.environment(device) | {"triton": triton.__version__})
+    _emit(doc, out, as_json, quiet, kb.markdown, lambda d: console.print(kb.markdown(d)))
+
+
+def _quality(baseline, checkpoints, model, run, prompts, num_prompts, device, quiet, extra=()) -> dict:
     from dq_calib.prompts import PromptSourceError, load_prompts
     from dq_cli import bench as lib
     from dq_cli import quality_bench as qb
@@ -103,15 +158,20 @@ def _quality(baseline, checkpoints, model, run, prompts, num_prompts, device, qu
     except PromptSourceError as e:
         raise DQError(str(e)) from None
     adherence = baseline.family == "dq-tiny"  # the analyzer reads dq-tiny's world only
-    with progress_bar(quiet, "generating", len(prompt_list) * (1 + len(checkpoints)) + 1) as advance:
+    total = len(prompt_list) * (1 + len(checkpoints)) * (1 + len(extra)) + 1
+    with progress_bar(quiet, "generating", total) as advance:
         reference = qb.generate_all(baseline, prompt_list, run, on_video=advance)
         rows = [qb.evaluate("baseline", prompt_list, reference, None, adherence)]
+        for label in _attention_variants(baseline, "baseline", list(extra), skip_sdpa=True):
+            videos = qb.generate_all(baseline, prompt_list, run, on_video=advance)
+            rows.append(qb.evaluate(label, prompt_list, videos, reference, adherence))
         variants = {}
         for path in checkpoints:
             adapter, _ = load_quantized(path, device, model=model)
-            videos = qb.generate_all(adapter, prompt_list, run, on_video=advance)
-            rows.append(qb.evaluate(path.stem, prompt_list, videos, reference, adherence))
-            rows[-1].runtime = adapter.runtime.summary() if adapter.runtime is not None else None
+            for label in _attention_variants(adapter, path.stem, list(extra)):
+                videos = qb.generate_all(adapter, prompt_list, run, on_video=advance)
+                rows.append(qb.evaluate(label, prompt_list, videos, reference, adherence))
+                rows[-1].runtime = adapter.runtime.summary() if adapter.runtime is not None else None
             variants[path.stem] = qb.quantized_layers(adapter)
         # Per-layer error: every checkpoint's layers on the baseline's own activations (first prompt).
         errors = qb.layer_errors(baseline, variants, prompt_list[0], run) if variants else {}
@@ -120,8 +180,8 @@ def _quality(baseline, checkpoints, model, run, prompts, num_prompts, device, qu
         per_layer = errors.get(row.config, {})
         row.layer_error = sum(per_layer.values()) / len(per_layer) if per_layer else None
         row.per_layer_error = per_layer
-    settings = {"prompts": len(prompt_list), "prompt_source": str(source), "steps": run.steps,
-                "guidance": run.guidance, "seed": run.seed, "frames": run.frames, "height": run.height,
+    settings = {"prompts": len(prompt_list), "prompt_source": str(source), "attention": ["sdpa", *extra],
+                "steps": run.steps, "guidance": run.guidance, "seed": run.seed, "frames": run.frames, "height": run.height,
                 "width": run.width}
     return qb.report(rows, lib.environment(device), settings)
 

@@ -22,6 +22,25 @@ RECIPE_OPTION = typer.Option("tiny_w4a4.yaml", "--recipe", "-r",
                              help="Recipe: a built-in name (e.g. wan22_w4a4.yaml) or a path to a YAML file.")
 QUIET_OPTION = typer.Option(False, "--quiet", "-q", help="Print only the result (no progress, no notes).")
 DEVICE_OPTION = typer.Option(None, "--device", help="cpu or cuda[:N] (default: cuda when available).")
+ATTENTION_OPTION = typer.Option(None, "--attention", help="Self-attention backend: sdpa (diffusers') or sage8 "
+                                "(8-bit: INT8 QKᵀ, FP8 PV; Triton on CUDA, its PyTorch reference on the CPU). "
+                                "Default: the recipe's sampling.attention, else sdpa.")
+
+
+def check_attention(backend: str | None, flag: str = "--attention") -> None:
+    from dq_cli.attention import BACKENDS
+
+    if backend is not None and backend not in BACKENDS:
+        raise DQError(f"{flag} {backend}: expected one of {', '.join(BACKENDS)}")
+
+
+def attention_note(stats) -> str:
+    """One line on what the 8-bit attention did (calls routed, calls left on SDPA and why)."""
+    left = ", ".join(f"{n} {why}" for why, n in stats.fallback.items())
+    line = f"attention {stats.backend}: {stats.routed} self-attention calls in 8 bits"
+    if not stats.routed and not stats.fallback:
+        line += " (no SDPA call reached the hooks: is DIFFUSERS_ATTN_BACKEND set to another backend?)"
+    return line + (f"; left on SDPA: {left}" if left else "")
 
 
 def handle_errors(fn):
@@ -75,7 +94,8 @@ def pick_device(device: str | None) -> str:
 def set_threads() -> None:
     import torch
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    # OMP_NUM_THREADS wins when set, as users of torch expect (e.g. several dq jobs on one host).
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)))
 
 
 @contextmanager

@@ -8,8 +8,9 @@ from pathlib import Path
 import typer
 
 from dq_cli import recipe as recipes
-from dq_cli.commands.common import (DEVICE_OPTION, QUIET_OPTION, check_writable, console, handle_errors, load_image,
-                                    note, pick_device, progress_bar, set_threads)
+from dq_cli.commands.common import (ATTENTION_OPTION, DEVICE_OPTION, QUIET_OPTION, attention_note, check_attention,
+                                    check_writable, console, handle_errors, load_image, note, pick_device,
+                                    progress_bar, set_threads)
 from dq_cli.errors import DQError
 
 
@@ -40,6 +41,7 @@ def command(
                                    "recorded in the checkpoint."),
     tdc: bool = typer.Option(None, "--tdc/--no-tdc", help="Turn the Temporal Delta Cache on or off (default: "
                              "the checkpoint's recipe)."),
+    attention: str = ATTENTION_OPTION,
     device: str = DEVICE_OPTION,
     quiet: bool = QUIET_OPTION,
 ) -> None:
@@ -59,6 +61,7 @@ def command(
         raise DQError(f"--save-frames {save_frames_to}: expected a .npy or .pt path")
     if image is not None and not image.is_file():
         raise DQError(f"--image {image}: no such file")
+    check_attention(attention)
     device = pick_device(device)
     spec = recipes.load(recipe) if recipe else None
     if (predictor is not None or tdc is not None) and checkpoint is None:
@@ -82,7 +85,10 @@ def command(
     if unknown:
         console.print(f"[yellow]warning:[/] words the model does not know (ignored): {', '.join(unknown)}")
     run = sampling(adapter, spec.sampling if spec else None, steps=steps, guidance=guidance, seed=seed,
-                   frames=frames, height=height, width=width, fps=fps, negative_prompt=negative_prompt)
+                   frames=frames, height=height, width=width, fps=fps, negative_prompt=negative_prompt,
+                   attention=attention)
+    if run.attention != "sdpa":
+        adapter.set_attention(run.attention)
     first_frame = load_image(image) if image is not None else None
     start = time.perf_counter()
     with progress_bar(quiet, "denoising", run.steps) as advance:
@@ -93,6 +99,8 @@ def command(
     write_mp4(upscale(video, display_size), out, run.fps)
     if save_frames_to is not None:
         save_frames(video, save_frames_to)
+    if adapter.attention is not None:
+        note(quiet, attention_note(adapter.attention))
     note(quiet, f"{video.shape[0]} frames {video.shape[2]}×{video.shape[1]} in {elapsed:.1f} s "
                 f"({run.steps} steps, guidance {run.guidance}, seed {run.seed})")
     if getattr(adapter, "runtime", None) is not None:

@@ -162,6 +162,7 @@ class Adapter:
         self.state = ForwardState()
         self.trained = True
         self.runtime = None  # 6Bit-Diffusion's run counters (dq_cli/quant/runtime.py), when installed
+        self.attention = None  # AttentionStats once `set_attention` ran
         for name, module in self.transformers().items():
             HookRegistry.check_if_exists_or_initialize(module).register_hook(ForwardTracker(self, name), TRACKER_HOOK)
 
@@ -182,6 +183,14 @@ class Adapter:
 
     def model_config(self) -> dict[str, dict]:
         return {c: dict(m.config) for c, m in self.transformers().items()}
+
+    def set_attention(self, backend: str):
+        """Route the transformers' self-attention through `backend` ('sdpa' or 'sage8'); returns
+        the `dq_cli.attention.AttentionStats` that counts the routed calls."""
+        from dq_cli.attention import set_attention
+
+        self.attention = set_attention(self.transformers(), backend)
+        return self.attention
 
     # ---- the current forward -----------------------------------------------------------------
     def batch_size(self, args, kwargs) -> int:
@@ -235,7 +244,8 @@ class Adapter:
                 video = pipe(**self.pipeline_kwargs(call)).frames[0]  # [F, 3, H, W] in [0, 1]
             except ValueError as e:  # the pipeline's check of the settings (sizes, frames, prompt)
                 raise DQError(f"{self.family}: {e}") from None
-        return (video.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+        # Frames come back on the CPU whatever the device: they go to encoders, numpy and metrics.
+        return (video.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu()
 
     def pipeline_for(self, image):
         """The pipeline that samples with (or without) a first-frame image."""

@@ -7,6 +7,7 @@ the checkpoint stores, so its size is the real size. The forward is the referenc
     Y = (X/λ)·L₂ᵀL₁ᵀ + Q_act(X/λ)·Q(W·λ − L₁L₂)ᵀ + b
 
 where Q_act is round-to-nearest or DeltaQuant's cube split (dq_cli/quant/activations.py).
+On CUDA, the formats the Triton kernels implement run there instead (dq_cli/quant/kernel_path.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch import nn
 from dq_calib.trajectories import outlier_ratio
 from dq_cli.models.base import ForwardState
 from dq_cli.quant.activations import CORE_GROUP, quantize_input
+from dq_cli.quant.kernel_path import kernel_forward, wants_kernels
 from dq_cli.quant.plan import LayerPlan
 from dq_kernels.checks import check_finite
 from dq_kernels.formats import k_multiple, pack_weight, pad_k, unpack_weight
@@ -105,6 +107,15 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_finite(x, self.name)
+        shape = x.shape
+        if wants_kernels(x):
+            y = kernel_forward(self, x.reshape(-1, shape[-2] if x.dim() > 2 else shape[0], self.in_features))
+            if y is not None:
+                return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
+        return self.reference_forward(x)
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The PyTorch reference math, whatever the device (the kernels' oracle)."""
         shape = x.shape
         xs = x.reshape(-1, shape[-2] if x.dim() > 2 else shape[0], self.in_features).float()
         if self.smooth is not None:

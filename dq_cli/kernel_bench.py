@@ -1,0 +1,177 @@
+"""`dq bench kernels`: dq's quantized linears against cuBLAS at the real models' linear shapes,
+measured in one run on the GPU at hand, with random weights and activations.
+
+Per shape (K → N at M tokens), medians of `triton.testing.do_bench`:
+- cuBLAS BF16 `torch.matmul`, FP8 `torch._scaled_mm` (rowwise scales) and INT8 `torch._int_mm`
+  on operands quantized beforehand (their GEMM alone: the peers' floor);
+- dq W4A4 (DeltaQuant: smoothing, cubes, FP8 core tokens, rank-32 low-rank branch): the whole
+  `dq::w4a4_linear` (quantizer, weight expansion, core GEMM, GEMM with its epilogue) and the delta
+  GEMM alone;
+- dq W8A8 (the INT8 route): `dq::w8a8_linear` whole and its GEMM alone.
+TFLOP/s count the main GEMM's 2·M·N·K for every column, so columns compare as speed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+KERNEL_REPORT_VERSION = 1
+
+# (model, tokens, grid, [(layer, K, N, count per block)]) — shapes from the diffusers configs (FACTS.md).
+WAN_A14B = [("self_attn.q/k/v/out", 5120, 5120, 4), ("cross_attn.q/out", 5120, 5120, 2),
+            ("ffn.up", 5120, 13824, 1), ("ffn.down", 13824, 5120, 1)]
+SHAPES = {
+    "wan-a14b-480p": (32760, (21, 30, 52), WAN_A14B),
+    "wan-a14b-720p": (75600, (21, 45, 80), WAN_A14B),
+    "wan-ti2v-5b": (27280, (31, 22, 40), [("attn", 3072, 3072, 6), ("ffn.up", 3072, 14336, 1),
+                                           ("ffn.down", 14336, 3072, 1)]),
+    "ltx-video": (6144, (16, 16, 24), [("attn", 2048, 2048, 6), ("ffn.up", 2048, 8192, 1),
+                                        ("ffn.down", 8192, 2048, 1)]),
+    "cogvideox-5b": (17550, (13, 30, 45), [("attn", 3072, 3072, 4), ("ffn.up", 3072, 12288, 1),
+                                            ("ffn.down", 12288, 3072, 1)]),
+}
+CUBE = (4, 2, 8)  # DeltaQuant's late-step cube (the steps that dominate)
+RANK = 32
+
+
+@dataclass
+class KernelRow:
+    model: str
+    layer: str
+    m: int
+    k: int
+    n: int
+    count: int                 # linears of this shape per block
+    bf16_ms: float
+    fp8_cublas_ms: float
+    int8_cublas_ms: float
+    w4a4_ms: float             # dq::w4a4_linear, quantizer and weight expansion included
+    w4a4_gemm_ms: float        # its delta GEMM alone
+    w8a8_ms: float
+    w8a8_gemm_ms: float
+    w4a4_rel_error: float      # ‖Y_dq − Y_ref‖/‖Y_ref‖ against QuantLinear's reference math
+
+    def tflops(self, ms: float) -> float:
+        return 2 * self.m * self.n * self.k / ms / 1e9
+
+
+def _time(fn) -> float:
+    import triton.testing
+
+    return triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median")
+
+
+def bench_shape(model: str, layer: str, m: int, k: int, n: int, count: int, grid) -> KernelRow:
+    import dq_kernels.linear_ops  # noqa: F401  (registers torch.ops.dq)
+    from dq_kernels.delta_quantize import delta_quantize
+    from dq_kernels.expand_int4 import expand_int4_pow2
+    from dq_kernels.fp8 import quantize_fp8
+    from dq_kernels.int4 import pack_int4, quantize_int4
+    from dq_kernels.int8 import quantize_int8_rowwise
+    from dq_kernels.scaled_gemm import scaled_gemm
+
+    dev = "cuda"
+    gen = torch.Generator(device=dev).manual_seed(0)
+    x = torch.randn(m, k, device=dev, generator=gen, dtype=torch.bfloat16)
+    w = torch.randn(n, k, device=dev, generator=gen, dtype=torch.bfloat16) / k**0.5
+    smooth = torch.rand(k, device=dev, generator=gen) + 0.5
+    down = (torch.randn(RANK, k, device=dev, generator=gen) / k**0.5).bfloat16()
+    up = (torch.randn(n, RANK, device=dev, generator=gen) / RANK**0.5).bfloat16()
+    bias = torch.randn(n, device=dev, generator=gen, dtype=torch.bfloat16)
+
+    bf16_ms = _time(lambda: x @ w.T)
+    xf8, sx = quantize_fp8(x)
+    wf8, sw = quantize_fp8(w)
+    wf8_t = wf8.T  # column-major B, as _scaled_mm wants
+    fp8_ms = _time(lambda: torch._scaled_mm(xf8, wf8_t, scale_a=sx, scale_b=sw.T, out_dtype=torch.bfloat16))
+    xi8, sxi = quantize_int8_rowwise(x)
+    wi8, swi = quantize_int8_rowwise(w)
+    wi8_t = wi8.T
+    int8_ms = _time(lambda: torch._int_mm(xi8, wi8_t))
+
+    codes, scales = quantize_int4(w.float() * smooth, 64, pow2_scales=True)
+    packed = pack_int4(codes)
+    args = (x, packed, scales, smooth, down, up, bias, 1, list(grid), list(CUBE))
+    w4a4_ms = _time(lambda: torch.ops.dq.w4a4_linear(*args))
+    acts = delta_quantize(x, smooth, down, 1, grid, CUBE)
+    wq, wscale = expand_int4_pow2(packed, scales)
+    core = torch.zeros(acts.core.shape[0], n, device=dev)
+    gemm_ms = _time(lambda: scaled_gemm(acts.delta, wq, acts.scale, wscale, core=core, cube_of_row=acts.cube_of_row,
+                                        row_token=acts.row_token, down=acts.down, up=up, bias=bias))
+    w8a8_ms = _time(lambda: torch.ops.dq.w8a8_linear(x, wi8, swi, None, bias))
+    w8a8_gemm_ms = _time(lambda: scaled_gemm(xi8, wi8, sxi.reshape(-1), swi.reshape(-1), bias=bias))
+    return KernelRow(model, layer, m, k, n, count, bf16_ms, fp8_ms, int8_ms, w4a4_ms, gemm_ms, w8a8_ms, w8a8_gemm_ms,
+                     _w4a4_error(x, packed, scales, smooth, down, up, bias, grid, n))
+
+
+def _w4a4_error(x, packed, scales, smooth, down, up, bias, grid, n) -> float:
+    """The kernel against QuantLinear's reference math on a slice of the tokens (whole cubes)."""
+    from dq_cli.models.base import ForwardState
+    from dq_cli.quant.linear import QuantLinear
+    from dq_cli.quant.plan import LayerPlan
+
+    t, h, w = grid
+    frames = min(t, 4)
+    xs = x[: frames * h * w]
+    plan = LayerPlan(method="deltaquant", weight="int4_pow2", activation="int4_pow2", group_size=64, rank=RANK,
+                     smoothing=None, cubes=((1.0, CUBE),), core="fp8")
+    layer = QuantLinear(x.shape[1], n, plan, "bench", {"qweight": packed, "scales": scales}, bias, smooth, up, down)
+    layer.forward_state = ForwardState(step=1, num_steps=2, grid=(frames, h, w), in_forward=True)
+    got = torch.ops.dq.w4a4_linear(xs, packed, scales, smooth, down, up, bias, 1, [frames, h, w], list(CUBE)).float()
+    ref = layer.reference_forward(xs[None].float())[0]
+    return ((got - ref).norm() / ref.norm()).item()
+
+
+def run(models: list[str], on_shape=None) -> list[KernelRow]:
+    rows = []
+    for model in models:
+        m, grid, layers = SHAPES[model]
+        for layer, k, n, count in layers:
+            rows.append(bench_shape(model, layer, m, k, n, count, grid))
+            torch.cuda.empty_cache()
+            if on_shape:
+                on_shape(rows[-1])
+    return rows
+
+
+def summary(rows: list[KernelRow]) -> dict[str, dict[str, float]]:
+    """Per model: one block's linears (count-weighted) — total ms per configuration and the speedups."""
+    out = {}
+    for model in dict.fromkeys(r.model for r in rows):
+        sel = [r for r in rows if r.model == model]
+        total = {c: sum(getattr(r, c) * r.count for r in sel) for c in
+                 ("bf16_ms", "fp8_cublas_ms", "int8_cublas_ms", "w4a4_ms", "w4a4_gemm_ms", "w8a8_ms", "w8a8_gemm_ms")}
+        total["w4a4_speedup"] = total["bf16_ms"] / total["w4a4_ms"]
+        total["w4a4_min_shape_speedup"] = min(r.bf16_ms / r.w4a4_ms for r in sel)
+        total["w8a8_speedup"] = total["bf16_ms"] / total["w8a8_ms"]
+        out[model] = total
+    return out
+
+
+def report(rows: list[KernelRow], env: dict) -> dict:
+    return {"report_version": KERNEL_REPORT_VERSION, "kind": "kernels", "environment": env,
+            "rows": [asdict(r) | {"tflops": {c: r.tflops(getattr(r, c)) for c in
+                                             ("bf16_ms", "fp8_cublas_ms", "w4a4_ms", "w4a4_gemm_ms", "w8a8_ms")}}
+                     for r in rows],
+            "summary": summary(rows)}
+
+
+def markdown(doc: dict) -> str:
+    lines = ["| model | layer | M×K→N | BF16 ms | FP8 cuBLAS ms | INT8 cuBLAS ms | dq W4A4 ms (all) | W4A4 GEMM ms | "
+             "dq W8A8 ms (all) | W8A8 GEMM ms | W4A4 vs BF16 | W4A4 rel. err |", "|" + "---|" * 12]
+    for r in doc["rows"]:
+        lines.append(f"| {r['model']} | {r['layer']} | {r['m']}×{r['k']}→{r['n']} | {r['bf16_ms']:.3f} | "
+                     f"{r['fp8_cublas_ms']:.3f} | {r['int8_cublas_ms']:.3f} | {r['w4a4_ms']:.3f} | {r['w4a4_gemm_ms']:.3f} | "
+                     f"{r['w8a8_ms']:.3f} | {r['w8a8_gemm_ms']:.3f} | {r['bf16_ms'] / r['w4a4_ms']:.2f}× | "
+                     f"{r['w4a4_rel_error']:.4f} |")
+    lines += ["", "| model | one block's linears: BF16 ms | dq W4A4 ms | speedup | slowest shape | dq W8A8 ms | speedup |",
+              "|---|---|---|---|---|---|---|"]
+    for model, s in doc["summary"].items():
+        lines.append(f"| {model} | {s['bf16_ms']:.2f} | {s['w4a4_ms']:.2f} | {s['w4a4_speedup']:.2f}× | "
+                     f"{s['w4a4_min_shape_speedup']:.2f}× | {s['w8a8_ms']:.2f} | {s['w8a8_speedup']:.2f}× |")
+    env = doc["environment"]
+    lines += ["", f"Device: {env.get('gpu', env['device'])}; torch {env['torch']}; triton {env.get('triton')}; "
+              f"random weights and activations; medians of triton.testing.do_bench."]
+    return "\n".join(lines) + "\n"

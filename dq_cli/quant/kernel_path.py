@@ -1,0 +1,58 @@
+"""When a `QuantLinear` runs on the Triton kernels (dq_kernels.linear_ops) instead of its
+reference math: on CUDA, for the formats the Hopper kernels implement exactly —
+
+- `int4_pow2` weights and activations (RTN, SmoothQuant, SVDQuant, DeltaQuant with FP8 core
+  tokens when every token of the sequence is a video token): `dq::w4a4_linear`;
+- `int8` weights and activations: `dq::w8a8_linear`.
+
+Everything else (free group scales, NVFP4, 6Bit-Diffusion's per-step routes and Hadamard
+rotation, CogVideoX's joint text+video sequence under DeltaQuant) keeps the reference path. `DQ_KERNELS=triton` forces the kernels on the CPU (under
+TRITON_INTERPRET=1, for tests); `DQ_KERNELS=reference` keeps the reference everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+W4A4_METHODS = ("rtn", "smoothquant", "svdquant", "deltaquant")
+
+
+def wants_kernels(x: torch.Tensor) -> bool:
+    choice = os.environ.get("DQ_KERNELS", "auto")
+    return choice == "triton" or (choice == "auto" and x.is_cuda)
+
+
+def kernel_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
+    """y [B, S, N] from the kernels, or None where they do not apply. x: [B, S, K]."""
+    import dq_kernels.linear_ops  # noqa: F401  (registers torch.ops.dq.*; imports triton)
+
+    plan = layer.plan
+    if plan.hadamard or layer.route is not None or layer.refresh_ratio is not None:
+        return None  # 6Bit-Diffusion's per-step routes and rotations run on the reference
+    if plan.weight == plan.activation == "int8" and plan.method in ("rtn", "smoothquant"):
+        y = torch.ops.dq.w8a8_linear(x.reshape(-1, x.shape[-1]), layer.qweight, layer.scales, layer.smooth, layer.bias)
+        return y.reshape(*x.shape[:-1], -1)
+    if not (plan.weight == plan.activation == "int4_pow2" and plan.method in W4A4_METHODS):
+        return None
+    grid, cube = [], []
+    if plan.method == "deltaquant" and layer.sees_video:
+        from dq_cli.quant.activations import cube_at
+
+        state = layer.forward_state
+        if state is None or not state.in_forward or plan.core != "fp8":
+            return None
+        t, h, w = state.grid
+        if state.text_tokens or t * h * w != x.shape[1]:
+            return None  # tokens other than video in the sequence: the reference handles the split
+        grid, cube = [t, h, w], list(cube_at(plan, state.progress))
+    k_pad = layer.qweight.shape[1] * 2
+    pad = k_pad - x.shape[-1]
+    xp = F.pad(x, (0, pad)) if pad else x
+    smooth = F.pad(layer.smooth, (0, pad), value=1.0) if layer.smooth is not None and pad else layer.smooth
+    down = F.pad(layer.lora_down, (0, pad)) if layer.lora_down is not None and pad else layer.lora_down
+    y = torch.ops.dq.w4a4_linear(xp.reshape(-1, k_pad), layer.qweight, layer.scales, smooth, down, layer.lora_up,
+                                 layer.bias, x.shape[0], grid, cube)
+    return y.reshape(*x.shape[:-1], -1)

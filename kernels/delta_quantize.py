@@ -1,0 +1,270 @@
+"""DeltaQuant's activation quantizer for the Hopper W4A4 GEMM — Triton kernel, launch wrapper and
+the PyTorch reference it must meet.
+
+In: X [M, K] (M = B·T·H·W tokens, T-major), the smoothing vector λ and the low-rank down factor
+L₂ [r, K]. Out, in one launch:
+
+- core        fp32 [B·n_cubes, K]  the cube means of X/λ (the core tokens; the caller makes them FP8)
+- delta       E4M3 [M, K]          each token's delta d = x/λ − c rounded to INT4 with power-of-two
+                                   group scales (`int4_pow2`), stored as code·s_g/s_tok (exact in E4M3)
+- scale       fp32 [M]             s_tok = (largest group scale of the token) · 2**-6
+- down        fp32 [M, r]          (X/λ)·L₂ᵀ, the input of the 16-bit low-rank branch
+- cube_of_row int32 [M]            the cube of each row (non-decreasing)
+- row_token   int32 [M]            the token (row of X and of the output) each row holds
+
+Rows come in cube order — a cube's tokens together, cubes in order, T-major inside a cube —
+so that a GEMM tile of 128 rows touches only a few consecutive cubes and adds the core term as
+a small one-hot matrix product instead of gathering a [128, N] block (dq_kernels.scaled_gemm);
+the GEMM writes each row back to its token. The GEMM multiplies two E4M3 operands and applies
+s_tok and the weight's row scale once, after its K loop. Without cubes (`cube=None`) the deltas
+are the tokens themselves, in token order (RTN / SVDQuant activations in `int4_pow2`).
+
+Two launches over (cube, slice of 1,024 columns): `delta_stats_kernel` writes the core tokens, each
+token's largest |d| per slice and the slice's share of (X/λ)·L₂ᵀ; `delta_round_kernel` takes the
+token's largest group scale from those maxima and rounds. X is read twice; splitting K gives
+cubes × slices programs (a first version with one program per cube walking all of K was
+latency-bound). The low-rank input is summed over slices in a fixed order: deterministic.
+Ragged edge cubes mask the tokens they lack and average the ones they hold, like the reference.
+
+Exactness against the reference: λ is applied with a correctly rounded division, as the
+reference does; the cube mean is a float sum in another order, so a delta can land on the other
+side of a rounding boundary and a few codes may differ by one step. Tests bound how many.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from .delta_cubes import cube_ids, split_deltas
+from .int4 import POW2_SPAN, quantize_int4
+from .scaled_gemm import interpreting
+
+__all__ = ["delta_quantize", "delta_quantize_reference", "DeltaActivations"]
+
+GROUP = 64
+CARRIER_SHIFT = 6
+
+
+class DeltaActivations(NamedTuple):
+    """What the GEMMs of one layer need (see the module docstring)."""
+    core: torch.Tensor | None
+    delta: torch.Tensor
+    scale: torch.Tensor
+    down: torch.Tensor | None
+    cube_of_row: torch.Tensor | None
+    row_token: torch.Tensor | None
+
+
+def cube_order(grid: tuple[int, int, int], cube: tuple[int, int, int], batch: int, device=None):
+    """(row_token, cube_of_row, row_start, n_cubes): the rows of all batches in cube order."""
+    ids, n_cubes = cube_ids(grid, cube, device)
+    order = torch.argsort(ids, stable=True)  # stable: T-major inside each cube
+    per_batch = ids.numel()
+    offsets = torch.arange(batch, device=ids.device)[:, None]
+    row_token = (order[None, :] + per_batch * offsets).reshape(-1).to(torch.int32)
+    cube_of_row = (ids[order][None, :] + n_cubes * offsets).reshape(-1).to(torch.int32)
+    sizes = torch.bincount(ids, minlength=n_cubes)
+    row_start = (torch.cumsum(sizes, 0) - sizes).to(torch.int32)
+    return row_token, cube_of_row, row_start, n_cubes
+
+
+def delta_quantize_reference(x: torch.Tensor, smooth: torch.Tensor | None, lora_down: torch.Tensor | None,
+                             batch: int, grid: tuple[int, int, int] | None, cube: tuple[int, int, int] | None
+                             ) -> DeltaActivations:
+    """The same outputs from dq_kernels' PyTorch formats (K a multiple of 64)."""
+    xs = x.float() / smooth.float() if smooth is not None else x.float()
+    down = (xs.to(lora_down.dtype) @ lora_down.T).float() if lora_down is not None else None
+    core = row_token = cube_of_row = None
+    deltas = xs
+    if cube is not None:
+        core, deltas, _ = split_deltas(xs.reshape(batch, -1, xs.shape[-1]), grid, cube)
+        core, deltas = core.reshape(-1, xs.shape[-1]), deltas.reshape(-1, xs.shape[-1])
+        row_token, cube_of_row, _, _ = cube_order(grid, tuple(max(1, min(c, g)) for c, g in zip(cube, grid)),
+                                                  batch, x.device)
+        deltas = deltas[row_token.long()]
+        down = down[row_token.long()] if down is not None else None
+    codes, scales = quantize_int4(deltas, GROUP, pow2_scales=True)
+    s_tok = scales.float().amax(dim=-1) * 2.0**-CARRIER_SHIFT
+    ratio = torch.where(s_tok[:, None] > 0, scales.float() / s_tok[:, None], torch.zeros_like(scales.float()))
+    delta = (codes.float() * ratio.repeat_interleave(GROUP, dim=-1)).to(torch.float8_e4m3fn)
+    return DeltaActivations(core, delta, s_tok, down, cube_of_row, row_token)
+
+
+@triton.jit
+def _ceil_exp(amax):
+    """Smallest e with 7·2**e >= amax (amax a positive normal fp32): the exponent of the
+    power-of-two INT4 scale. From the bits, without a division: amax = (1 + m)·2**E, and
+    7·2**(E-2) = 1.75·2**E."""
+    bits = amax.to(tl.int32, bitcast=True)
+    e = ((bits >> 23) & 0xFF) - 127
+    return tl.where((bits & 0x7FFFFF) <= 0x600000, e - 2, e - 1)
+
+
+@triton.jit
+def _pow2(e):
+    return ((e + 127) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _cube_rows(pid, batch, row_start_ptr, T, H, W, tokens_per_batch, CT: tl.constexpr, CH: tl.constexpr,
+               CW: tl.constexpr, CUBE_TOKENS: tl.constexpr, HAS_CUBES: tl.constexpr):
+    """For cube `pid` (or the pid-th block of tokens): the tokens it reads, the rows it writes
+    (cube order, compact for ragged edge cubes), and which of the CUBE_TOKENS slots exist."""
+    j = tl.arange(0, CUBE_TOKENS)
+    if HAS_CUBES:
+        nh, nw = tl.cdiv(H, CH), tl.cdiv(W, CW)
+        t0, h0, w0 = (pid // (nh * nw)) * CT, ((pid // nw) % nh) * CH, (pid % nw) * CW
+        dt, dh, dw = j // (CH * CW), (j // CW) % CH, j % CW
+        valid = (j < CT * CH * CW) & (t0 + dt < T) & (h0 + dh < H) & (w0 + dw < W)
+        tokens = batch * tokens_per_batch + ((t0 + dt) * H + h0 + dh) * W + w0 + dw
+        ch_e, cw_e = tl.minimum(H - h0, CH), tl.minimum(W - w0, CW)
+        rows = batch * tokens_per_batch + tl.load(row_start_ptr + pid) + (dt * ch_e + dh) * cw_e + dw
+    else:
+        tokens = pid * CUBE_TOKENS + j
+        valid = tokens < tokens_per_batch
+        rows = tokens
+    return tokens, rows, valid
+
+
+@triton.jit
+def _load_chunk(x_ptr, smooth_ptr, tokens, valid, cols, K, stride_x, HAS_SMOOTH: tl.constexpr):
+    """X/λ for the tokens × 64 columns → fp32 [CUBE_TOKENS, 64]."""
+    mask = valid[:, None] & (cols[None, :] < K)
+    xt = tl.load(x_ptr + tokens[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    if HAS_SMOOTH:
+        lam = tl.load(smooth_ptr + cols, mask=cols < K, other=1.0)
+        xt = tl.math.div_rn(xt, lam[None, :])  # correctly rounded, as the reference's division
+    return xt
+
+
+@triton.jit
+def delta_stats_kernel(
+    x_ptr, smooth_ptr, down_w_ptr, row_start_ptr,    # X [M, K], λ [K], L₂ [R, K], first row of each cube
+    core_ptr, part_max_ptr, down_part_ptr,           # core [B·n_cubes, KP]; per slice: max |d| [M, S], (X/λ)L₂ᵀ [S, M, R]
+    K, KP, stride_x, T, H, W, tokens_per_batch, M, n_splits,
+    CT: tl.constexpr, CH: tl.constexpr, CW: tl.constexpr, CUBE_TOKENS: tl.constexpr, HAS_CUBES: tl.constexpr,
+    HAS_SMOOTH: tl.constexpr, HAS_DOWN: tl.constexpr, DOWN_IEEE: tl.constexpr, R: tl.constexpr,
+    SPLIT_K: tl.constexpr, GROUP_K: tl.constexpr,
+):
+    pid, split, batch = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    tokens, rows, valid = _cube_rows(pid, batch, row_start_ptr, T, H, W, tokens_per_batch, CT, CH, CW,
+                                     CUBE_TOKENS, HAS_CUBES)
+    count = tl.sum(valid.to(tl.float32), axis=0)
+    cube_row = batch * tl.num_programs(0) + pid
+    r = tl.arange(0, R)
+    row_max = tl.zeros((CUBE_TOKENS,), dtype=tl.float32)
+    down = tl.zeros((CUBE_TOKENS, R), dtype=tl.float32)
+    for k0 in range(split * SPLIT_K, min(split * SPLIT_K + SPLIT_K, KP), GROUP_K):
+        cols = k0 + tl.arange(0, GROUP_K)
+        xt = _load_chunk(x_ptr, smooth_ptr, tokens, valid, cols, K, stride_x, HAS_SMOOTH)
+        if HAS_DOWN:
+            lw = tl.load(down_w_ptr + r[:, None] * K + cols[None, :], mask=cols[None, :] < K, other=0.0)
+            if DOWN_IEEE:  # accumulate in place: no second register tile
+                down = tl.dot(xt, tl.trans(lw), down, input_precision="ieee")
+            else:
+                down = tl.dot(xt.to(lw.dtype), tl.trans(lw), down)
+        if HAS_CUBES:
+            mean = tl.math.div_rn(tl.sum(xt, axis=0), count)
+            tl.store(core_ptr + cube_row * KP + cols, mean, mask=cols < KP)
+            xt = tl.where(valid[:, None], xt - mean[None, :], 0.0)
+        row_max = tl.maximum(row_max, tl.max(tl.abs(xt), axis=1))
+    tl.store(part_max_ptr + rows * n_splits + split, row_max, mask=valid)
+    if HAS_DOWN:
+        tl.store(down_part_ptr + (split * M + rows[:, None]) * R + r[None, :], down, mask=valid[:, None])
+
+
+@triton.jit
+def delta_round_kernel(
+    x_ptr, smooth_ptr, row_start_ptr, core_ptr, part_max_ptr,   # inputs (core, part_max: delta_stats_kernel)
+    delta_ptr, scale_ptr,                                       # outputs: E4M3 carriers [M, KP], scales [M]
+    K, KP, stride_x, T, H, W, tokens_per_batch, n_splits,
+    CT: tl.constexpr, CH: tl.constexpr, CW: tl.constexpr, CUBE_TOKENS: tl.constexpr, HAS_CUBES: tl.constexpr,
+    HAS_SMOOTH: tl.constexpr, SPLITS: tl.constexpr, SPLIT_K: tl.constexpr, GROUP_K: tl.constexpr,
+    SPAN: tl.constexpr, SHIFT: tl.constexpr,
+):
+    pid, split, batch = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    tokens, rows, valid = _cube_rows(pid, batch, row_start_ptr, T, H, W, tokens_per_batch, CT, CH, CW,
+                                     CUBE_TOKENS, HAS_CUBES)
+    cube_row = batch * tl.num_programs(0) + pid
+    s = tl.arange(0, SPLITS)
+    part = tl.load(part_max_ptr + rows[:, None] * n_splits + s[None, :],
+                   mask=valid[:, None] & (s[None, :] < n_splits), other=0.0)
+    row_max = tl.max(part, axis=1)
+    nonzero = row_max > 0
+    e_tok = tl.where(nonzero, _ceil_exp(tl.where(nonzero, row_max, 1.0)), 0)
+    for k0 in range(split * SPLIT_K, min(split * SPLIT_K + SPLIT_K, KP), GROUP_K):
+        cols = k0 + tl.arange(0, GROUP_K)
+        xt = _load_chunk(x_ptr, smooth_ptr, tokens, valid, cols, K, stride_x, HAS_SMOOTH)
+        if HAS_CUBES:
+            mean = tl.load(core_ptr + cube_row * KP + cols, mask=cols < KP, other=0.0)
+            xt = tl.where(valid[:, None], xt - mean[None, :], 0.0)
+        g_max = tl.max(tl.abs(xt), axis=1)
+        e_g = tl.where(g_max > 0, _ceil_exp(tl.where(g_max > 0, g_max, 1.0)), e_tok - SPAN)
+        e_g = tl.maximum(e_g, e_tok - SPAN)  # within 2**SPAN of the token's largest group
+        q = xt * _pow2(-e_g)[:, None]
+        q = (q + 12582912.0) - 12582912.0  # round half to even (1.5·2**23 trick; |q| < 2**22)
+        q = tl.minimum(tl.maximum(q, -8.0), 7.0)
+        carrier = q * _pow2(e_g - e_tok + SHIFT)[:, None]
+        carrier = tl.where(nonzero[:, None], carrier, 0.0)
+        tl.store(delta_ptr + rows[:, None] * KP + cols[None, :], carrier.to(delta_ptr.dtype.element_ty),
+                 mask=valid[:, None] & (cols[None, :] < KP))
+    if split == 0:
+        tl.store(scale_ptr + rows, tl.where(nonzero, _pow2(e_tok - SHIFT), 0.0), mask=valid)
+
+
+SPLIT_K = 1024  # columns per program: enough programs to fill the GPU, few partial sums to add
+
+
+def delta_quantize(x: torch.Tensor, smooth: torch.Tensor | None, lora_down: torch.Tensor | None,
+                   batch: int, grid: tuple[int, int, int] | None, cube: tuple[int, int, int] | None
+                   ) -> DeltaActivations:
+    """X [M, K] (K a multiple of 64; M = batch·T·H·W when `cube` is given) → DeltaActivations."""
+    m, k = x.shape
+    if k % GROUP:
+        raise ValueError(f"delta_quantize: K={k} is not a multiple of {GROUP}")
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    dev = x.device
+    rank = lora_down.shape[0] if lora_down is not None else 0
+    r = max(16, triton.next_power_of_2(rank))  # tl.dot wants a power of two >= 16: pad with zero rows
+    if lora_down is not None and r != rank:
+        lora_down = torch.cat([lora_down, lora_down.new_zeros(r - rank, k)])
+    if lora_down is not None and interpreting():
+        lora_down = lora_down.float()  # the interpreter's bf16 tl.dot is wrong (FACTS.md)
+    scale = torch.empty(m, dtype=torch.float32, device=dev)
+    core = row_token = cube_of_row = None
+    row_start = scale  # unused without cubes
+    if cube is not None:
+        t, h, w = grid
+        ct, ch, cw = (max(1, min(c, g)) for c, g in zip(cube, grid))
+        row_token, cube_of_row, row_start, n_cubes = cube_order(grid, (ct, ch, cw), batch, dev)
+        cube_tokens = max(16, triton.next_power_of_2(ct * ch * cw))
+        core = torch.empty(batch * n_cubes, k, dtype=torch.float32, device=dev)
+        programs, per_batch = n_cubes, m // batch
+    else:
+        t = h = w = ct = ch = cw = 1
+        cube_tokens = 64
+        programs, per_batch, batch = triton.cdiv(m, 64), m, 1
+    splits = triton.cdiv(k, SPLIT_K)
+    delta = torch.empty(m, k, dtype=torch.float8_e4m3fn, device=dev)
+    part_max = torch.empty(m, splits, dtype=torch.float32, device=dev)
+    down_part = torch.empty(splits, m, r, dtype=torch.float32, device=dev) if lora_down is not None else None
+    dummy = scale  # any tensor: pointers of absent inputs are never read
+    shape = dict(CT=ct, CH=ch, CW=cw, CUBE_TOKENS=cube_tokens, HAS_CUBES=cube is not None,
+                 HAS_SMOOTH=smooth is not None, SPLIT_K=SPLIT_K, GROUP_K=GROUP)
+    launch = (programs, splits, batch)
+    sm = smooth if smooth is not None else dummy
+    delta_stats_kernel[launch](
+        x, sm, lora_down if lora_down is not None else dummy, row_start, core if core is not None else dummy,
+        part_max, down_part if down_part is not None else dummy, k, k, x.stride(0), t, h, w, per_batch, m, splits,
+        HAS_DOWN=lora_down is not None, DOWN_IEEE=lora_down is not None and lora_down.dtype == torch.float32,
+        R=r, num_warps=4, **shape)
+    delta_round_kernel[launch](
+        x, sm, row_start, core if core is not None else dummy, part_max, delta, scale, k, k, x.stride(0), t, h, w,
+        per_batch, splits, SPLITS=max(2, triton.next_power_of_2(splits)), SPAN=POW2_SPAN, SHIFT=CARRIER_SHIFT,
+        num_warps=4, **shape)
+    down = down_part.sum(0)[:, :rank] if down_part is not None else None
+    return DeltaActivations(core, delta, scale, down, cube_of_row, row_token)

@@ -1,0 +1,74 @@
+"""Just-in-time weight expansion for the Hopper W4A4 GEMM: packed `int4_pow2` weights → E4M3
+carriers with one fp32 scale per output channel — Triton kernel, launch wrapper, PyTorch reference.
+
+Hopper has no 4-bit tensor cores, and unpacking nibbles inside the GEMM's K loop costs half the
+FP8 rate (FACTS.md: 532–572 TFLOP/s against 1,108–1,236). So the weights stay packed at rest and
+a layer's are expanded right before its GEMM: one pass, N·K/2 bytes read and N·K written.
+
+Exactness: with power-of-two group scales s_g within 2**15 of the row's largest s_max
+(dq_kernels.int4, POW2_SPAN), code·s_g/s_max·2**6 is exact in E4M3, so
+
+    carrier = code · s_g / s_row,   s_row = s_max · 2**-6,   carrier · s_row = code · s_g   exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .int4 import unpack_int4
+
+__all__ = ["expand_int4_pow2", "expand_int4_pow2_reference"]
+
+GROUP = 64
+CARRIER_SHIFT = 6  # carriers reach 7·2**6 = 448, E4M3's largest finite value
+
+
+def row_scales(scales: torch.Tensor) -> torch.Tensor:
+    """fp32 [N]: the per-channel scale the GEMM applies after its K loop."""
+    return scales.float().amax(dim=-1) * 2.0**-CARRIER_SHIFT
+
+
+def expand_int4_pow2_reference(packed: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    codes = unpack_int4(packed).float()
+    row = row_scales(scales)
+    ratio = torch.where(row[:, None] > 0, scales.float() / row[:, None], torch.zeros_like(scales.float()))
+    carrier = codes * ratio.repeat_interleave(codes.shape[-1] // scales.shape[-1], dim=-1)
+    return carrier.to(torch.float8_e4m3fn), row
+
+
+@triton.jit
+def expand_int4_pow2_kernel(packed_ptr, ratio_ptr, out_ptr, N, K,
+                            BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_K: tl.constexpr):
+    pid_n, pid_k = tl.program_id(0), tl.program_id(1)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    half = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
+    mask = (rows[:, None] < N) & (half[None, :] < K // 2)
+    p = tl.load(packed_ptr + rows[:, None] * (K // 2) + half[None, :], mask=mask, other=0).to(tl.int32)
+    # Two's-complement nibbles: element 2i is the low nibble, 2i+1 the high one.
+    lo = ((p & 0xF) ^ 8) - 8
+    hi = ((p >> 4) ^ 8) - 8
+    codes = tl.reshape(tl.join(lo, hi), (BLOCK_N, BLOCK_K)).to(tl.float32)
+    cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    groups = K // GROUP_K
+    ratio = tl.load(ratio_ptr + rows[:, None] * groups + cols[None, :] // GROUP_K,
+                    mask=(rows[:, None] < N) & (cols[None, :] < K), other=0.0)
+    out_mask = (rows[:, None] < N) & (cols[None, :] < K)
+    tl.store(out_ptr + rows[:, None] * K + cols[None, :], (codes * ratio).to(out_ptr.dtype.element_ty), mask=out_mask)
+
+
+def expand_int4_pow2(packed: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """packed uint8 [N, K/2], power-of-two scales [N, K/64] → (E4M3 carrier [N, K], fp32 row scale [N])."""
+    n, k = packed.shape[0], packed.shape[1] * 2
+    if scales.shape != (n, k // GROUP):
+        raise ValueError(f"expand_int4_pow2: scales {tuple(scales.shape)} do not match packed {tuple(packed.shape)}")
+    row = row_scales(scales)
+    # The ratios s_g / s_row are powers of two in [2**-9, 2**6]: exact in fp32.
+    ratio = torch.where(row[:, None] > 0, scales.float() / row[:, None], torch.zeros_like(scales, dtype=torch.float32))
+    out = torch.empty(n, k, dtype=torch.float8_e4m3fn, device=packed.device)
+    block_n, block_k = 32, 128
+    grid = (triton.cdiv(n, block_n), triton.cdiv(k, block_k))
+    expand_int4_pow2_kernel[grid](packed.contiguous(), ratio.contiguous(), out, n, k,
+                                  BLOCK_N=block_n, BLOCK_K=block_k, GROUP_K=GROUP)
+    return out, row

@@ -1,0 +1,73 @@
+"""The quantized linear layers' Triton paths, composed from the kernels and registered as PyTorch
+custom ops (`torch.library`) so a model of `QuantLinear`s compiles without graph breaks.
+
+- `dq::w4a4_linear`: DeltaQuant (or SVDQuant / RTN) W4A4 with `int4_pow2` weights and activations:
+      quantizer (dq_kernels.delta_quantize)   X → core tokens, E4M3 delta carriers, (X/λ)·L₂ᵀ
+      weight expansion (expand_int4)          packed int4 → E4M3 carriers, at rest 4-bit
+      core GEMM (scaled_gemm, grouped)        FP8 core tokens (scale per 64) × W, one row per cube
+      delta GEMM (scaled_gemm)                + core term, low-rank up-projection, bias, in the epilogue
+- `dq::w8a8_linear`: INT8 weights per channel × INT8 activations per token (the 6Bit INT8 route).
+
+Each op's math is exactly QuantLinear's reference forward (dq_cli/quant/linear.py) up to float
+summation order; tests hold them to that.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .delta_quantize import delta_quantize
+from .expand_int4 import expand_int4_pow2
+from .fp8 import quantize_fp8
+from .int8_quantize import quantize_int8_tokens
+from .scaled_gemm import scaled_gemm
+
+__all__ = ["w4a4_linear", "w8a8_linear"]
+
+CORE_GROUP = 64
+
+
+@torch.library.custom_op("dq::w4a4_linear", mutates_args=())
+def w4a4_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, smooth: torch.Tensor | None,
+                lora_down: torch.Tensor | None, lora_up: torch.Tensor | None, bias: torch.Tensor | None,
+                batch: int, grid: list[int], cube: list[int]) -> torch.Tensor:
+    """x [M, K] (K padded to 64; M = batch·T·H·W when `cube` is non-empty) → y [M, N] in x's dtype.
+    `cube` empty: no core tokens (plain int4_pow2 activations)."""
+    # The low-rank input (X/λ)·L₂ᵀ = X·(L₂/λ)ᵀ by cuBLAS: a skinny GEMM that streams X once. Fused
+    # into the quantizer it cost ~1 ms at 32,760×5,120 on an H100 (tools/kernel_probe.py).
+    down = None
+    if lora_down is not None:
+        factor = lora_down.float() / smooth.float() if smooth is not None else lora_down.float()
+        down = (x.to(lora_down.dtype) @ factor.to(lora_down.dtype).T).float()
+    acts = delta_quantize(x, smooth, None, batch, tuple(grid) if cube else None, tuple(cube) if cube else None)
+    w, w_scale = expand_int4_pow2(qweight, scales)
+    core_out = None
+    if cube:
+        core_q, core_s = quantize_fp8(acts.core, CORE_GROUP)
+        core_out = scaled_gemm(core_q, w, None, w_scale, a_group_scales=core_s, out_dtype=torch.float32)
+    return scaled_gemm(acts.delta, w, acts.scale, w_scale, core=core_out, cube_of_row=acts.cube_of_row,
+                       row_token=acts.row_token, down=_rows(down, acts.row_token), up=lora_up, bias=bias,
+                       out_dtype=x.dtype)
+
+
+def _rows(t: torch.Tensor | None, row_token: torch.Tensor | None) -> torch.Tensor | None:
+    """Token-ordered rows → the quantizer's row order (cube order)."""
+    return t if t is None or row_token is None else t[row_token.long()]
+
+
+@w4a4_linear.register_fake
+def _(x, qweight, scales, smooth, lora_down, lora_up, bias, batch, grid, cube):
+    return x.new_empty(x.shape[0], qweight.shape[0])
+
+
+@torch.library.custom_op("dq::w8a8_linear", mutates_args=())
+def w8a8_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, smooth: torch.Tensor | None,
+                bias: torch.Tensor | None) -> torch.Tensor:
+    """x [M, K] → y [M, N]: per-token INT8 activations × per-channel INT8 weights, int32 accumulation."""
+    q, s = quantize_int8_tokens(x, smooth.float() if smooth is not None else None)
+    return scaled_gemm(q, qweight, s, scales.reshape(-1).float(), bias=bias, out_dtype=x.dtype)
+
+
+@w8a8_linear.register_fake
+def _(x, qweight, scales, smooth, bias):
+    return x.new_empty(x.shape[0], qweight.shape[0])

@@ -1,0 +1,240 @@
+"""The pre-pass of 8-bit attention (`sage_attention.py`): Q, K and V quantized in one Triton launch.
+
+Inputs are [B, H, S, D] tensors of any strides (diffusers hands attention [B, S, H, D] memory seen
+through a permute); outputs are dense, padded to a multiple of `quant_block` tokens with zeros, in
+the layouts the attention kernel loads without masks:
+
+- q8   int8     [B*H, Sq_pad, D]      per block of `quant_block` query rows, symmetric, 127 levels
+- qs   float32  [B*H, Sq_pad // QB]   amax/127 · softmax scale · log2(e): the logits come out in
+                                      log2 units, so the kernel uses exp2 and never multiplies by
+                                      the softmax scale
+- k8   int8     [B*H, Sk_pad, D]      K smoothed first: K - mean over tokens (per batch, head and
+                                      channel). Softmax is invariant to adding one vector to all
+                                      keys (q·(k-m) = q·k - q·m, the same shift for every key of a
+                                      row), while the shared channel bias that DiT keys carry would
+                                      otherwise eat most of the int8 range.
+- ks   float32  [B*H, Sk_pad // QB]   amax/127 per block of K rows
+- v8t  float8_e4m3fn [B*H, D, Sk_pad] (V - mean) · 448/amax per channel, stored transposed (tokens
+                                      contiguous): Hopper's FP8 wgmma wants the reduction dim (the
+                                      tokens, for P·V) contiguous in both operands.
+- vs, vm float32 [B*H, D]             V's per-channel scale amax/448 and mean: out = P·v8 · vs + vm
+                                      (the mean comes back exactly since the softmax rows sum to 1).
+
+The means and channel ranges (`smoothing_stats`) are reductions over all tokens, done with torch
+before the launch (one pass over K and one over V, no copies); every block of the launch needs them.
+
+Numerics shared bit for bit by `sage_quantize_reference` and the kernel (checked under
+TRITON_INTERPRET=1; on a GPU a code can differ by one where the kernel's reciprocal differs by an
+ulp):
+    int8:  s = fp32(amax / 127); inv = fp32(127 / amax) (0 where amax == 0)
+           code = round_half_even(fp32(x · inv))          |x·inv| <= 127 by construction
+    fp8:   e4m3(clamp(fp32((v - vm) · vinv), ±448))       round to nearest even, vinv = 448/amax
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import NamedTuple
+
+import torch
+
+try:  # Triton is optional: the reference below runs anywhere.
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - CPU-only installs without triton
+    triton = None
+
+__all__ = ["SageInputs", "sage_quantize", "sage_quantize_reference", "smoothing_stats", "LOG2E"]
+
+LOG2E = 1.4426950408889634
+E4M3_MAX = 448.0
+INT8_MAX = 127.0
+_MAGIC_RINT = 12582912.0  # 1.5 · 2**23: (x + M) - M rounds |x| < 2**22 to an integer, ties to even
+
+
+class SageInputs(NamedTuple):
+    q8: torch.Tensor
+    qs: torch.Tensor
+    k8: torch.Tensor
+    ks: torch.Tensor
+    v8t: torch.Tensor
+    vs: torch.Tensor
+    vm: torch.Tensor
+    s_q: int
+    s_k: int
+    quant_block: int
+
+
+def _padded(n: int, block: int) -> int:
+    return -(-n // block) * block
+
+
+def smoothing_stats(k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """K's mean, V's mean and V's per-channel scale/reciprocal over the tokens, fp32 [B*H, D].
+
+    `aminmax` and `mean(dtype=fp32)` read K and V once each without a converted copy. V's range
+    around its mean is max(vmax - vm, vm - vmin): the same fp32 subtraction the quantizer makes,
+    so |v - vm| · 448/amax never exceeds 448 by more than an ulp (clamped anyway)."""
+    b, h, _, d = k.shape
+    km = k.mean(dim=2, dtype=torch.float32).reshape(b * h, d)
+    vm = v.mean(dim=2, dtype=torch.float32).reshape(b * h, d)
+    vmin, vmax = torch.aminmax(v, dim=2)
+    vmin, vmax = vmin.float().reshape(b * h, d), vmax.float().reshape(b * h, d)
+    vamax = torch.maximum(vmax - vm, vm - vmin)
+    vs = vamax / E4M3_MAX
+    vinv = torch.where(vamax > 0, E4M3_MAX / vamax, torch.zeros_like(vamax))
+    return km.contiguous(), vm.contiguous(), vs.contiguous(), vinv.contiguous()
+
+
+# ---- the PyTorch reference ---------------------------------------------------------------------
+def _int8_blocks(x: torch.Tensor, quant_block: int, mult: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [N, S_pad, D] fp32 (zeros past S) → int8 codes and per-block scales (times `mult`)."""
+    n, s_pad, d = x.shape
+    blocks = x.reshape(n, s_pad // quant_block, quant_block * d)
+    amax = blocks.abs().amax(dim=-1)
+    inv = torch.where(amax > 0, INT8_MAX / amax, torch.zeros_like(amax))
+    q = blocks * inv[..., None]
+    codes = ((q + _MAGIC_RINT) - _MAGIC_RINT).to(torch.int8).reshape(n, s_pad, d)
+    scale = amax / INT8_MAX
+    if mult != 1.0:
+        scale = scale * mult
+    return codes, scale
+
+
+def _e4m3(x: torch.Tensor) -> torch.Tensor:
+    return x.clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+
+
+def _flat_padded(x: torch.Tensor, s_pad: int) -> torch.Tensor:
+    b, h, s, d = x.shape
+    out = x.float().reshape(b * h, s, d)
+    return torch.nn.functional.pad(out, (0, 0, 0, s_pad - s)) if s_pad != s else out
+
+
+def sage_quantize_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                            quant_block: int = 128) -> SageInputs:
+    """What `sage_quantize` computes, in plain torch (any device)."""
+    s_q, s_k = q.shape[2], k.shape[2]
+    sq_pad, sk_pad = _padded(s_q, quant_block), _padded(s_k, quant_block)
+    km, vm, vs, vinv = smoothing_stats(k, v)
+    q8, qs = _int8_blocks(_flat_padded(q, sq_pad), quant_block, scale * LOG2E)
+    kf = k.float().reshape(km.shape[0], s_k, -1) - km[:, None, :]
+    k8, ks = _int8_blocks(torch.nn.functional.pad(kf, (0, 0, 0, sk_pad - s_k)), quant_block)
+    vf = (v.float().reshape(vm.shape[0], s_k, -1) - vm[:, None, :]) * vinv[:, None, :]
+    v8t = _e4m3(torch.nn.functional.pad(vf, (0, 0, 0, sk_pad - s_k))).transpose(1, 2).contiguous()
+    return SageInputs(q8, qs, k8, ks, v8t, vs, vm, s_q, s_k, quant_block)
+
+
+# ---- the Triton kernel -------------------------------------------------------------------------
+if triton is not None:
+
+    @triton.jit
+    def _round_to_e4m3(x):
+        """fp32 → the nearest E4M3 value, still in fp32 (ties to even). Only for the CPU
+        interpreter, whose own fp32→fp8 cast drops the carry when rounding crosses a power of two
+        (127.5 becomes 64, not 128); after this the cast is exact. On a GPU the cast is
+        cvt.rn.satfinite and this is compiled out."""
+        bits = x.to(tl.int32, bitcast=True)
+        lsb = (bits >> 20) & 1
+        normal = ((bits + 0x7FFFF + lsb) & -1048576).to(tl.float32, bitcast=True)  # keep 3 mantissa bits
+        # Below 2**-6 E4M3 is fixed point, multiples of 2**-9: round |x| with a magic add (on the
+        # magnitude: a negative x would drop below 2**14 into a finer binade).
+        ax = tl.abs(x)
+        sub = (ax + 16384.0) - 16384.0
+        return tl.where(ax < 0.015625, tl.where(x < 0, -sub, sub), normal)
+
+    @triton.jit
+    def _int8_block(x):
+        """x [QB, D] fp32 → (int8 codes, fp32 amax/127); padding rows must already be 0."""
+        amax = tl.max(tl.max(tl.abs(x), axis=1), axis=0)
+        inv = tl.where(amax > 0, 127.0 / amax, 0.0)
+        codes = ((x * inv + 12582912.0) - 12582912.0).to(tl.int8)
+        return codes, amax / 127.0
+
+    @triton.jit
+    def _sage_quant_prepass(
+        Q, K, V, KM, VM, VINV,  # inputs: q/k/v [B, H, S, D] strided; km/vm/vinv [B*H, D] fp32
+        Q8, QS, K8, KS, V8T,  # outputs (dense, padded)
+        sq_b, sq_h, sq_s, sq_d, sk_b, sk_h, sk_s, sk_d, sv_b, sv_h, sv_s, sv_d,
+        H, S_Q, S_K, SQ_PAD, SK_PAD, q_mult,
+        HEAD_DIM: tl.constexpr, QUANT_BLOCK: tl.constexpr, INTERPRET: tl.constexpr,
+    ):
+        # One program quantizes one block of QUANT_BLOCK tokens of one (batch, head) of one tensor:
+        # axis 2 picks Q (0), K (1) or V (2), so one launch covers all three.
+        blk = tl.program_id(0)
+        bh = tl.program_id(1)
+        role = tl.program_id(2)
+        b = bh // H
+        h = bh % H
+        rows = blk * QUANT_BLOCK + tl.arange(0, QUANT_BLOCK)
+        d = tl.arange(0, HEAD_DIM)
+        bh64 = bh.to(tl.int64)
+        if role == 0:
+            if blk * QUANT_BLOCK < S_Q:
+                valid = rows < S_Q
+                ptr = Q + b.to(tl.int64) * sq_b + h.to(tl.int64) * sq_h + rows[:, None].to(tl.int64) * sq_s + d[None, :] * sq_d
+                x = tl.load(ptr, mask=valid[:, None], other=0.0).to(tl.float32)
+                codes, s = _int8_block(x)
+                tl.store(Q8 + bh64 * SQ_PAD * HEAD_DIM + rows[:, None] * HEAD_DIM + d[None, :], codes)
+                tl.store(QS + bh * (SQ_PAD // QUANT_BLOCK) + blk, s * q_mult)
+        elif role == 1:
+            if blk * QUANT_BLOCK < S_K:
+                valid = rows < S_K
+                ptr = K + b.to(tl.int64) * sk_b + h.to(tl.int64) * sk_h + rows[:, None].to(tl.int64) * sk_s + d[None, :] * sk_d
+                x = tl.load(ptr, mask=valid[:, None], other=0.0).to(tl.float32)
+                km = tl.load(KM + bh * HEAD_DIM + d)
+                x = tl.where(valid[:, None], x - km[None, :], 0.0)  # padded keys stay exactly 0
+                codes, s = _int8_block(x)
+                tl.store(K8 + bh64 * SK_PAD * HEAD_DIM + rows[:, None] * HEAD_DIM + d[None, :], codes)
+                tl.store(KS + bh * (SK_PAD // QUANT_BLOCK) + blk, s)
+        else:
+            if blk * QUANT_BLOCK < S_K:
+                valid = rows < S_K
+                ptr = V + b.to(tl.int64) * sv_b + h.to(tl.int64) * sv_h + rows[:, None].to(tl.int64) * sv_s + d[None, :] * sv_d
+                x = tl.load(ptr, mask=valid[:, None], other=0.0).to(tl.float32)
+                vm = tl.load(VM + bh * HEAD_DIM + d)
+                vinv = tl.load(VINV + bh * HEAD_DIM + d)
+                x = tl.where(valid[:, None], (x - vm[None, :]) * vinv[None, :], 0.0)
+                x = tl.minimum(tl.maximum(x, -448.0), 448.0)
+                if INTERPRET:
+                    x = _round_to_e4m3(x)
+                v8 = tl.trans(x.to(tl.float8e4nv))  # [D, QB]: tokens contiguous in memory
+                tl.store(V8T + bh64 * HEAD_DIM * SK_PAD + d[:, None] * SK_PAD + rows[None, :], v8)
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def sage_quantize(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                  quant_block: int = 128) -> SageInputs:
+    """Quantize q, k, v [B, H, S, D] for `sage_attention` with the Triton pre-pass (CUDA, or the
+    CPU under TRITON_INTERPRET=1)."""
+    if triton is None:
+        raise RuntimeError("sage_quantize: triton is not installed")
+    b, h, s_q, d = q.shape
+    s_k = k.shape[2]
+    sq_pad, sk_pad = _padded(s_q, quant_block), _padded(s_k, quant_block)
+    km, vm, vs, vinv = smoothing_stats(k, v)
+    dev = q.device
+    # Padding rows are written by the kernel (zeros) for Q/K codes; V's padded tokens too: every
+    # block that holds a valid token is written whole, and there are no blocks without one.
+    q8 = torch.empty(b * h, sq_pad, d, dtype=torch.int8, device=dev)
+    k8 = torch.empty(b * h, sk_pad, d, dtype=torch.int8, device=dev)
+    v8t = torch.empty(b * h, d, sk_pad, dtype=torch.float8_e4m3fn, device=dev)
+    qs = torch.empty(b * h, sq_pad // quant_block, dtype=torch.float32, device=dev)
+    ks = torch.empty(b * h, sk_pad // quant_block, dtype=torch.float32, device=dev)
+    grid = (max(sq_pad, sk_pad) // quant_block, b * h, 3)
+    _sage_quant_prepass[grid](
+        q, k, v, km, vm, vinv, q8, qs, k8, ks, v8t,
+        *q.stride(), *k.stride(), *v.stride(),
+        h, s_q, s_k, sq_pad, sk_pad, float(scale) * LOG2E,
+        HEAD_DIM=d, QUANT_BLOCK=quant_block, INTERPRET=interpreting(),
+        num_warps=4 if quant_block * d <= 64 * 128 else 8,
+    )
+    return SageInputs(q8, qs, k8, ks, v8t, vs, vm, s_q, s_k, quant_block)
+
+
+def default_scale(head_dim: int) -> float:
+    return 1.0 / math.sqrt(head_dim)

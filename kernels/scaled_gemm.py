@@ -1,0 +1,212 @@
+"""The 8-bit tensor-core GEMM under dq's quantized linears — Triton kernel, launch wrapper and the
+PyTorch reference.
+
+    Y[row_token[m], n] = (Σ_k A[m, k]·B[n, k]) · a_scale[m] · b_scale[n]   (E4M3×E4M3 or INT8×INT8)
+                         + core[cube_of_row[m], n]                           DeltaQuant's core term
+                         + down[m, :] · up[n, :]                             the 16-bit low-rank branch
+                         + bias[n]
+
+A's rows come in cube order (dq_kernels.delta_quantize): a tile's rows belong to a few
+consecutive cubes, so the core term is a small matrix product — one-hot(cube of row) [BM, 16]
+times 16 rows of `core` — rather than a gather of a [BM, BN] fp32 block, which cost as much as
+a third of the GEMM on an H100 (register pressure in the epilogue). Each row is then stored to
+its token.
+
+The scales are applied once, after the K loop: group scales inside the loop cost the FP8 rate
+(FACTS.md: 272–355 TFLOP/s against 1,108–1,236), which is why the W4A4 path uses power-of-two
+group scales folded exactly into E4M3 carriers (dq_kernels.delta_quantize, expand_int4).
+The one exception is `a_group_scales`: A scaled per 64 columns inside the loop, used only for
+DeltaQuant's core tokens (one row per cube, 1/16–1/64 of the tokens), FP8 with a scale per 64
+channels as the paper keeps them.
+
+Accumulation: INT8 in int32 (exact); E4M3 in fp32 — on Hopper the FP8 MMA accumulator is
+narrower than fp32 (FACTS.md). `promote=True` adds each BLOCK_K step's partial sum into an fp32
+accumulator (`max_num_imprecise_acc`), but that cost 4× (4.46 ms against 1.14 ms at
+32,760×5,120×5,120 on an H100), so it is off by default, as in Triton and cuBLAS; the error
+that remains is measured by `dq bench kernels` against the reference.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["scaled_gemm", "scaled_gemm_reference"]
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def scaled_gemm_reference(a, b, a_scale, b_scale, *, a_group_scales=None, core=None, cube_of_row=None,
+                          row_token=None, down=None, up=None, bias=None, out_dtype=torch.bfloat16) -> torch.Tensor:
+    if a_group_scales is not None:
+        a = a.float() * a_group_scales.float().repeat_interleave(a.shape[1] // a_group_scales.shape[1], dim=1)
+    y = (a.double() @ b.double().T).float()
+    y = y * (a_scale.float()[:, None] if a_scale is not None else 1.0) * b_scale.float()[None, :]
+    if core is not None:
+        y = y + core.float()[cube_of_row.long()]
+    if down is not None:
+        y = y + (down.to(up.dtype) @ up.T).float()
+    if bias is not None:
+        y = y + bias.float()
+    if row_token is not None:
+        y = torch.empty_like(y).index_copy_(0, row_token.long(), y)
+    return y.to(out_dtype)
+
+
+def _configs() -> list[triton.Config]:
+    if interpreting():  # the interpreter runs every config: one small one
+        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 64, "GROUP_M": 4}, num_warps=4)]
+    # Hopper, M in the tens of thousands and N, K in the thousands: wide tiles, deep pipelines. The
+    # best of a wider sweep at Wan A14B shapes on an H100 (tools/kernel_probe.py): 128×256×128 with
+    # 8 warps and 4 stages reached 1,518–1,621 TFLOP/s in FP8 and ~1,150 in INT8.
+    return [
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8}, num_warps=8, num_stages=4),
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8}, num_warps=8, num_stages=4),
+        triton.Config({"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=4),
+    ]
+
+
+def _grouped_configs() -> list[triton.Config]:
+    # Group scales inside the K loop need BLOCK_K = the group (64).
+    return [c for c in _configs() if c.kwargs["BLOCK_K"] == 64] or [
+        triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=4)]
+
+
+@triton.jit
+def _scaled_gemm_body(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, core_ptr, cube_of_row_ptr, row_token_ptr,
+                      down_ptr, up_ptr, bias_ptr, M, N, K, stride_am, stride_bn, stride_cm,
+                      A_GROUPED: tl.constexpr, HAS_A_SCALE: tl.constexpr, HAS_CORE: tl.constexpr,
+                      ROW_MAP: tl.constexpr, NC: tl.constexpr,
+                      HAS_LORA: tl.constexpr, HAS_BIAS: tl.constexpr, R: tl.constexpr, IEEE_DOTS: tl.constexpr, ACC_INT: tl.constexpr,
+                      PROMOTE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                      BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    # Grouped launch order: neighbouring programs share B tiles in L2.
+    pid = tl.program_id(0)
+    num_m, num_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
+    group = pid // (GROUP_M * num_n)
+    first_m = group * GROUP_M
+    size_m = min(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % (GROUP_M * num_n)) % size_m
+    pid_n = (pid % (GROUP_M * num_n)) // size_m
+
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    a_ptrs = a_ptr + rm[:, None] * stride_am + rk[None, :]
+    b_ptrs = b_ptr + rn[:, None] * stride_bn + rk[None, :]
+    if ACC_INT:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        kmask = (k0 + rk) < K
+        a = tl.load(a_ptrs, mask=(rm[:, None] < M) & kmask[None, :], other=0.0)
+        b = tl.load(b_ptrs, mask=(rn[:, None] < N) & kmask[None, :], other=0.0)
+        if A_GROUPED:
+            part = tl.dot(a, tl.trans(b))
+            g = tl.load(a_scale_ptr + rm * (K // BLOCK_K) + k0 // BLOCK_K, mask=rm < M, other=0.0)
+            acc += part * g[:, None]
+        elif ACC_INT:
+            acc = tl.dot(a, tl.trans(b), acc, out_dtype=tl.int32)
+        elif PROMOTE:  # Hopper's FP8 MMA accumulates with reduced precision: promote every BLOCK_K products
+            acc = tl.dot(a, tl.trans(b), acc, max_num_imprecise_acc=BLOCK_K)
+        else:
+            acc = tl.dot(a, tl.trans(b), acc)
+        a_ptrs += BLOCK_K
+        b_ptrs += BLOCK_K
+
+    y = acc.to(tl.float32)
+    if HAS_A_SCALE:
+        y *= tl.load(a_scale_ptr + rm, mask=rm < M, other=0.0)[:, None]
+    y *= tl.load(b_scale_ptr + rn, mask=rn < N, other=0.0)[None, :]
+    mask = (rm[:, None] < M) & (rn[None, :] < N)
+    if HAS_CORE:  # the core term: one row per cube, broadcast to the cube's tokens
+        cube = tl.load(cube_of_row_ptr + rm, mask=rm < M, other=-1)
+        first = tl.load(cube_of_row_ptr + pid_m * BLOCK_M)
+        last = tl.load(cube_of_row_ptr + min(pid_m * BLOCK_M + BLOCK_M, M) - 1)
+        for c0 in range(first, last + 1, NC):  # one step unless the tile spans many small cubes
+            ids = c0 + tl.arange(0, NC)
+            onehot = (cube[:, None] == ids[None, :]).to(tl.float32)
+            slab = tl.load(core_ptr + ids[:, None] * N + rn[None, :], mask=(ids[:, None] <= last) & (rn[None, :] < N),
+                           other=0.0)
+            # Accumulate into y itself: a second [BM, BN] fp32 tile would spill registers.
+            if IEEE_DOTS:
+                y = tl.dot(onehot, slab, y, input_precision="ieee")
+            else:  # one-hot rows are exact; tf32x3 keeps the core values to ~fp32
+                y = tl.dot(onehot, slab, y, input_precision="tf32x3")
+    if HAS_LORA:
+        r = tl.arange(0, R)
+        down = tl.load(down_ptr + rm[:, None] * R + r[None, :], mask=rm[:, None] < M, other=0.0)
+        up = tl.load(up_ptr + rn[:, None] * R + r[None, :], mask=rn[:, None] < N, other=0.0)
+        if IEEE_DOTS:  # fp32 factors (tests) or the interpreter: no TF32 rounding
+            y = tl.dot(down.to(up.dtype), tl.trans(up), y, input_precision="ieee")
+        else:
+            y = tl.dot(down.to(up.dtype), tl.trans(up), y)
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+    if ROW_MAP:
+        out_rows = tl.load(row_token_ptr + rm, mask=rm < M, other=0)
+    else:
+        out_rows = rm
+    tl.store(c_ptr + out_rows[:, None] * stride_cm + rn[None, :], y.to(c_ptr.dtype.element_ty), mask=mask)
+
+
+def _prune(configs, named_args, **kwargs):
+    """Small problems (tests, dq-tiny) take the smallest tile at once: tuning them costs compiles, not time."""
+    if named_args["M"] * named_args["N"] < 2**22:
+        return [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
+    return configs
+
+
+_KEY = ["M", "N", "K", "A_GROUPED", "ACC_INT"]
+scaled_gemm_kernel = triton.autotune(_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune}
+                                     )(_scaled_gemm_body)
+grouped_gemm_kernel = triton.autotune(_grouped_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune}
+                                      )(_scaled_gemm_body)
+
+
+def scaled_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor | None, b_scale: torch.Tensor, *,
+                a_group_scales: torch.Tensor | None = None, core: torch.Tensor | None = None,
+                cube_of_row: torch.Tensor | None = None, row_token: torch.Tensor | None = None,
+                down: torch.Tensor | None = None,
+                up: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                out_dtype: torch.dtype = torch.bfloat16, promote: bool = False) -> torch.Tensor:
+    """A [M, K] and B [N, K], both E4M3 or both INT8 (K-major), → Y [M, N] in `out_dtype`.
+    `core` [n_cubes, N] fp32 with `cube_of_row` (non-decreasing); `row_token` scatters the rows."""
+    m, k = a.shape
+    n = b.shape[0]
+    if b.shape[1] != k or a.dtype != b.dtype:
+        raise ValueError(f"scaled_gemm: A {tuple(a.shape)} {a.dtype} and B {tuple(b.shape)} {b.dtype} do not match")
+    a, b = a.contiguous(), b.contiguous()
+    rank = up.shape[1] if up is not None else 0
+    r = max(16, triton.next_power_of_2(rank)) if rank else 16
+    if up is not None and r != rank:  # tl.dot wants a power of two >= 16: zero columns
+        up = torch.nn.functional.pad(up, (0, r - rank))
+        down = torch.nn.functional.pad(down, (0, r - rank))
+    if up is not None and interpreting():
+        up = up.float()  # the interpreter's bf16 tl.dot is wrong (FACTS.md)
+    c = torch.empty(m, n, dtype=out_dtype, device=a.device)
+    grouped = a_group_scales is not None
+    scale_a = a_group_scales if grouped else a_scale
+    dummy = b_scale
+    kernel = grouped_gemm_kernel if grouped else scaled_gemm_kernel
+    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
+    kernel[grid](
+        a, b, c, scale_a if scale_a is not None else dummy, b_scale,
+        core if core is not None else dummy, cube_of_row if cube_of_row is not None else dummy,
+        row_token if row_token is not None else dummy,
+        down.contiguous() if down is not None else dummy, up.contiguous() if up is not None else dummy,
+        bias if bias is not None else dummy, m, n, k, a.stride(0), b.stride(0), c.stride(0),
+        A_GROUPED=grouped, HAS_A_SCALE=scale_a is not None and not grouped, HAS_CORE=core is not None,
+        ROW_MAP=row_token is not None, NC=16,
+        HAS_LORA=up is not None, HAS_BIAS=bias is not None, R=r,
+        IEEE_DOTS=interpreting() or (up is not None and up.dtype == torch.float32), ACC_INT=a.dtype == torch.int8,
+        PROMOTE=promote and a.dtype == torch.float8_e4m3fn)
+    return c

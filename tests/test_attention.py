@@ -1,0 +1,317 @@
+"""8-bit attention (dq_kernels.sage_attention) and its wiring into the diffusers DiTs.
+
+The Triton tests run the real kernels on the CPU under TRITON_INTERPRET=1 (as `make test` does) at
+small shapes, with small tiles (quant block 32, BLOCK_M 32, BLOCK_N 16) so that an 80-token
+sequence still has several query tiles, several key tiles and a partial last tile of each.
+
+Tolerances, from the formats' rounding (relative L2 error ‖out − ref‖ / ‖ref‖):
+- kernel vs reference: the same arithmetic; they differ where the kernel's fp32 reciprocal or its
+  FMA-folded int→float conversion moves a value across an INT8 or E4M3 rounding boundary:
+  measured ≤ 2e-3, asserted 1e-2.
+- reference vs exact (float64) attention on zero-mean random data: E4M3 has 3 mantissa bits, a
+  relative rounding error of 2.5% RMS on each P and V element, which on random data (where the
+  output is a sum of independent terms) carries to the output: ≈ 3.6% for P and V together, plus
+  ≈ 1% from INT8 Q/K. Asserted 6%. With DiT-like data (channel biases on K and V, as real
+  activations have) the output is dominated by V's mean, which the kernel restores exactly:
+  measured ≈ 0.1%, asserted 1% (bf16 SDPA itself is ≈ 0.2–0.5% there).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+
+from dq_kernels import sage_attention as sa
+from dq_kernels.sage_quant import sage_quantize, sage_quantize_reference
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+needs_triton = pytest.mark.skipif(sa.triton is None or not (INTERPRET or torch.cuda.is_available()),
+                                  reason="the Triton kernels need CUDA or TRITON_INTERPRET=1")
+SMALL = dict(config=dict(BLOCK_M=32, BLOCK_N=16), quant_block=32)
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm()).item()
+
+
+def exact(q, k, v, scale=None):
+    return torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double(), scale=scale)
+
+
+def qkv(b=1, h=2, s_q=80, s_k=None, d=64, seed=0, bias=0.0, device="cpu", dtype=torch.float32):
+    """Fresh inputs in diffusers' memory layout [B, S, H, D], seen as [B, H, S, D]; `bias` adds a
+    per-channel offset to K and V (what real DiT activations carry)."""
+    g = torch.Generator().manual_seed(seed)
+    s_k = s_k or s_q
+
+    def make(s, offset):
+        x = torch.randn(b, s, h, d, generator=g) + offset * torch.randn(d, generator=g)
+        return x.to(device, dtype).permute(0, 2, 1, 3)
+
+    return make(s_q, 0.0), make(s_k, bias), make(s_k, bias)
+
+
+# ---- the reference --------------------------------------------------------------------------------
+@pytest.mark.parametrize("d", [64, 128])
+def test_reference_close_to_exact_attention(d):
+    q, k, v = qkv(s_q=256, d=d, seed=1)
+    assert rel(sa.sage_attention_reference(q, k, v), exact(q, k, v)) < 0.06
+    q, k, v = qkv(s_q=256, d=d, seed=2, bias=2.0)
+    out = sa.sage_attention_reference(q, k, v)
+    assert rel(out, exact(q, k, v)) < 0.01
+
+
+def test_reference_k_smoothing_and_v_mean_are_exact():
+    """Adding one vector to every key leaves softmax unchanged; the kernel subtracts K's mean, so
+    a large shared key bias costs no INT8 range (unsmoothed, the INT8 step would be ~50x coarser).
+    V's mean is taken out before FP8 and added back exactly."""
+    q, k, v = qkv(s_q=96, d=64, seed=3)
+    base = sa.sage_attention_reference(q, k, v)
+    assert rel(sa.sage_attention_reference(q, k + 50.0 * torch.randn(64), v), base) < 2e-3
+    assert rel(sa.sage_attention_reference(q, k, v + 100.0), exact(q, k, v + 100.0)) < 1e-3
+
+
+def test_round_to_e4m3_matches_torch_cast():
+    grid = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).float()[:127]
+    mid = (grid[1:] + grid[:-1]) / 2  # every tie
+    x = torch.cat([torch.rand(20000) * 448, torch.rand(5000) * 0.02, grid, mid])
+    x = torch.cat([x, -x])
+    assert torch.equal(sa.round_to_e4m3(x), x.to(torch.float8_e4m3fn).float())
+
+
+# ---- the Triton kernels under the interpreter -------------------------------------------------------
+@needs_triton
+@pytest.mark.parametrize("d", [64, 128])
+def test_prepass_matches_reference(d):
+    q, k, v = qkv(d=d, seed=4, bias=1.0)
+    z, r = sage_quantize(q, k, v, 0.125, 32), sage_quantize_reference(q, k, v, 0.125, 32)
+    for name in ("qs", "ks", "vs", "vm"):
+        assert torch.equal(getattr(z, name), getattr(r, name)), name
+    for name in ("q8", "k8"):  # a tie x·inv = n + ½ may round the other way where inv differs by an ulp
+        a, b = getattr(z, name).int(), getattr(r, name).int()
+        assert (a - b).abs().max() <= 1 and (a != b).float().mean() < 1e-3, name
+    assert torch.equal(z.v8t.view(torch.uint8), r.v8t.view(torch.uint8))
+    assert z.q8.shape == (2, 96, d) and z.v8t.shape == (2, d, 96)
+    assert not z.q8[:, 80:].any() and not z.k8[:, 80:].any() and not z.v8t[:, :, 80:].float().any()
+
+
+@needs_triton
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("fast_i2f", [True, False])
+def test_kernel_matches_reference(d, fast_i2f):
+    q, k, v = qkv(d=d, seed=5 + d)
+    out = sa.sage_attention_triton(q, k, v, **SMALL, fast_i2f=fast_i2f)
+    ref = sa.sage_attention_reference(q, k, v, quant_block=32, block_n=16)
+    assert out.shape == q.shape and out.stride() == q.stride() and torch.isfinite(out).all()
+    assert rel(out, ref) < 1e-2
+    assert rel(out, exact(q, k, v)) < 0.06
+
+
+@needs_triton
+@pytest.mark.parametrize("s_q,s_k", [(77, 45), (33, 80), (16, 17)])
+def test_kernel_lengths_not_multiples_of_the_tiles(s_q, s_k):
+    q, k, v = qkv(s_q=s_q, s_k=s_k, d=64, seed=6, bias=1.0)
+    out = sa.sage_attention_triton(q, k, v, **SMALL)
+    assert torch.isfinite(out).all()
+    assert rel(out, sa.sage_attention_reference(q, k, v, quant_block=32, block_n=16)) < 1e-2
+    assert rel(out, exact(q, k, v)) < 0.01
+
+
+@needs_triton
+@pytest.mark.parametrize("pv_acc", [0, 2])
+def test_kernel_pv_accumulation_variants(pv_acc):
+    q, k, v = qkv(d=64, seed=7)
+    out = sa.sage_attention_triton(q, k, v, **SMALL, pv_acc=pv_acc)
+    assert rel(out, sa.sage_attention_reference(q, k, v, quant_block=32, block_n=16)) < 1e-2
+
+
+@needs_triton
+def test_kernel_bf16_in_bf16_out():
+    q, k, v = qkv(d=64, seed=8, bias=1.0, dtype=torch.bfloat16)
+    out = sa.sage_attention_triton(q, k, v, **SMALL)
+    assert out.dtype == torch.bfloat16 and rel(out, exact(q, k, v)) < 0.015
+
+
+# ---- the custom op and the dispatch -----------------------------------------------------------------
+def test_custom_op_registered_and_opcheck():
+    assert hasattr(torch.ops.dq, "sage8_attention")
+    q, k, v = qkv(s_q=40, d=32, seed=9)
+    result = torch.library.opcheck(sa.sage8_attention_op, (q, k, v, 0.2))
+    assert all(v == "SUCCESS" for v in result.values()), result
+    out = torch.ops.dq.sage8_attention(q, k, v, 0.2)
+    assert rel(out, exact(q, k, v, 0.2)) < 0.06
+
+
+def test_fallback_is_explicit(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    q, k, v = qkv(s_q=40, d=32, seed=10)
+    out = sa.sage_attention(q, k, v)
+    info = sa.last_path()
+    if not torch.cuda.is_available():
+        assert info["path"] == "reference" and "TRITON_INTERPRET=1" in info["reason"]
+        assert torch.equal(out, sa.sage_attention_reference(q, k, v, block_n=64))
+    monkeypatch.setenv("DQ_SAGE_IMPL", "reference")
+    sa.sage_attention(q, k, v)
+    assert sa.last_path() == {"path": "reference", "reason": "DQ_SAGE_IMPL=reference"}
+
+
+def test_unsupported_inputs_are_refused():
+    q, k, v = qkv(s_q=16, d=24)
+    with pytest.raises(ValueError, match="head dim 24"):
+        sa.sage_attention(q, k, v)
+    assert sa.supports(*qkv(s_q=16, d=64)) is None
+
+
+@pytest.mark.slow
+def test_under_torch_compile():
+    q, k, v = qkv(s_q=40, d=32, seed=11)
+    f = torch.compile(lambda a, b, c: sa.sage_attention(a, b, c) * 2, fullgraph=True)
+    assert torch.equal(f(q, k, v), 2 * sa.sage_attention(q, k, v))
+
+
+# ---- the wiring into diffusers ----------------------------------------------------------------------
+def _forward(model, inputs):
+    with torch.no_grad():
+        out = model(**inputs, return_dict=False)[0]
+    return out
+
+
+def _route_and_compare(model, inputs, expected_calls):
+    from dq_cli.attention import set_attention
+
+    base = _forward(model, inputs)
+    stats = set_attention({"transformer": model}, "sage8")
+    out = _forward(model, inputs)
+    assert stats.routed == expected_calls and not stats.fallback
+    set_attention({"transformer": model}, "sdpa")
+    assert rel(_forward(model, inputs), base) < 1e-4  # hooks gone, SDPA back (exact on the CPU)
+    return rel(out, base)
+
+
+def test_dq_tiny_self_attention_routed_through_the_op():
+    from dq_cli.models import load_model
+
+    adapter = load_model("dq-tiny")
+    model = adapter.pipe.transformer
+    g = torch.Generator().manual_seed(12)
+    inputs = dict(hidden_states=torch.randn(1, 3, 4, 16, 16, generator=g), timestep=torch.tensor([500.0]),
+                  encoder_hidden_states=torch.randn(1, 16, 64, generator=g))
+    calls = []
+    original = sa._run
+    try:
+        sa._run = lambda *a: calls.append(a[0].shape) or original(*a)
+        err = _route_and_compare(model, inputs, expected_calls=6)  # 6 blocks × attn1; attn2 stays on SDPA
+    finally:
+        sa._run = original
+    assert len(calls) == 6 and all(s == (1, 4, 256, 32) for s in calls)
+    assert err < 0.05, err
+
+
+def test_ltx_and_cogvideox_self_attention_routed():
+    from diffusers import CogVideoXTransformer3DModel, LTXVideoTransformer3DModel
+
+    torch.manual_seed(13)
+    ltx = LTXVideoTransformer3DModel(in_channels=8, out_channels=8, patch_size=1, patch_size_t=1,
+                                     num_attention_heads=2, attention_head_dim=32, cross_attention_dim=64,
+                                     num_layers=2, caption_channels=32).eval()
+    inputs = dict(hidden_states=torch.randn(1, 2 * 4 * 4, 8), encoder_hidden_states=torch.randn(1, 8, 32),
+                  timestep=torch.tensor([500]), encoder_attention_mask=torch.ones(1, 8),
+                  num_frames=2, height=4, width=4)
+    assert _route_and_compare(ltx, inputs, expected_calls=2) < 0.05
+    cog = CogVideoXTransformer3DModel(num_attention_heads=2, attention_head_dim=32, in_channels=4, out_channels=4,
+                                      time_embed_dim=8, text_embed_dim=32, num_layers=2, sample_width=4,
+                                      sample_height=4, sample_frames=9, patch_size=2, temporal_compression_ratio=4,
+                                      max_text_seq_length=16).eval()
+    inputs = dict(hidden_states=torch.randn(1, 3, 4, 4, 4), encoder_hidden_states=torch.randn(1, 16, 32),
+                  timestep=torch.tensor([500]))
+    assert _route_and_compare(cog, inputs, expected_calls=2) < 0.05
+
+
+def test_unsupported_head_dim_stays_on_sdpa_and_is_counted(family_dir):
+    from dq_cli.models import load_model
+
+    adapter = load_model("wan", path=str(family_dir("wan")))  # tiny Wan: head dim 12
+    stats = adapter.set_attention("sage8")
+    model = adapter.pipe.transformer
+    g = torch.Generator().manual_seed(14)
+    inputs = dict(hidden_states=torch.randn(1, 16, 2, 8, 8, generator=g), timestep=torch.tensor([500.0]),
+                  encoder_hidden_states=torch.randn(1, 8, model.config.text_dim, generator=g))
+    _forward(model, inputs)
+    from dq_cli.attention import self_attention_modules
+
+    assert stats.modules == sum(len(self_attention_modules(m)) for m in adapter.transformers().values()) == 4
+    assert stats.routed == 0
+    assert stats.fallback == {"head dim 12 is not one of (32, 64, 128)": 2}
+
+
+# ---- recipe and CLI ---------------------------------------------------------------------------------
+def test_recipe_attention_field(tmp_path):
+    from dq_cli import recipe as recipes
+    from dq_cli.errors import RecipeError
+
+    assert recipes.parse("sampling: {attention: sage8}").sampling.attention == "sage8"
+    assert recipes.parse("{}").sampling.attention == "sdpa"
+    with pytest.raises(RecipeError, match="sampling.attention"):
+        recipes.parse("sampling: {attention: sage4}")
+
+
+def test_generate_attention_flag(dq, tmp_path):
+    bad = dq("generate", "-p", "a red circle", "--attention", "flash", "-o", tmp_path / "x.mp4", code=2)
+    assert "--attention flash" in bad.stdout + bad.stderr
+    frames = tmp_path / "f.npy"
+    ok = dq("generate", "-p", "a red circle moving right", "--attention", "sage8", "--steps", "1", "--frames", "4",
+            "--height", "16", "--width", "16", "-o", tmp_path / "v.mp4", "--save-frames", frames)
+    assert "attention sage8: 12 self-attention calls in 8 bits" in ok.stdout + ok.stderr
+    assert frames.is_file()
+
+
+@pytest.mark.slow
+def test_bench_attention_rows(dq, tmp_path):
+    import json
+
+    dq("bench", "--attention", "sage8", "--steps", "1", "--frames", "4", "--height", "16", "--width", "16",
+       "--out", tmp_path / "b", "--quiet")
+    doc = json.loads((tmp_path / "b.json").read_text())
+    assert [r["config"] for r in doc["rows"]] == ["baseline", "baseline+sage8"]
+    assert doc["settings"]["attention"] == ["sdpa", "sage8"]
+    row = doc["rows"][1]
+    assert row["psnr_db"] > 20 and row["notes"] == ["attention sage8: 12 self-attention calls in 8 bits"]
+
+
+# ---- on a GPU ---------------------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("pv_acc", [0, 1, 2])
+def test_cuda_kernel(d, pv_acc):
+    for s_q, s_k, bias in [(1000, 1000, 0.0), (4133, 4133, 2.0), (700, 1297, 1.0)]:
+        q, k, v = qkv(s_q=s_q, s_k=s_k, d=d, seed=s_q + d, bias=bias, device="cuda", dtype=torch.bfloat16)
+        out = sa.sage_attention_triton(q, k, v, pv_acc=pv_acc)
+        ref = exact(q, k, v)
+        assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+        assert rel(out, ref) < (0.06 if bias == 0 else 0.02)
+        for bn in (64, 128):  # the autotuner picked one of these tiles
+            pinned = sa.sage_attention_triton(q, k, v, pv_acc=pv_acc, config=dict(BLOCK_M=128, BLOCK_N=bn,
+                                                                                    num_warps=8, num_stages=3))
+            assert rel(pinned, sa.sage_attention_reference(q, k, v, block_n=bn)) < 1e-2
+        assert rel(torch.ops.dq.sage8_attention(q, k, v, 1 / math.sqrt(d)), out) < 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_dq_tiny_routed_in_bf16():
+    from dq_cli.models import load_model
+
+    adapter = load_model("dq-tiny", device="cuda")  # bfloat16 on a GPU
+    model = adapter.pipe.transformer
+    g = torch.Generator().manual_seed(15)
+    inputs = dict(hidden_states=torch.randn(2, 3, 16, 32, 32, generator=g).cuda().bfloat16(),
+                  timestep=torch.tensor([500.0, 500.0]).cuda(),
+                  encoder_hidden_states=torch.randn(2, 16, 64, generator=g).cuda().bfloat16())
+    err = _route_and_compare(model, inputs, expected_calls=6)
+    assert sa.last_path()["path"] == "triton"
+    assert err < 0.05, err

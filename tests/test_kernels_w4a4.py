@@ -1,0 +1,239 @@
+"""The Hopper W4A4 / W8A8 Triton kernels against their PyTorch references (under TRITON_INTERPRET=1
+on the CPU; on CUDA with `pytest -m gpu`), at small shapes with ragged grids and K, N that are
+not multiples of 128.
+
+Tolerances: the E4M3 and INT8 products are exact in fp32, so the GEMMs differ from a float64
+reference only by fp32 summation: |error| <= K·2**-24·Σ|terms| (the bound used below, with a
+factor 2 of slack for the epilogue's few extra roundings). The quantizer is bit-exact with the
+reference in the interpreter (same fp32 operations); on a GPU its division by λ and its mean are
+rounded differently (a delta may cross a rounding boundary), hence the mismatch budget there.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dq_kernels.delta_cubes import cube_means, cube_ids
+from dq_kernels.delta_quantize import delta_quantize, delta_quantize_reference
+from dq_kernels.expand_int4 import expand_int4_pow2, expand_int4_pow2_reference
+from dq_kernels.fp8 import quantize_fp8
+from dq_kernels.int4 import dequantize_int4, pack_int4, quantize_int4
+from dq_kernels.int8 import quantize_int8_rowwise
+from dq_kernels.scaled_gemm import scaled_gemm, scaled_gemm_reference
+
+# The CPU runs the kernels in Triton's interpreter (conftest sets TRITON_INTERPRET=1 without CUDA);
+# a CUDA machine runs them compiled (`pytest -m gpu`).
+DEVICES = [pytest.param("cuda", marks=pytest.mark.gpu)] if torch.cuda.is_available() else ["cpu"]
+
+
+def pow2_weight(n: int, k: int, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=gen) * torch.exp(2 * torch.randn(n, k // 64, 1, generator=gen)).repeat(1, 1, 64
+                                                                                                          ).reshape(n, k)
+    codes, scales = quantize_int4(w, 64, pow2_scales=True)
+    return codes, scales
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_expand_int4_pow2_is_exact(device):
+    codes, scales = pow2_weight(40, 192, seed=1)
+    packed = pack_int4(codes)
+    carrier, row = expand_int4_pow2(packed.to(device), scales.to(device))
+    ref_carrier, ref_row = expand_int4_pow2_reference(packed, scales)
+    assert torch.equal(carrier.cpu().float(), ref_carrier.float()) and torch.equal(row.cpu(), ref_row)
+    # carrier · row scale is the INT4 weight itself: nothing lost on the way to the tensor cores.
+    assert torch.equal(carrier.cpu().float() * ref_row[:, None], dequantize_int4(codes, scales, 64))
+
+
+def activations(m: int, k: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    smooth_field = torch.randn(m // 4 + 1, k, generator=gen).repeat_interleave(4, 0)[:m]  # local structure
+    return smooth_field * 3 + torch.randn(m, k, generator=gen) * torch.exp(torch.randn(k, generator=gen))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("cube", [(2, 2, 4), (4, 1, 4), None])
+def test_delta_quantize_matches_reference(device, cube):
+    batch, grid, k, rank = 2, (3, 5, 7), 192, 8  # ragged cubes, K not a multiple of 128, rank padded to 16
+    x = activations(batch * 105, k, seed=2)
+    gen = torch.Generator().manual_seed(3)
+    smooth, down_w = torch.rand(k, generator=gen) + 0.5, torch.randn(rank, k, generator=gen) / 8
+    got = delta_quantize(x.to(device), smooth.to(device), down_w.to(device), batch, grid, cube)
+    ref = delta_quantize_reference(x, smooth, down_w, batch, grid, cube)
+    exact = device == "cpu"  # the interpreter runs the reference's fp32 operations
+    if cube is not None:
+        torch.testing.assert_close(got.core.cpu(), ref.core, rtol=0 if exact else 1e-6, atol=0 if exact else 1e-6)
+        assert torch.equal(got.cube_of_row.cpu(), ref.cube_of_row) and torch.equal(got.row_token.cpu(), ref.row_token)
+        assert (ref.cube_of_row.diff() >= 0).all()  # cube order: what the GEMM's one-hot core term relies on
+        assert sorted(ref.row_token.tolist()) == list(range(x.shape[0]))
+    deq = got.delta.cpu().float() * got.scale.cpu()[:, None]
+    ref_deq = ref.delta.float() * ref.scale[:, None]
+    mismatch = deq != ref_deq
+    assert mismatch.float().mean() <= (0 if exact else 1e-3)
+    step = ref.scale[:, None].expand_as(deq) * 2**6  # a group scale is at most the token's largest
+    assert ((deq - ref_deq).abs() <= step).all()
+    torch.testing.assert_close(got.down.cpu(), ref.down, rtol=1e-5, atol=1e-5)
+
+
+def test_cube_means_match_float64():
+    """The reference's core tokens against float64 means of a ragged grid, token by token."""
+    grid, cube = (3, 5, 7), (2, 2, 4)
+    x = activations(105, 64, seed=4)
+    ids, n = cube_ids(grid, cube)
+    ours = cube_means(x[None], ids, n)[0].double()
+    for c in range(n):
+        torch.testing.assert_close(ours[c], x[ids == c].double().mean(0), rtol=1e-6, atol=1e-6)
+
+
+def fp32_sum_bound(a, b, a_scale, b_scale, device="cpu"):
+    """fp32 summation of K exact products; on a GPU, Hopper's FP8 MMA also accumulates each BLOCK_K
+    step with a narrower accumulator (before promotion to fp32): allow 2**-10 of Σ|terms| there."""
+    k = a.shape[1]
+    rel = 2 * k * 2.0**-24 if device == "cpu" or a.dtype == torch.int8 else 2.0**-10
+    return rel * (a.float().abs() @ b.float().abs().T) * a_scale[:, None].abs() * b_scale[None, :].abs()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", ["fp8", "int8"])
+def test_scaled_gemm_matches_reference(device, dtype):
+    m, n, k, rank = 70, 48, 192, 8
+    gen = torch.Generator().manual_seed(5)
+    xa, xb = torch.randn(m, k, generator=gen), torch.randn(n, k, generator=gen)
+    if dtype == "fp8":
+        (a, sa), (b, sb) = quantize_fp8(xa), quantize_fp8(xb)
+    else:
+        (a, sa), (b, sb) = quantize_int8_rowwise(xa), quantize_int8_rowwise(xb)
+    sa, sb = sa.reshape(-1), sb.reshape(-1)
+    # 40 cubes of 1-3 rows: a 32-row tile spans more than the 16 cubes of one one-hot step.
+    core = torch.randn(40, n, generator=gen)
+    index = torch.sort(torch.randint(0, 40, (m,), generator=gen)).values.to(torch.int32)
+    row_token = torch.randperm(m, generator=gen).to(torch.int32)
+    down, up, bias = torch.randn(m, rank, generator=gen), torch.randn(n, rank, generator=gen), torch.randn(n, generator=gen)
+    extra = dict(core=core, cube_of_row=index, row_token=row_token, down=down, up=up, bias=bias, out_dtype=torch.float32)
+    got = scaled_gemm(*(t.to(device) for t in (a, b, sa, sb)), **{key: v.to(device) if torch.is_tensor(v) else v
+                                                                   for key, v in extra.items()})
+    ref = scaled_gemm_reference(a, b, sa, sb, **extra)
+    tol = fp32_sum_bound(a, b, sa, sb, device)[torch.argsort(row_token.long())] + 1e-4 * (1 + ref.abs())  # + the small dots, adds
+    assert ((got.cpu() - ref).abs() <= tol).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_grouped_gemm_for_core_tokens(device):
+    m, n, k = 20, 40, 192
+    gen = torch.Generator().manual_seed(6)
+    a, sa = quantize_fp8(torch.randn(m, k, generator=gen) * torch.exp(torch.randn(m, k, generator=gen)), 64)
+    b, sb = quantize_fp8(torch.randn(n, k, generator=gen))
+    got = scaled_gemm(a.to(device), b.to(device), None, sb.reshape(-1).to(device), a_group_scales=sa.to(device),
+                      out_dtype=torch.float32).cpu()
+    ref = scaled_gemm_reference(a, b, None, sb.reshape(-1), a_group_scales=sa, out_dtype=torch.float32)
+    a_deq = a.float() * sa.repeat_interleave(64, 1)
+    rel = 2 * k * 2.0**-24 if device == "cpu" else 2.0**-10  # see fp32_sum_bound
+    bound = rel * (a_deq.abs() @ b.float().abs().T) * sb.reshape(1, -1) + 1e-30
+    assert ((got - ref).abs() <= bound).all()
+
+
+# ---- QuantLinear on the kernels (dq::w4a4_linear, dq::w8a8_linear) against its reference forward ----
+def quant_layer(method: str, fmt: str, k: int = 150, n: int = 72, rank: int = 8):
+    from torch import nn
+
+    from dq_cli.quant.linear import QuantLinear
+    from dq_cli.quant.plan import LayerPlan
+
+    gen = torch.Generator().manual_seed(8)
+    linear = nn.Linear(k, n)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(n, k, generator=gen) / k**0.5)
+    plan = LayerPlan(method=method, weight=fmt, activation=fmt, group_size=64, rank=rank if method != "rtn" else 0,
+                     smoothing=None, cubes=((0.5, (4, 1, 4)), (1.0, (2, 2, 4))), core="fp8")
+    smooth = torch.rand(k, generator=gen) + 0.5 if method != "rtn" else None
+    up = down = None
+    if plan.rank:  # fp32 factors: with bf16 ones the reference rounds (X/λ)·L₂ᵀ to bf16, the kernel keeps fp32
+        up, down = torch.randn(n, rank, generator=gen) / 4, torch.randn(rank, k, generator=gen) / 8
+    return QuantLinear.from_linear(linear, plan, "blocks.0.ffn", smooth=smooth, lora_up=up, lora_down=down)
+
+
+def both_paths(layer, x, monkeypatch):
+    ref = layer.reference_forward(x)
+    monkeypatch.setenv("DQ_KERNELS", "triton")  # on the CPU too, in the interpreter
+    import dq_cli.quant.linear as linear_module
+
+    calls = []
+    real = linear_module.kernel_forward
+    monkeypatch.setattr(linear_module, "kernel_forward", lambda *a: calls.append(1) or real(*a))
+    got = layer(x)
+    assert calls, "the kernel path was not taken"
+    return got, ref
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("method", ["deltaquant", "svdquant", "rtn"])
+@pytest.mark.parametrize("progress_step", [0, 3])  # the two cube stages: 4x1x4, then 2x2x4
+def test_quant_linear_w4a4_kernel_matches_reference(method, progress_step, device, monkeypatch):
+    from dq_cli.models.base import ForwardState
+
+    layer = quant_layer(method, "int4_pow2").to(device)
+    layer.forward_state = ForwardState(step=progress_step, num_steps=4, grid=(3, 5, 7), in_forward=True)
+    x = activations(2 * 105, 150, seed=9).reshape(2, 105, 150).to(device)
+    got, ref = both_paths(layer, x, monkeypatch)
+    # Same quantized operands (bit-exact quantizer in the interpreter; on a GPU a few deltas may
+    # round the other way, each by one step of its group) and fp32 sums in another order.
+    tol = 1e-4 if device == "cpu" else 2e-2
+    torch.testing.assert_close(got, ref, rtol=tol, atol=tol * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_quant_linear_w8a8_kernel_matches_reference(device, monkeypatch):
+    layer = quant_layer("rtn", "int8").to(device)
+    x = activations(90, 150, seed=10).reshape(1, 90, 150).to(device)
+    got, ref = both_paths(layer, x, monkeypatch)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())  # int32 sums are exact
+
+
+def test_formats_without_a_kernel_keep_the_reference(monkeypatch):
+    from dq_cli.quant.kernel_path import kernel_forward
+
+    layer = quant_layer("svdquant", "int4")  # free bf16 group scales: no exact Hopper kernel
+    assert kernel_forward(layer, torch.zeros(1, 4, 150)) is None
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_w4a4_custom_op_passes_opcheck(device):
+    """The op's schema, fake (meta) kernel and autograd registration are what torch.compile needs."""
+    layer = quant_layer("deltaquant", "int4_pow2", k=128, n=32).to(device)
+    x = activations(2 * 32, 128, seed=11).to(device)
+    args = (x, layer.qweight, layer.scales, layer.smooth, layer.lora_down, layer.lora_up, layer.bias, 2, [2, 4, 4],
+            [2, 2, 4])
+    torch.library.opcheck(torch.ops.dq.w4a4_linear.default, args,
+                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_int8_token_quantizer_is_bit_exact(device):
+    from dq_kernels.int8_quantize import quantize_int8_tokens
+
+    x = activations(40, 1100, seed=12)  # K spans two 1024-column steps
+    x[3] = 0.0
+    x[5, :10] = torch.tensor([127.0, 63.5, -63.5, 0.5, 1.5, -2.5, 0, 0, 0, 0])  # scale 1: ties round to even
+    x[5, 10:] = 0.0
+    smooth = torch.rand(1100, generator=torch.Generator().manual_seed(1)) + 0.5
+    for lam in (None, smooth):
+        q, s = quantize_int8_tokens(x.to(device), None if lam is None else lam.to(device))
+        ref_q, ref_s = quantize_int8_rowwise(x / lam if lam is not None else x)
+        assert torch.equal(q.cpu(), ref_q) and torch.equal(s.cpu(), ref_s.reshape(-1))
+
+
+def test_routed_or_rotated_layers_keep_the_reference():
+    """6Bit-Diffusion's per-step route (and a Hadamard-rotated plan) must not reach kernels that
+    know neither."""
+    from dataclasses import replace
+
+    from dq_cli.quant.kernel_path import kernel_forward
+
+    layer = quant_layer("rtn", "int8")
+    x = torch.zeros(1, 4, 150)
+    layer.route = "nvfp4"
+    assert kernel_forward(layer, x) is None
+    layer.route = None
+    layer.plan = replace(layer.plan, hadamard=128)
+    assert kernel_forward(layer, x) is None

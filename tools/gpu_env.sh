@@ -1,0 +1,7 @@
+# Source on the lent GPU machine (repo root, wheels carried in .whl/): installs the carried wheels
+# into /tmp/site and exposes the project's packages under their import names via /tmp/pk.
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || return 1
+mkdir -p /tmp/pk
+ln -sfn "$PWD/dq_cli" /tmp/pk/dq_cli; ln -sfn "$PWD/kernels" /tmp/pk/dq_kernels
+ln -sfn "$PWD/calib" /tmp/pk/dq_calib; ln -sfn "$PWD/recipes" /tmp/pk/dq_recipes
+export PYTHONPATH=/tmp/site:/tmp/pk PYTHONUNBUFFERED=1
