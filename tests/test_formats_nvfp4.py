@@ -345,3 +345,16 @@ def test_block_scale_is_amax_over_six_times_tensor_scale():
     nvfp4_quantize, _ = _torchao()
     ao_s8, _ = nvfp4_quantize(x, 16, ts)
     assert ao_s8.float().item() == 3.0
+
+
+def test_fake_quantize_is_bit_exact_with_quantize_then_dequantize():
+    """The activation path's shortcut (no codes formed) gives the same fp32 values bit for bit,
+    including all-zero blocks, values past ±6·scale, ties and tiny scales."""
+    from dq_kernels.nvfp4 import dequantize_nvfp4, fake_quantize_nvfp4, quantize_nvfp4
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 256, generator=g) * torch.logspace(-6, 3, 256)
+    x[3, :16] = 0.0
+    x[5, 16:32] = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0] * 2)
+    ref = dequantize_nvfp4(*quantize_nvfp4(x))
+    assert torch.equal(fake_quantize_nvfp4(x), ref)
