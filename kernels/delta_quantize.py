@@ -41,12 +41,11 @@ import triton.language as tl
 
 from .delta_cubes import cube_ids, split_deltas
 from .int4 import POW2_SPAN, quantize_int4
-from .scaled_gemm import interpreting
+from .expand_int4 import CARRIER_SHIFT, GROUP, to_carriers
+from .interpreter import interpreting
 
 __all__ = ["delta_quantize", "delta_quantize_reference", "DeltaActivations"]
 
-GROUP = 64
-CARRIER_SHIFT = 6
 
 
 class DeltaActivations(NamedTuple):
@@ -87,10 +86,7 @@ def delta_quantize_reference(x: torch.Tensor, smooth: torch.Tensor | None, lora_
                                                   batch, x.device)
         deltas = deltas[row_token.long()]
         down = down[row_token.long()] if down is not None else None
-    codes, scales = quantize_int4(deltas, GROUP, pow2_scales=True)
-    s_tok = scales.float().amax(dim=-1) * 2.0**-CARRIER_SHIFT
-    ratio = torch.where(s_tok[:, None] > 0, scales.float() / s_tok[:, None], torch.zeros_like(scales.float()))
-    delta = (codes.float() * ratio.repeat_interleave(GROUP, dim=-1)).to(torch.float8_e4m3fn)
+    delta, s_tok = to_carriers(*quantize_int4(deltas, GROUP, pow2_scales=True))
     return DeltaActivations(core, delta, s_tok, down, cube_of_row, row_token)
 
 

@@ -25,17 +25,25 @@ GROUP = 64
 CARRIER_SHIFT = 6  # carriers reach 7·2**6 = 448, E4M3's largest finite value
 
 
-def row_scales(scales: torch.Tensor) -> torch.Tensor:
-    """fp32 [N]: the per-channel scale the GEMM applies after its K loop."""
-    return scales.float().amax(dim=-1) * 2.0**-CARRIER_SHIFT
+def carrier_ratios(scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Power-of-two group scales [R, G] → the row scale the GEMM applies after its K loop (fp32 [R])
+    and each group's ratio s_g / s_row (powers of two in [2**-9, 2**6]: exact in fp32; 0 for an
+    all-zero row)."""
+    s = scales.float()
+    row = s.amax(dim=-1) * 2.0**-CARRIER_SHIFT
+    return row, torch.where(row[:, None] > 0, s / row[:, None], torch.zeros_like(s))
+
+
+def to_carriers(codes: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """INT4 codes [R, K] with power-of-two group scales → (E4M3 carriers [R, K], fp32 row scales [R]);
+    the reference of both this kernel and the activation quantizer's rounding."""
+    row, ratio = carrier_ratios(scales)
+    carrier = codes.float() * ratio.repeat_interleave(codes.shape[-1] // scales.shape[-1], dim=-1)
+    return carrier.to(torch.float8_e4m3fn), row
 
 
 def expand_int4_pow2_reference(packed: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    codes = unpack_int4(packed).float()
-    row = row_scales(scales)
-    ratio = torch.where(row[:, None] > 0, scales.float() / row[:, None], torch.zeros_like(scales.float()))
-    carrier = codes * ratio.repeat_interleave(codes.shape[-1] // scales.shape[-1], dim=-1)
-    return carrier.to(torch.float8_e4m3fn), row
+    return to_carriers(unpack_int4(packed), scales)
 
 
 @triton.jit
@@ -63,9 +71,7 @@ def expand_int4_pow2(packed: torch.Tensor, scales: torch.Tensor) -> tuple[torch.
     n, k = packed.shape[0], packed.shape[1] * 2
     if scales.shape != (n, k // GROUP):
         raise ValueError(f"expand_int4_pow2: scales {tuple(scales.shape)} do not match packed {tuple(packed.shape)}")
-    row = row_scales(scales)
-    # The ratios s_g / s_row are powers of two in [2**-9, 2**6]: exact in fp32.
-    ratio = torch.where(row[:, None] > 0, scales.float() / row[:, None], torch.zeros_like(scales, dtype=torch.float32))
+    row, ratio = carrier_ratios(scales)
     out = torch.empty(n, k, dtype=torch.float8_e4m3fn, device=packed.device)
     block_n, block_k = 32, 128
     grid = (triton.cdiv(n, block_n), triton.cdiv(k, block_k))

@@ -44,7 +44,8 @@ import os
 
 import torch
 
-from .sage_quant import (SageInputs, interpreting, sage_quantize, sage_quantize_reference,
+from .interpreter import interpreting
+from .sage_quant import (SageInputs, sage_quantize, sage_quantize_reference,
                          triton)
 
 if triton is not None:

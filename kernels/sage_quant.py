@@ -34,10 +34,11 @@ ulp):
 from __future__ import annotations
 
 import math
-import os
 from typing import NamedTuple
 
 import torch
+
+from .interpreter import interpreting
 
 try:  # Triton is optional: the reference below runs anywhere.
     import triton
@@ -201,10 +202,6 @@ if triton is not None:
                     x = _round_to_e4m3(x)
                 v8 = tl.trans(x.to(tl.float8e4nv))  # [D, QB]: tokens contiguous in memory
                 tl.store(V8T + bh64 * HEAD_DIM * SK_PAD + d[:, None] * SK_PAD + rows[None, :], v8)
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def sage_quantize(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,

@@ -28,17 +28,13 @@ that remains is measured by `dq bench kernels` against the reference.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from .interpreter import interpreting
+
 __all__ = ["scaled_gemm", "scaled_gemm_reference"]
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def scaled_gemm_reference(a, b, a_scale, b_scale, *, a_group_scales=None, core=None, cube_of_row=None,

@@ -17,6 +17,8 @@ import os
 import torch
 import torch.nn.functional as F
 
+from dq_cli.quant.activations import cube_at
+
 W4A4_METHODS = ("rtn", "smoothquant", "svdquant", "deltaquant")
 
 
@@ -39,8 +41,6 @@ def kernel_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
         return None
     grid, cube = [], []
     if plan.method == "deltaquant" and layer.sees_video:
-        from dq_cli.quant.activations import cube_at
-
         state = layer.forward_state
         if state is None or not state.in_forward or plan.core != "fp8":
             return None
