@@ -26,13 +26,14 @@ cubes × slices programs (a first version with one program per cube walking all 
 latency-bound). The low-rank input is summed over slices in a fixed order: deterministic.
 Ragged edge cubes mask the tokens they lack and average the ones they hold, like the reference.
 
-Exactness against the reference: λ is applied with a correctly rounded division, as the
-reference does; the cube mean is a float sum in another order, so a delta can land on the other
+Exactness against the reference: λ is applied as X·(1/λ), as the reference does
+(dq_kernels.smoothing); the cube mean is a float sum in another order, so a delta can land on the other
 side of a rounding boundary and a few codes may differ by one step. Tests bound how many.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -43,6 +44,7 @@ from .delta_cubes import cube_ids, split_deltas
 from .int4 import POW2_SPAN, quantize_int4
 from .expand_int4 import CARRIER_SHIFT, GROUP, to_carriers
 from .interpreter import interpreting
+from .smoothing import apply_smooth, inverse_smooth
 
 __all__ = ["delta_quantize", "delta_quantize_reference", "DeltaActivations"]
 
@@ -59,7 +61,17 @@ class DeltaActivations(NamedTuple):
 
 
 def cube_order(grid: tuple[int, int, int], cube: tuple[int, int, int], batch: int, device=None):
-    """(row_token, cube_of_row, row_start, n_cubes): the rows of all batches in cube order."""
+    """(row_token, cube_of_row, row_start, n_cubes): the rows of all batches in cube order.
+    Cached per grid, cube, batch and device: a model's layers all share a step's order, and its
+    argsort and scans were ~0.1 ms of small launches per layer on an H200. Read-only tensors."""
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return _cube_order(tuple(grid), tuple(cube), batch, dev)
+
+
+@functools.lru_cache(maxsize=64)
+def _cube_order(grid, cube, batch, device):
     ids, n_cubes = cube_ids(grid, cube, device)
     order = torch.argsort(ids, stable=True)  # stable: T-major inside each cube
     per_batch = ids.numel()
@@ -75,7 +87,7 @@ def delta_quantize_reference(x: torch.Tensor, smooth: torch.Tensor | None, lora_
                              batch: int, grid: tuple[int, int, int] | None, cube: tuple[int, int, int] | None
                              ) -> DeltaActivations:
     """The same outputs from dq_kernels' PyTorch formats (K a multiple of 64)."""
-    xs = x.float() / smooth.float() if smooth is not None else x.float()
+    xs = apply_smooth(x, smooth)
     down = (xs.to(lora_down.dtype) @ lora_down.T).float() if lora_down is not None else None
     core = row_token = cube_of_row = None
     deltas = xs
@@ -127,19 +139,18 @@ def _cube_rows(pid, batch, row_start_ptr, T, H, W, tokens_per_batch, CT: tl.cons
 
 
 @triton.jit
-def _load_chunk(x_ptr, smooth_ptr, tokens, valid, cols, K, stride_x, HAS_SMOOTH: tl.constexpr):
-    """X/λ for the tokens × 64 columns → fp32 [CUBE_TOKENS, 64]."""
+def _load_chunk(x_ptr, inv_smooth_ptr, tokens, valid, cols, K, stride_x, HAS_SMOOTH: tl.constexpr):
+    """X/λ = X·(1/λ) for the tokens × 64 columns → fp32 [CUBE_TOKENS, 64] (dq_kernels.smoothing)."""
     mask = valid[:, None] & (cols[None, :] < K)
     xt = tl.load(x_ptr + tokens[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     if HAS_SMOOTH:
-        lam = tl.load(smooth_ptr + cols, mask=cols < K, other=1.0)
-        xt = tl.math.div_rn(xt, lam[None, :])  # correctly rounded, as the reference's division
+        xt = xt * tl.load(inv_smooth_ptr + cols, mask=cols < K, other=1.0)[None, :]
     return xt
 
 
 @triton.jit
 def delta_stats_kernel(
-    x_ptr, smooth_ptr, down_w_ptr, row_start_ptr,    # X [M, K], λ [K], L₂ [R, K], first row of each cube
+    x_ptr, smooth_ptr, down_w_ptr, row_start_ptr,    # X [M, K], 1/λ [K], L₂ [R, K], first row of each cube
     core_ptr, part_max_ptr, down_part_ptr,           # core [B·n_cubes, KP]; per slice: max |d| [M, S], (X/λ)L₂ᵀ [S, M, R]
     K, KP, stride_x, T, H, W, tokens_per_batch, M, n_splits,
     CT: tl.constexpr, CH: tl.constexpr, CW: tl.constexpr, CUBE_TOKENS: tl.constexpr, HAS_CUBES: tl.constexpr,
@@ -212,7 +223,22 @@ def delta_round_kernel(
         tl.store(scale_ptr + rows, tl.where(nonzero, _pow2(e_tok - SHIFT), 0.0), mask=valid)
 
 
-SPLIT_K = 1024  # columns per program: enough programs to fill the GPU, few partial sums to add
+# Columns per program and warps: the best of a sweep at 32,760×5,120 on an H200 (tools/kernel_probe.py):
+# 0.31 ms, against 0.33–0.38 for 2,048 or 4,096 columns and 2 or 4 warps (1.12 ms before λ became a
+# multiply). Small programs, many of them, keep the most loads in flight.
+SPLIT_K = 1024
+NUM_WARPS = 1
+MIN_PROGRAMS = 2048  # one-warp programs: ~16 per SM on an H100/H200
+
+
+def _split_k(k: int, programs: int) -> int:
+    """SPLIT_K, halved (down to one group) until there are enough (cube, slice) programs to fill a
+    GPU: LTX-Video's 6,144 tokens make only 96 cubes, and at 1,024 columns its quantizer was
+    latency-bound (~1 ms for 6,144×2,048 on an H200)."""
+    split = SPLIT_K
+    while split > GROUP and programs * triton.cdiv(k, split) < MIN_PROGRAMS:
+        split //= 2
+    return split
 
 
 def delta_quantize(x: torch.Tensor, smooth: torch.Tensor | None, lora_down: torch.Tensor | None,
@@ -244,23 +270,25 @@ def delta_quantize(x: torch.Tensor, smooth: torch.Tensor | None, lora_down: torc
         t = h = w = ct = ch = cw = 1
         cube_tokens = 64
         programs, per_batch, batch = triton.cdiv(m, 64), m, 1
-    splits = triton.cdiv(k, SPLIT_K)
+    split_k = _split_k(k, programs * batch)
+    splits = triton.cdiv(k, split_k)
     delta = torch.empty(m, k, dtype=torch.float8_e4m3fn, device=dev)
     part_max = torch.empty(m, splits, dtype=torch.float32, device=dev)
     down_part = torch.empty(splits, m, r, dtype=torch.float32, device=dev) if lora_down is not None else None
     dummy = scale  # any tensor: pointers of absent inputs are never read
     shape = dict(CT=ct, CH=ch, CW=cw, CUBE_TOKENS=cube_tokens, HAS_CUBES=cube is not None,
-                 HAS_SMOOTH=smooth is not None, SPLIT_K=SPLIT_K, GROUP_K=GROUP)
+                 HAS_SMOOTH=smooth is not None, SPLIT_K=split_k, GROUP_K=GROUP,
+                 num_warps=NUM_WARPS)
     launch = (programs, splits, batch)
-    sm = smooth if smooth is not None else dummy
+    sm = inverse_smooth(smooth) if smooth is not None else dummy
     delta_stats_kernel[launch](
         x, sm, lora_down if lora_down is not None else dummy, row_start, core if core is not None else dummy,
         part_max, down_part if down_part is not None else dummy, k, k, x.stride(0), t, h, w, per_batch, m, splits,
         HAS_DOWN=lora_down is not None, DOWN_IEEE=lora_down is not None and lora_down.dtype == torch.float32,
-        R=r, num_warps=4, **shape)
+        R=r, **shape)
     delta_round_kernel[launch](
         x, sm, row_start, core if core is not None else dummy, part_max, delta, scale, k, k, x.stride(0), t, h, w,
         per_batch, splits, SPLITS=max(2, triton.next_power_of_2(splits)), SPAN=POW2_SPAN, SHIFT=CARRIER_SHIFT,
-        num_warps=4, **shape)
+        **shape)
     down = down_part.sum(0)[:, :rank] if down_part is not None else None
     return DeltaActivations(core, delta, scale, down, cube_of_row, row_token)

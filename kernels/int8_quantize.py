@@ -2,8 +2,9 @@
 `dq_kernels.int8.quantize_int8_rowwise` (applied to X/λ).
 
 One program per token: a first pass over the row finds |x/λ|'s maximum, a second rounds. The row
-(K·2 bytes, 27 KB at K = 13,824) is still in L2 for the second pass. Both divisions are correctly
-rounded (`div_rn`), as the reference's, so the codes are bit-identical to it.
+(K·2 bytes, 27 KB at K = 13,824) is still in L2 for the second pass. λ is applied as X·(1/λ)
+(dq_kernels.smoothing) and the division by the token's scale is correctly rounded (`div_rn`), as
+the reference's, so the codes are bit-identical to it.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import torch
 import triton
 import triton.language as tl
 
+from .smoothing import inverse_smooth
+
 __all__ = ["quantize_int8_tokens"]
 
 
 @triton.jit
-def int8_tokens_kernel(x_ptr, smooth_ptr, q_ptr, scale_ptr, K, stride_x,
+def int8_tokens_kernel(x_ptr, inv_smooth_ptr, q_ptr, scale_ptr, K, stride_x,
                        HAS_SMOOTH: tl.constexpr, BLOCK_K: tl.constexpr):
     row = tl.program_id(0)
     offs = tl.arange(0, BLOCK_K)
@@ -25,7 +28,7 @@ def int8_tokens_kernel(x_ptr, smooth_ptr, q_ptr, scale_ptr, K, stride_x,
         cols = k0 + offs
         v = tl.load(x_ptr + row * stride_x + cols, mask=cols < K, other=0.0).to(tl.float32)
         if HAS_SMOOTH:
-            v = tl.math.div_rn(v, tl.load(smooth_ptr + cols, mask=cols < K, other=1.0))
+            v = v * tl.load(inv_smooth_ptr + cols, mask=cols < K, other=1.0)
         amax = tl.maximum(amax, tl.abs(v))
     scale = tl.math.div_rn(tl.max(amax, axis=0), 127.0)
     safe = tl.where(scale > 0, scale, 1.0)
@@ -33,7 +36,7 @@ def int8_tokens_kernel(x_ptr, smooth_ptr, q_ptr, scale_ptr, K, stride_x,
         cols = k0 + offs
         v = tl.load(x_ptr + row * stride_x + cols, mask=cols < K, other=0.0).to(tl.float32)
         if HAS_SMOOTH:
-            v = tl.math.div_rn(v, tl.load(smooth_ptr + cols, mask=cols < K, other=1.0))
+            v = v * tl.load(inv_smooth_ptr + cols, mask=cols < K, other=1.0)
         q = tl.math.div_rn(v, safe)
         q = (q + 12582912.0) - 12582912.0  # round half to even
         q = tl.minimum(tl.maximum(q, -127.0), 127.0)
@@ -48,6 +51,6 @@ def quantize_int8_tokens(x: torch.Tensor, smooth: torch.Tensor | None = None) ->
     x = x if x.stride(-1) == 1 else x.contiguous()
     q = torch.empty(m, k, dtype=torch.int8, device=x.device)
     scale = torch.empty(m, dtype=torch.float32, device=x.device)
-    int8_tokens_kernel[(m,)](x, smooth if smooth is not None else scale, q, scale, k, x.stride(0),
+    int8_tokens_kernel[(m,)](x, inverse_smooth(smooth) if smooth is not None else scale, q, scale, k, x.stride(0),
                              HAS_SMOOTH=smooth is not None, BLOCK_K=1024, num_warps=4)
     return q, scale

@@ -21,6 +21,7 @@ from .expand_int4 import expand_int4_pow2
 from .fp8 import quantize_fp8
 from .int8_quantize import quantize_int8_tokens
 from .scaled_gemm import scaled_gemm
+from .smoothing import inverse_smooth
 
 __all__ = ["w4a4_linear", "w8a8_linear"]
 
@@ -37,7 +38,7 @@ def w4a4_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, sm
     # into the quantizer it cost ~1 ms at 32,760×5,120 on an H100 (tools/kernel_probe.py).
     down = None
     if lora_down is not None:
-        factor = lora_down.float() / smooth.float() if smooth is not None else lora_down.float()
+        factor = lora_down.float() * inverse_smooth(smooth) if smooth is not None else lora_down.float()
         down = (x.to(lora_down.dtype) @ factor.to(lora_down.dtype).T).float()
     acts = delta_quantize(x, smooth, None, batch, tuple(grid) if cube else None, tuple(cube) if cube else None)
     w, w_scale = expand_int4_pow2(qweight, scales)
@@ -64,7 +65,7 @@ def _(x, qweight, scales, smooth, lora_down, lora_up, bias, batch, grid, cube):
 def w8a8_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, smooth: torch.Tensor | None,
                 bias: torch.Tensor | None) -> torch.Tensor:
     """x [M, K] → y [M, N]: per-token INT8 activations × per-channel INT8 weights, int32 accumulation."""
-    q, s = quantize_int8_tokens(x, smooth.float() if smooth is not None else None)
+    q, s = quantize_int8_tokens(x, smooth)
     return scaled_gemm(q, qweight, s, scales.reshape(-1).float(), bias=bias, out_dtype=x.dtype)
 
 

@@ -54,19 +54,23 @@ def scaled_gemm_reference(a, b, a_scale, b_scale, *, a_group_scales=None, core=N
     return y.to(out_dtype)
 
 
+FUSE_EPILOGUE = True       # probe switch: core term and low-rank branch in one MMA (_fused_extra)
+
+
 def _configs() -> list[triton.Config]:
     if interpreting():  # the interpreter runs every config: one small one
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 64, "GROUP_M": 4}, num_warps=4)]
     # Hopper, M in the tens of thousands and N, K in the thousands: wide tiles, deep pipelines. The
     # best of a wider sweep at Wan A14B shapes on an H100 (tools/kernel_probe.py): 128×256×128 with
     # 8 warps and 4 stages reached 1,518–1,621 TFLOP/s in FP8 and ~1,150 in INT8.
-    return [
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8}, num_warps=8, num_stages=4),
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8}, num_warps=8, num_stages=3),
-        triton.Config({"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8}, num_warps=8, num_stages=3),
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8}, num_warps=8, num_stages=4),
-        triton.Config({"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=4),
-    ]
+    # PREFETCH issues the epilogue's loads before the K loop: 2.28 against 2.54 ms with the full
+    # DeltaQuant epilogue at 128×256 (before the fused epilogue), so both are tried.
+    tiles = [({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8}, 4),
+             ({"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8}, 3),
+             ({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8}, 4)]
+    return [triton.Config(dict(tile, PREFETCH=pf), num_warps=8, num_stages=stages)
+            for tile, stages in tiles for pf in (False, True)] + [
+        triton.Config({"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=4)]
 
 
 def _grouped_configs() -> list[triton.Config]:
@@ -76,13 +80,78 @@ def _grouped_configs() -> list[triton.Config]:
 
 
 @triton.jit
+def _epilogue_operands(pid_m, rm, rn, M, N, core_ptr, cube_of_row_ptr, row_token_ptr, down_ptr, up_ptr, bias_ptr,
+                       HAS_CORE: tl.constexpr, ROW_MAP: tl.constexpr, NC: tl.constexpr, HAS_LORA: tl.constexpr,
+                       HAS_BIAS: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr):
+    """What the epilogue reads besides the accumulator (unused ones are compiled away)."""
+    if HAS_CORE:
+        cube = tl.load(cube_of_row_ptr + rm, mask=rm < M, other=-1)
+        first = tl.load(cube_of_row_ptr + pid_m * BLOCK_M)
+        last = tl.load(cube_of_row_ptr + min(pid_m * BLOCK_M + BLOCK_M, M) - 1)
+        ids = first + tl.arange(0, NC)
+        slab = tl.load(core_ptr + ids[:, None] * N + rn[None, :], mask=(ids[:, None] <= last) & (rn[None, :] < N),
+                       other=0.0)
+    else:
+        cube, first, last = rm, 0, 0
+        slab = tl.zeros((NC, rn.shape[0]), dtype=tl.float32)
+    r = tl.arange(0, R)
+    if HAS_LORA:
+        down = tl.load(down_ptr + rm[:, None] * R + r[None, :], mask=rm[:, None] < M, other=0.0)
+        up = tl.load(up_ptr + rn[:, None] * R + r[None, :], mask=rn[:, None] < N, other=0.0)
+    else:
+        down = tl.zeros((rm.shape[0], R), dtype=tl.float32)
+        up = tl.zeros((rn.shape[0], R), dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros((rn.shape[0],), dtype=tl.float32)
+    if ROW_MAP:
+        out_rows = tl.load(row_token_ptr + rm, mask=rm < M, other=0)
+    else:
+        out_rows = rm
+    return cube, first, last, slab, down, up, bias, out_rows
+
+
+@triton.jit
+def _fused_extra(y, cube, first, slab, down, up, IEEE_DOTS: tl.constexpr, BLOCK_M: tl.constexpr,
+                 BLOCK_N: tl.constexpr, NC: tl.constexpr):
+    """y + down·upᵀ + one-hot(cube)·slab as ONE matrix product [down | one-hot] · [up | slabᵀ]ᵀ.
+
+    Two small epilogue MMAs (the core term's in tf32x3, three passes) cost 1.3 ms more than the
+    bare GEMM at 32,760×5,120×5,120 on an H200, far more than either alone (register pressure);
+    one bf16 MMA with K = 2R does both. The halves are interleaved by tl.join on both sides (a
+    permutation of K that leaves the product unchanged), and the core values are split into
+    bf16 hi + lo (the one-hot columns repeated for each), which keeps them to ~2**-17 relative —
+    near fp32, where bf16 alone would add an output-sized rounding. R = 2·NC."""
+    ids = first + tl.arange(0, NC)
+    if IEEE_DOTS:  # tests and the interpreter (whose bf16 dot is inexact): fp32 all through
+        hi = slab
+        lo = tl.zeros_like(slab)
+        onehot = (cube[:, None] == ids[None, :]).to(tl.float32)
+        low_a, low_b = down.to(tl.float32), up.to(tl.float32)
+    else:
+        hi = slab.to(tl.bfloat16)
+        lo = (slab - hi.to(tl.float32)).to(tl.bfloat16)
+        onehot = (cube[:, None] == ids[None, :]).to(tl.bfloat16)
+        low_a, low_b = down.to(tl.bfloat16), up.to(tl.bfloat16)
+    core_a = tl.reshape(tl.join(onehot, onehot), (BLOCK_M, 2 * NC))
+    core_b = tl.reshape(tl.join(tl.trans(hi), tl.trans(lo)), (BLOCK_N, 2 * NC))
+    a_ext = tl.reshape(tl.join(low_a, core_a), (BLOCK_M, 4 * NC))
+    b_ext = tl.reshape(tl.join(low_b, core_b), (BLOCK_N, 4 * NC))
+    if IEEE_DOTS:
+        return tl.dot(a_ext, tl.trans(b_ext), y, input_precision="ieee")
+    return tl.dot(a_ext, tl.trans(b_ext), y)
+
+
+@triton.jit
 def _scaled_gemm_body(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, core_ptr, cube_of_row_ptr, row_token_ptr,
                       down_ptr, up_ptr, bias_ptr, M, N, K, stride_am, stride_bn, stride_cm,
                       A_GROUPED: tl.constexpr, HAS_A_SCALE: tl.constexpr, HAS_CORE: tl.constexpr,
                       ROW_MAP: tl.constexpr, NC: tl.constexpr,
                       HAS_LORA: tl.constexpr, HAS_BIAS: tl.constexpr, R: tl.constexpr, IEEE_DOTS: tl.constexpr, ACC_INT: tl.constexpr,
                       PROMOTE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                      BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+                      BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, PREFETCH: tl.constexpr = False,
+                      FUSE: tl.constexpr = False):
     # Grouped launch order: neighbouring programs share B tiles in L2.
     pid = tl.program_id(0)
     num_m, num_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
@@ -95,6 +164,10 @@ def _scaled_gemm_body(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, core_ptr, c
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
+    if PREFETCH:  # issue the epilogue's loads before the K loop, so their latency hides behind it
+        cube, first, last, slab, down, up, bias, out_rows = _epilogue_operands(
+            pid_m, rm, rn, M, N, core_ptr, cube_of_row_ptr, row_token_ptr, down_ptr, up_ptr, bias_ptr,
+            HAS_CORE, ROW_MAP, NC, HAS_LORA, HAS_BIAS, R, BLOCK_M)
     a_ptrs = a_ptr + rm[:, None] * stride_am + rk[None, :]
     b_ptrs = b_ptr + rn[:, None] * stride_bn + rk[None, :]
     if ACC_INT:
@@ -118,39 +191,38 @@ def _scaled_gemm_body(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, core_ptr, c
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K
 
+    if not PREFETCH:
+        cube, first, last, slab, down, up, bias, out_rows = _epilogue_operands(
+            pid_m, rm, rn, M, N, core_ptr, cube_of_row_ptr, row_token_ptr, down_ptr, up_ptr, bias_ptr,
+            HAS_CORE, ROW_MAP, NC, HAS_LORA, HAS_BIAS, R, BLOCK_M)
     y = acc.to(tl.float32)
     if HAS_A_SCALE:
         y *= tl.load(a_scale_ptr + rm, mask=rm < M, other=0.0)[:, None]
     y *= tl.load(b_scale_ptr + rn, mask=rn < N, other=0.0)[None, :]
     mask = (rm[:, None] < M) & (rn[None, :] < N)
+    c_next = first
+    if FUSE:  # the low-rank branch and the first NC cubes' core term in one MMA (see _fused_extra)
+        y = _fused_extra(y, cube, first, slab, down, up, IEEE_DOTS, BLOCK_M, BLOCK_N, NC)
+        c_next = first + NC
     if HAS_CORE:  # the core term: one row per cube, broadcast to the cube's tokens
-        cube = tl.load(cube_of_row_ptr + rm, mask=rm < M, other=-1)
-        first = tl.load(cube_of_row_ptr + pid_m * BLOCK_M)
-        last = tl.load(cube_of_row_ptr + min(pid_m * BLOCK_M + BLOCK_M, M) - 1)
-        for c0 in range(first, last + 1, NC):  # one step unless the tile spans many small cubes
+        for c0 in range(c_next, last + 1, NC):  # one step unless the tile spans many small cubes
             ids = c0 + tl.arange(0, NC)
             onehot = (cube[:, None] == ids[None, :]).to(tl.float32)
-            slab = tl.load(core_ptr + ids[:, None] * N + rn[None, :], mask=(ids[:, None] <= last) & (rn[None, :] < N),
-                           other=0.0)
+            if c0 != first:
+                slab = tl.load(core_ptr + ids[:, None] * N + rn[None, :],
+                               mask=(ids[:, None] <= last) & (rn[None, :] < N), other=0.0)
             # Accumulate into y itself: a second [BM, BN] fp32 tile would spill registers.
             if IEEE_DOTS:
                 y = tl.dot(onehot, slab, y, input_precision="ieee")
             else:  # one-hot rows are exact; tf32x3 keeps the core values to ~fp32
                 y = tl.dot(onehot, slab, y, input_precision="tf32x3")
-    if HAS_LORA:
-        r = tl.arange(0, R)
-        down = tl.load(down_ptr + rm[:, None] * R + r[None, :], mask=rm[:, None] < M, other=0.0)
-        up = tl.load(up_ptr + rn[:, None] * R + r[None, :], mask=rn[:, None] < N, other=0.0)
+    if HAS_LORA and not FUSE:
         if IEEE_DOTS:  # fp32 factors (tests) or the interpreter: no TF32 rounding
             y = tl.dot(down.to(up.dtype), tl.trans(up), y, input_precision="ieee")
         else:
             y = tl.dot(down.to(up.dtype), tl.trans(up), y)
     if HAS_BIAS:
-        y += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
-    if ROW_MAP:
-        out_rows = tl.load(row_token_ptr + rm, mask=rm < M, other=0)
-    else:
-        out_rows = rm
+        y += bias[None, :]
     tl.store(c_ptr + out_rows[:, None] * stride_cm + rn[None, :], y.to(c_ptr.dtype.element_ty), mask=mask)
 
 
@@ -161,7 +233,7 @@ def _prune(configs, named_args, **kwargs):
     return configs
 
 
-_KEY = ["M", "N", "K", "A_GROUPED", "ACC_INT"]
+_KEY = ["M", "N", "K", "A_GROUPED", "ACC_INT", "HAS_CORE", "HAS_LORA"]
 scaled_gemm_kernel = triton.autotune(_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune}
                                      )(_scaled_gemm_body)
 grouped_gemm_kernel = triton.autotune(_grouped_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune}
@@ -189,6 +261,9 @@ def scaled_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor | None, 
     if up is not None and interpreting():
         up = up.float()  # the interpreter's bf16 tl.dot is wrong (FACTS.md)
     c = torch.empty(m, n, dtype=out_dtype, device=a.device)
+    # The fused epilogue splits K = 2R into R low-rank and 2·NC core columns; NC = R/2 must be >= 16
+    # (tl.dot's smallest K) for the core steps after the first.
+    fuse = core is not None and up is not None and r >= 32 and FUSE_EPILOGUE
     grouped = a_group_scales is not None
     scale_a = a_group_scales if grouped else a_scale
     dummy = b_scale
@@ -201,7 +276,7 @@ def scaled_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor | None, 
         down.contiguous() if down is not None else dummy, up.contiguous() if up is not None else dummy,
         bias if bias is not None else dummy, m, n, k, a.stride(0), b.stride(0), c.stride(0),
         A_GROUPED=grouped, HAS_A_SCALE=scale_a is not None and not grouped, HAS_CORE=core is not None,
-        ROW_MAP=row_token is not None, NC=16,
+        ROW_MAP=row_token is not None, NC=r // 2 if fuse else 16, FUSE=fuse,
         HAS_LORA=up is not None, HAS_BIAS=bias is not None, R=r,
         IEEE_DOTS=interpreting() or (up is not None and up.dtype == torch.float32), ACC_INT=a.dtype == torch.int8,
         PROMOTE=promote and a.dtype == torch.float8_e4m3fn)

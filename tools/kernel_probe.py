@@ -57,26 +57,40 @@ def main() -> None:
     c = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
     a8 = torch.randint(-100, 100, (m, k), device="cuda", dtype=torch.int8)
     b8 = torch.randint(-100, 100, (n, k), device="cuda", dtype=torch.int8)
-    for cfg in _configs()[:2]:
+    off = dict(HAS_CORE=False, HAS_LORA=False, HAS_BIAS=False, ROW_MAP=False)
+    variants = [("fp8 plain", off, (acts.delta, wq)),
+                ("fp8 +core", dict(off, HAS_CORE=cube is not None), (acts.delta, wq)),
+                ("fp8 +lora", dict(off, HAS_LORA=True), (acts.delta, wq)),
+                ("fp8 +rowmap", dict(off, ROW_MAP=cube is not None), (acts.delta, wq)),
+                ("fp8 full unfused", dict(HAS_CORE=cube is not None, HAS_LORA=True, HAS_BIAS=True,
+                                          ROW_MAP=cube is not None), (acts.delta, wq)),
+                ("fp8 full", dict(HAS_CORE=cube is not None, HAS_LORA=True, HAS_BIAS=True, ROW_MAP=cube is not None,
+                                  FUSE=cube is not None), (acts.delta, wq)),
+                ("fp8 full pf", dict(HAS_CORE=cube is not None, HAS_LORA=True, HAS_BIAS=True, ROW_MAP=cube is not None,
+                                     FUSE=cube is not None, PREFETCH=True), (acts.delta, wq)),
+                ("int8 plain", off, (a8, b8))]
+    for i, cfg in enumerate(_configs()[::2][:3]):
         kw = dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        kw.pop("PREFETCH", None)
         g = (triton.cdiv(m, kw["BLOCK_M"]) * triton.cdiv(n, kw["BLOCK_N"]),)
-        for label, extra, (aa, bb, acc_int) in (
-                ("fp8 promote", dict(HAS_CORE=False, HAS_LORA=False, HAS_BIAS=False, ROW_MAP=False), (acts.delta, wq, True)),
-                ("fp8 plain", dict(HAS_CORE=False, HAS_LORA=False, HAS_BIAS=False, ROW_MAP=False), (acts.delta, wq, False)),
-                ("fp8 full", dict(HAS_CORE=cube is not None, HAS_LORA=True, HAS_BIAS=True, ROW_MAP=cube is not None),
-                 (acts.delta, wq, False)),
-                ("int8 plain", dict(HAS_CORE=False, HAS_LORA=False, HAS_BIAS=False, ROW_MAP=False), (a8, b8, True))):
+        for label, extra, (aa, bb) in (variants if i == 0 else [variants[0], variants[-3], variants[-2]]):
             def run():
                 _scaled_gemm_body[g](aa, bb, c, acts.scale, ws, core, acts.cube_of_row if cube else acts.scale,
                                      acts.row_token if cube else acts.scale, acts.down, up, bias, m, n, k, k, k, n,
                                      A_GROUPED=False, HAS_A_SCALE=True, NC=16, R=32, IEEE_DOTS=False,
-                                     ACC_INT=aa.dtype == torch.int8, PROMOTE=label == "fp8 promote", **extra, **kw)
+                                     ACC_INT=aa.dtype == torch.int8, PROMOTE=False, **extra, **kw)
             try:
                 ms = t(run)
-                print(f"{label:10s} {kw} {ms:.3f} ms {flop / ms:.0f} TFLOP/s")
+                print(f"{label:12s} {kw} {ms:.3f} ms {flop / ms:.0f} TFLOP/s", flush=True)
             except Exception as e:  # a config that does not fit (shared memory, registers)
-                print(f"{label:10s} {kw} failed: {type(e).__name__}: {str(e)[:80]}")
-
+                print(f"{label:12s} {kw} failed: {type(e).__name__}: {str(e)[:80]}", flush=True)
+    import dq_kernels.delta_quantize as dqm
+    for split_k in (1024, 2048, 4096):
+        for warps in (1, 2, 4):
+            dqm.SPLIT_K, dqm.NUM_WARPS = split_k, warps
+            ms = t(lambda: delta_quantize(x, smooth, None, 1, grid, cube))
+            print(f"delta_quantize split {split_k} warps {warps}: {ms:.3f} ms", flush=True)
+    dqm.SPLIT_K, dqm.NUM_WARPS = 2048, 2
 
 if __name__ == "__main__":
     main()

@@ -26,6 +26,7 @@ from dq_cli.quant.plan import LayerPlan
 from dq_kernels.checks import check_finite
 from dq_kernels.formats import k_multiple, pack_weight, pad_k, unpack_weight
 from dq_kernels.hadamard import block_hadamard
+from dq_kernels.smoothing import apply_smooth
 
 
 class QuantLinear(nn.Module):
@@ -118,8 +119,7 @@ class QuantLinear(nn.Module):
         """The PyTorch reference math, whatever the device (the kernels' oracle)."""
         shape = x.shape
         xs = x.reshape(-1, shape[-2] if x.dim() > 2 else shape[0], self.in_features).float()
-        if self.smooth is not None:
-            xs = xs / self.smooth.float()
+        xs = apply_smooth(xs, self.smooth)  # X·(1/λ), as the kernels (dq_kernels.smoothing)
         y = torch.zeros(*xs.shape[:-1], self.out_features, dtype=torch.float32, device=x.device)
         if self.lora_up is not None:  # the 16-bit branch sees the unquantized (smoothed) input
             y += (xs.to(self.lora_down.dtype) @ self.lora_down.T).float() @ self.lora_up.float().T

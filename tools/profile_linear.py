@@ -1,0 +1,68 @@
+"""Where the time of one quantized linear goes on the GPU: torch.profiler's per-kernel CUDA time
+for `dq::w4a4_linear` and `dq::w8a8_linear` at a model's linear shapes (a development probe).
+
+    python -P tools/profile_linear.py --shapes wan-a14b-480p
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+import dq_kernels.linear_ops  # noqa: F401  (registers torch.ops.dq)
+from dq_cli.kernel_bench import CUBE, RANK, SHAPES
+from dq_kernels.int4 import pack_int4, quantize_int4
+from dq_kernels.int8 import quantize_int8_rowwise
+
+
+def kernel_times(fn, reps: int = 5) -> dict[str, float]:
+    """Mean CUDA ms per call of each kernel `fn` launches."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    times = defaultdict(float)
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            times[e.name[:70]] += e.device_time / 1e3 / reps
+    return dict(sorted(times.items(), key=lambda kv: -kv[1]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shapes", default="wan-a14b-480p")
+    a = ap.parse_args()
+    m, grid, layers = SHAPES[a.shapes]
+    seen = set()
+    for layer, k, n, _ in layers:
+        if (k, n) in seen:
+            continue
+        seen.add((k, n))
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5
+        smooth = torch.rand(k, device="cuda") + 0.5
+        down = (torch.randn(RANK, k, device="cuda") / k**0.5).bfloat16()
+        up = (torch.randn(n, RANK, device="cuda") / RANK**0.5).bfloat16()
+        bias = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+        codes, scales = quantize_int4(w.float() * smooth, 64, pow2_scales=True)
+        packed = pack_int4(codes)
+        wi8, swi = quantize_int8_rowwise(w)
+        for name, fn in (
+                ("w4a4", lambda: torch.ops.dq.w4a4_linear(x, packed, scales, smooth, down, up, bias, 1, list(grid),
+                                                         list(CUBE))),
+                ("w8a8", lambda: torch.ops.dq.w8a8_linear(x, wi8, swi, smooth, bias))):
+            times = kernel_times(fn)
+            print(f"== {a.shapes} {layer} {m}x{k}->{n} {name}: {sum(times.values()):.3f} ms in kernels")
+            for kname, ms in times.items():
+                print(f"   {ms:8.3f} ms  {kname}")
+        del x, w
+
+
+if __name__ == "__main__":
+    main()
