@@ -54,7 +54,8 @@ def scaled_gemm_reference(a, b, a_scale, b_scale, *, a_group_scales=None, core=N
     return y.to(out_dtype)
 
 
-FUSE_EPILOGUE = True       # probe switch: core term and low-rank branch in one MMA (_fused_extra)
+FUSE_EPILOGUE = True  # core term and low-rank branch in one MMA (_fused_extra)
+CORE_SELECT = True    # core term added row by row where a tile holds few cubes (SELECT in the kernel)
 
 
 def _configs() -> list[triton.Config]:
@@ -82,15 +83,18 @@ def _grouped_configs() -> list[triton.Config]:
 @triton.jit
 def _epilogue_operands(pid_m, rm, rn, M, N, core_ptr, cube_of_row_ptr, row_token_ptr, down_ptr, up_ptr, bias_ptr,
                        HAS_CORE: tl.constexpr, ROW_MAP: tl.constexpr, NC: tl.constexpr, HAS_LORA: tl.constexpr,
-                       HAS_BIAS: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr):
+                       HAS_BIAS: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr, SELECT: tl.constexpr):
     """What the epilogue reads besides the accumulator (unused ones are compiled away)."""
     if HAS_CORE:
         cube = tl.load(cube_of_row_ptr + rm, mask=rm < M, other=-1)
         first = tl.load(cube_of_row_ptr + pid_m * BLOCK_M)
         last = tl.load(cube_of_row_ptr + min(pid_m * BLOCK_M + BLOCK_M, M) - 1)
-        ids = first + tl.arange(0, NC)
-        slab = tl.load(core_ptr + ids[:, None] * N + rn[None, :], mask=(ids[:, None] <= last) & (rn[None, :] < N),
-                       other=0.0)
+        if SELECT:  # loaded only if the tile falls back to the one-hot loop
+            slab = tl.zeros((NC, rn.shape[0]), dtype=tl.float32)
+        else:
+            ids = first + tl.arange(0, NC)
+            slab = tl.load(core_ptr + ids[:, None] * N + rn[None, :],
+                           mask=(ids[:, None] <= last) & (rn[None, :] < N), other=0.0)
     else:
         cube, first, last = rm, 0, 0
         slab = tl.zeros((NC, rn.shape[0]), dtype=tl.float32)
@@ -151,7 +155,7 @@ def _scaled_gemm_body(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, core_ptr, c
                       HAS_LORA: tl.constexpr, HAS_BIAS: tl.constexpr, R: tl.constexpr, IEEE_DOTS: tl.constexpr, ACC_INT: tl.constexpr,
                       PROMOTE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                       BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, PREFETCH: tl.constexpr = False,
-                      FUSE: tl.constexpr = False):
+                      FUSE: tl.constexpr = False, SELECT: tl.constexpr = False, SELECT_MAX: tl.constexpr = 4):
     # Grouped launch order: neighbouring programs share B tiles in L2.
     pid = tl.program_id(0)
     num_m, num_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
@@ -167,7 +171,7 @@ def _scaled_gemm_body(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, core_ptr, c
     if PREFETCH:  # issue the epilogue's loads before the K loop, so their latency hides behind it
         cube, first, last, slab, down, up, bias, out_rows = _epilogue_operands(
             pid_m, rm, rn, M, N, core_ptr, cube_of_row_ptr, row_token_ptr, down_ptr, up_ptr, bias_ptr,
-            HAS_CORE, ROW_MAP, NC, HAS_LORA, HAS_BIAS, R, BLOCK_M)
+            HAS_CORE, ROW_MAP, NC, HAS_LORA, HAS_BIAS, R, BLOCK_M, SELECT)
     a_ptrs = a_ptr + rm[:, None] * stride_am + rk[None, :]
     b_ptrs = b_ptr + rn[:, None] * stride_bn + rk[None, :]
     if ACC_INT:
@@ -194,21 +198,29 @@ def _scaled_gemm_body(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, core_ptr, c
     if not PREFETCH:
         cube, first, last, slab, down, up, bias, out_rows = _epilogue_operands(
             pid_m, rm, rn, M, N, core_ptr, cube_of_row_ptr, row_token_ptr, down_ptr, up_ptr, bias_ptr,
-            HAS_CORE, ROW_MAP, NC, HAS_LORA, HAS_BIAS, R, BLOCK_M)
+            HAS_CORE, ROW_MAP, NC, HAS_LORA, HAS_BIAS, R, BLOCK_M, SELECT)
     y = acc.to(tl.float32)
     if HAS_A_SCALE:
         y *= tl.load(a_scale_ptr + rm, mask=rm < M, other=0.0)[:, None]
     y *= tl.load(b_scale_ptr + rn, mask=rn < N, other=0.0)[None, :]
     mask = (rm[:, None] < M) & (rn[None, :] < N)
     c_next = first
-    if FUSE:  # the low-rank branch and the first NC cubes' core term in one MMA (see _fused_extra)
+    if HAS_CORE and SELECT:
+        # A tile of big cubes (the common case: 64-token cubes, 2 per 128-row tile) adds each cube's
+        # row where it applies: elementwise, exact, no MMA. Many small cubes take the one-hot loop.
+        if last - first < SELECT_MAX:
+            for c in range(first, last + 1):
+                row = tl.load(core_ptr + c * N + rn, mask=rn < N, other=0.0)
+                y += tl.where(cube[:, None] == c, row[None, :], 0.0)
+            c_next = last + 1
+    if FUSE and not SELECT:  # the low-rank branch and the first NC cubes' core term in one MMA
         y = _fused_extra(y, cube, first, slab, down, up, IEEE_DOTS, BLOCK_M, BLOCK_N, NC)
         c_next = first + NC
     if HAS_CORE:  # the core term: one row per cube, broadcast to the cube's tokens
         for c0 in range(c_next, last + 1, NC):  # one step unless the tile spans many small cubes
             ids = c0 + tl.arange(0, NC)
             onehot = (cube[:, None] == ids[None, :]).to(tl.float32)
-            if c0 != first:
+            if SELECT or c0 != first:
                 slab = tl.load(core_ptr + ids[:, None] * N + rn[None, :],
                                mask=(ids[:, None] <= last) & (rn[None, :] < N), other=0.0)
             # Accumulate into y itself: a second [BM, BN] fp32 tile would spill registers.
@@ -216,7 +228,7 @@ def _scaled_gemm_body(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, core_ptr, c
                 y = tl.dot(onehot, slab, y, input_precision="ieee")
             else:  # one-hot rows are exact; tf32x3 keeps the core values to ~fp32
                 y = tl.dot(onehot, slab, y, input_precision="tf32x3")
-    if HAS_LORA and not FUSE:
+    if HAS_LORA and (SELECT or not FUSE):
         if IEEE_DOTS:  # fp32 factors (tests) or the interpreter: no TF32 rounding
             y = tl.dot(down.to(up.dtype), tl.trans(up), y, input_precision="ieee")
         else:
@@ -233,7 +245,7 @@ def _prune(configs, named_args, **kwargs):
     return configs
 
 
-_KEY = ["M", "N", "K", "A_GROUPED", "ACC_INT", "HAS_CORE", "HAS_LORA"]
+_KEY = ["M", "N", "K", "A_GROUPED", "ACC_INT", "HAS_CORE", "HAS_LORA", "SELECT"]
 scaled_gemm_kernel = triton.autotune(_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune}
                                      )(_scaled_gemm_body)
 grouped_gemm_kernel = triton.autotune(_grouped_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune}
@@ -245,9 +257,11 @@ def scaled_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor | None, 
                 cube_of_row: torch.Tensor | None = None, row_token: torch.Tensor | None = None,
                 down: torch.Tensor | None = None,
                 up: torch.Tensor | None = None, bias: torch.Tensor | None = None,
-                out_dtype: torch.dtype = torch.bfloat16, promote: bool = False) -> torch.Tensor:
+                out_dtype: torch.dtype = torch.bfloat16, promote: bool = False,
+                core_select: bool | None = None) -> torch.Tensor:
     """A [M, K] and B [N, K], both E4M3 or both INT8 (K-major), → Y [M, N] in `out_dtype`.
-    `core` [n_cubes, N] fp32 with `cube_of_row` (non-decreasing); `row_token` scatters the rows."""
+    `core` [n_cubes, N] fp32 with `cube_of_row` (non-decreasing); `row_token` scatters the rows.
+    `core_select` (default CORE_SELECT): how the epilogue adds the core term (see the kernel)."""
     m, k = a.shape
     n = b.shape[0]
     if b.shape[1] != k or a.dtype != b.dtype:
@@ -277,6 +291,7 @@ def scaled_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor | None, 
         bias if bias is not None else dummy, m, n, k, a.stride(0), b.stride(0), c.stride(0),
         A_GROUPED=grouped, HAS_A_SCALE=scale_a is not None and not grouped, HAS_CORE=core is not None,
         ROW_MAP=row_token is not None, NC=r // 2 if fuse else 16, FUSE=fuse,
+        SELECT=core is not None and (CORE_SELECT if core_select is None else core_select),
         HAS_LORA=up is not None, HAS_BIAS=bias is not None, R=r,
         IEEE_DOTS=interpreting() or (up is not None and up.dtype == torch.float32), ACC_INT=a.dtype == torch.int8,
         PROMOTE=promote and a.dtype == torch.float8_e4m3fn)

@@ -62,8 +62,10 @@ def main() -> None:
                 ("fp8 +core", dict(off, HAS_CORE=cube is not None), (acts.delta, wq)),
                 ("fp8 +lora", dict(off, HAS_LORA=True), (acts.delta, wq)),
                 ("fp8 +rowmap", dict(off, ROW_MAP=cube is not None), (acts.delta, wq)),
-                ("fp8 full unfused", dict(HAS_CORE=cube is not None, HAS_LORA=True, HAS_BIAS=True,
-                                          ROW_MAP=cube is not None), (acts.delta, wq)),
+                ("fp8 full select", dict(HAS_CORE=cube is not None, HAS_LORA=True, HAS_BIAS=True,
+                                         ROW_MAP=cube is not None, SELECT=True), (acts.delta, wq)),
+                ("fp8 full sel pf", dict(HAS_CORE=cube is not None, HAS_LORA=True, HAS_BIAS=True,
+                                         ROW_MAP=cube is not None, SELECT=True, PREFETCH=True), (acts.delta, wq)),
                 ("fp8 full", dict(HAS_CORE=cube is not None, HAS_LORA=True, HAS_BIAS=True, ROW_MAP=cube is not None,
                                   FUSE=cube is not None), (acts.delta, wq)),
                 ("fp8 full pf", dict(HAS_CORE=cube is not None, HAS_LORA=True, HAS_BIAS=True, ROW_MAP=cube is not None,
@@ -73,7 +75,7 @@ def main() -> None:
         kw = dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         kw.pop("PREFETCH", None)
         g = (triton.cdiv(m, kw["BLOCK_M"]) * triton.cdiv(n, kw["BLOCK_N"]),)
-        for label, extra, (aa, bb) in (variants if i == 0 else [variants[0], variants[-3], variants[-2]]):
+        for label, extra, (aa, bb) in (variants if i == 0 else variants[4:-1]):
             def run():
                 _scaled_gemm_body[g](aa, bb, c, acts.scale, ws, core, acts.cube_of_row if cube else acts.scale,
                                      acts.row_token if cube else acts.scale, acts.down, up, bias, m, n, k, k, k, n,
@@ -84,13 +86,6 @@ def main() -> None:
                 print(f"{label:12s} {kw} {ms:.3f} ms {flop / ms:.0f} TFLOP/s", flush=True)
             except Exception as e:  # a config that does not fit (shared memory, registers)
                 print(f"{label:12s} {kw} failed: {type(e).__name__}: {str(e)[:80]}", flush=True)
-    import dq_kernels.delta_quantize as dqm
-    for split_k in (1024, 2048, 4096):
-        for warps in (1, 2, 4):
-            dqm.SPLIT_K, dqm.NUM_WARPS = split_k, warps
-            ms = t(lambda: delta_quantize(x, smooth, None, 1, grid, cube))
-            print(f"delta_quantize split {split_k} warps {warps}: {ms:.3f} ms", flush=True)
-    dqm.SPLIT_K, dqm.NUM_WARPS = 2048, 2
 
 if __name__ == "__main__":
     main()
