@@ -55,7 +55,10 @@ def scaled_gemm_reference(a, b, a_scale, b_scale, *, a_group_scales=None, core=N
 
 
 FUSE_EPILOGUE = True  # core term and low-rank branch in one MMA (_fused_extra)
-CORE_SELECT = True    # core term added row by row where a tile holds few cubes (SELECT in the kernel)
+# The core term added row by row where a tile holds few cubes (SELECT in the kernel) instead of by
+# the fused MMA: slower on an H200 (2.18 against 1.83 ms at 32,760×5,120×5,120 with 128×256 tiles,
+# 1.96 against 1.76 with 256×128; tools/kernel_probe.py), so off; kept for GPUs where it may win.
+CORE_SELECT = False
 
 
 def _configs() -> list[triton.Config]:
