@@ -21,7 +21,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from diffusers import ContextParallelConfig
+from diffusers.models.attention import AttentionModuleMixin
 from diffusers.hooks import HookRegistry, ModelHook
 from torch.distributed.device_mesh import init_device_mesh
 
@@ -157,12 +159,60 @@ def enable_context_parallel(adapter, world: World, degree: int) -> SplitStats:
             raise DQError(f"--context-parallel: {name}: {e}") from None
         HookRegistry.check_if_exists_or_initialize(model).register_hook(SequenceCheck(adapter, stats),
                                                                         SEQUENCE_CHECK_HOOK)
+        for module in model.modules():
+            if isinstance(module, AttentionModuleMixin):
+                HookRegistry.check_if_exists_or_initialize(module).register_hook(
+                    MaskHeads(mesh["ulysses"].get_local_rank(), degree), MASK_HEADS_HOOK)
         blocks = transformer_blocks(model)
         if blocks:  # the first block's output: after diffusers split its input (Wan) or the model's (LTX)
             blocks[0][1].register_forward_hook(count)
     ulysses = mesh["ulysses"]
     adapter.state.shard = SequenceShard(ulysses.get_group(), ulysses.get_local_rank(), degree)
     return stats
+
+
+class _MaskHeadsMode(torch.overrides.TorchFunctionMode):
+    """Under Ulysses an SDPA call sees 1/N of the heads (diffusers' TemplatedUlyssesAttention all-to-alls
+    q, k, v to [B, heads/N, S, D] and all-gathers a sequence-split mask along its last dim), but a mask
+    that a processor already shaped per head keeps all of them: LTX-Video's cross-attention mask is
+    [B, heads, 1, S] (diffusers 0.42.1 models/transformers/transformer_ltx.py:77), and SDPA fails with
+    "The size of tensor a (heads/N) must match the size of tensor b (heads)". Give SDPA this process's
+    heads of the mask (chunk r of the all-to-all holds heads [r·heads/N, (r+1)·heads/N))."""
+
+    def __init__(self, rank: int, degree: int):
+        super().__init__()
+        self.rank, self.degree = rank, degree
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func is F.scaled_dot_product_attention:
+            args = list(args)
+            query = args[0] if args else kwargs["query"]
+            in_args = len(args) > 3
+            mask = args[3] if in_args else kwargs.get("attn_mask")
+            heads = query.shape[1] if query.dim() == 4 else None
+            if mask is not None and heads and mask.dim() == 4 and mask.shape[1] == heads * self.degree:
+                mask = mask[:, self.rank * heads: (self.rank + 1) * heads]
+                if in_args:
+                    args[3] = mask
+                else:
+                    kwargs["attn_mask"] = mask
+        return func(*args, **kwargs)
+
+
+class MaskHeads(ModelHook):
+    """Runs an attention module under `_MaskHeadsMode`."""
+
+    def __init__(self, rank: int, degree: int):
+        super().__init__()
+        self.rank, self.degree = rank, degree
+
+    def new_forward(self, module, *args, **kwargs):
+        with _MaskHeadsMode(self.rank, self.degree):
+            return self.fn_ref.original_forward(*args, **kwargs)
+
+
+MASK_HEADS_HOOK = "dq_cp_mask_heads"
 
 
 @contextmanager
