@@ -25,6 +25,16 @@ from dq_cli.quant.plan import LayerPlan
 from dq_cli.quant.sequence import _layout
 
 PY = sys.executable
+# CPU processes with gloo always; 2 GPUs with NCCL (and gloo for the CPU statistics) where there are two.
+DEVICES = [pytest.param("cpu", marks=pytest.mark.slow),
+           pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+               torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")])]
+
+
+def _has_mp4_writer() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("imageio_ffmpeg") is not None
 DRIVER = Path(__file__).with_name("distributed_driver.py")
 PROMPTS = ["a cat dancing in the rain", "a dog running on the beach", "a red car on a road"]
 
@@ -146,15 +156,16 @@ def test_sharded_layer_rounds_like_one_process(tmp_path):
 
 
 # ------------------------------------------------------------------ data-parallel calibration
-def _compare_artifacts(one: Path, two: Path) -> None:
+def _compare_artifacts(one: Path, two: Path, rtol: float = 1e-5) -> None:
     """Equal within float tolerance, and what cannot depend on floats exactly.
 
     Each prompt runs the same arithmetic in either setting (same seeds, same single thread), so the
     artifacts are in fact bit-identical on this CPU. The tolerance covers what may legitimately
     differ on another machine: CPU kernels (GEMM, SDPA) may reduce in another order in another
     process layout, ~1e-6 relative in fp32 values; a stored bf16 token may then round to the
-    neighbouring bf16 value, one bf16 ulp (2⁻⁸ relative). The choice of tokens (keys come from
-    (seed, prompt, position), never from values), their metadata and NaN patterns must match exactly."""
+    neighbouring bf16 value, one bf16 ulp (2⁻⁸ relative). On GPUs the model runs in bf16, so `rtol`
+    is one bf16 ulp there for every value. The choice of tokens (keys come from (seed, prompt,
+    position), never from values), their metadata and NaN patterns must match exactly."""
     a, b = load_file(str(one.with_suffix(".safetensors"))), load_file(str(two.with_suffix(".safetensors")))
     assert a.keys() == b.keys()
     for key in a:
@@ -167,29 +178,30 @@ def _compare_artifacts(one: Path, two: Path) -> None:
         else:
             nan = torch.isnan(x)
             assert torch.equal(nan, torch.isnan(y)), key
-            assert torch.allclose(x[~nan], y[~nan], rtol=1e-5, atol=1e-7), key
+            assert torch.allclose(x[~nan], y[~nan], rtol=rtol, atol=1e-7), key
     ja, jb = json.loads(one.with_suffix(".json").read_text()), json.loads(two.with_suffix(".json").read_text())
     assert (ja.pop("processes"), jb.pop("processes")) == (1, 2)
     ja.pop("tensors"), jb.pop("tensors")
     assert ja == jb
 
 
-@pytest.mark.slow
-def test_data_parallel_calibration_equals_one_process(family_dir, tmp_path):
-    """`torchrun --nproc-per-node 2 -m dq_cli calibrate` (gloo, CPU) on 3 prompts (2 + 1 per process)
-    with 6Bit trajectories writes the artifact that one process writes."""
+@pytest.mark.parametrize("device", DEVICES)
+def test_data_parallel_calibration_equals_one_process(family_dir, tmp_path, device):
+    """`torchrun --nproc-per-node 2 -m dq_cli calibrate` (gloo on the CPU; NCCL + gloo on 2 GPUs) on
+    3 prompts (2 + 1 per process) with 6Bit trajectories writes the artifact one process writes."""
     (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
     data = recipe_data("wan", family_dir("wan"), prompts=tmp_path / "prompts.txt",
                        calibration={"num_prompts": 3, "steps": 3, "tokens_per_layer": 64, "step_ranges": 2},
                        quantization={"default": {"method": "rtn", "weight": "nvfp4", "activation": "nvfp4"}},
                        predictor={"routes": ["nvfp4", "int8"]})
     recipe = write_recipe(tmp_path / "r.yaml", data)
-    run_dq("calibrate", "-r", recipe, "-o", tmp_path / "one", "-q")
-    out = torchrun(["-m", "dq_cli", "calibrate", "-r", recipe, "-o", tmp_path / "two"], cwd=tmp_path)
+    run_dq("calibrate", "-r", recipe, "-o", tmp_path / "one", "-q", "--device", device)
+    out = torchrun(["-m", "dq_cli", "calibrate", "-r", recipe, "-o", tmp_path / "two", "--device", device],
+                   cwd=tmp_path)
     assert "data-parallel over 2 processes: 3 prompts" in out.stderr
     assert out.stderr.count("wrote ") == 1  # process 0 alone writes
     assert not list(tmp_path.glob(".*partial"))
-    _compare_artifacts(tmp_path / "one", tmp_path / "two")
+    _compare_artifacts(tmp_path / "one", tmp_path / "two", rtol=1e-5 if device == "cpu" else 2 ** -7)
     cal = json.loads((tmp_path / "two.json").read_text())
     assert cal["prompts"] == 3 and cal["forwards"] == 3 * 3 * 2 and cal["branches"] == ["cond", "uncond"]
     assert all(layer["tokens"] == 64 for layer in cal["layers"].values())
@@ -236,8 +248,8 @@ def _nvfp4(tmp_path: Path, folder: Path, family: str) -> Path:
     return tmp_path / f"{family}-nvfp4.safetensors"
 
 
-@pytest.mark.slow
-def test_context_parallel_generation_equals_one_process(family_dir, tmp_path):
+@pytest.mark.parametrize("device", DEVICES)
+def test_context_parallel_generation_equals_one_process(family_dir, tmp_path, device, monkeypatch):
     """`dq generate --context-parallel 2` in 2 gloo processes (one torchrun launch, one command after
     another) against `dq generate` in one process, same seed: unquantized Wan and LTX-Video, Wan with
     DeltaQuant (NVFP4 deltas, cubes cut by the boundary), Wan with 6Bit-Diffusion routing + TDC
@@ -248,7 +260,16 @@ def test_context_parallel_generation_equals_one_process(family_dir, tmp_path):
     ulp-level differences that can move a pixel across a uint8 rounding boundary. So at most one
     level anywhere and 0.1% of the values may differ (on this CPU the frames are bit-identical).
     The negative control — the same DeltaQuant run with each process rounding its slice on its own
-    (per-slice NVFP4 scales and cube means) — must miss that bound."""
+    (per-slice NVFP4 scales and cube means) — must miss that bound.
+
+    On 2 GPUs (bf16) the GEMMs of half as many rows may take other cuBLAS kernels, whose rounding
+    differs in the last bf16 bit and grows over the steps: there the bound is 30 dB PSNR against the
+    one-GPU frames, and the numbers are printed (and kept in gpu_differences.json)."""
+    mp4 = _has_mp4_writer()
+    if not mp4:  # GPU images without imageio-ffmpeg: compare the saved frames only
+        import dq_cli.video
+
+        monkeypatch.setattr(dq_cli.video, "write_mp4", lambda *a, **k: None)
     (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
     wan, ltx = family_dir("wan"), family_dir("ltx")
     size = {"wan": ["--frames", 9, "--height", 64, "--width", 64], "ltx": ["--frames", 9, "--height", 32, "--width", 32]}
@@ -262,28 +283,38 @@ def test_context_parallel_generation_equals_one_process(family_dir, tmp_path):
 
     def args(name: str, tag: str) -> list[str]:
         folder, family, extra = runs[name]
-        return [str(a) for a in ["generate", "-m", folder, "-p", PROMPTS[0], *size[family], *extra,
+        return [str(a) for a in ["generate", "-m", folder, "-p", PROMPTS[0], *size[family], *extra, "--device", device,
                                  "-o", tmp_path / f"{name}-{tag}.mp4", "--save-frames", tmp_path / f"{name}-{tag}.npy"]]
 
     one_err = {name: run_dq(*args(name, "one")).stderr for name in runs}
-    commands = [{"args": args(name, "two") + ["--context-parallel", "2"]} for name in runs]
-    commands.append({"args": args("wan-dq", "local") + ["--context-parallel", "2"], "local_scales": True})
+    commands = [{"args": args(name, "two") + ["--context-parallel", "2"], "no_mp4": not mp4} for name in runs]
+    commands.append({"args": args("wan-dq", "local") + ["--context-parallel", "2"], "local_scales": True,
+                     "no_mp4": not mp4})
     (tmp_path / "commands.json").write_text(json.dumps(commands))
     out = torchrun([DRIVER, tmp_path / "commands.json"], cwd=tmp_path).stderr
     assert out.count("context-parallel over 2 processes (Ulysses): 24 of 48 video tokens per process") == 4
     assert out.count("context-parallel over 2 processes (Ulysses): 96 of 192 video tokens per process") == 2
 
-    def differs(name: str, tag: str) -> tuple[int, float]:
+    def differs(name: str, tag: str) -> tuple[int, float, float]:
+        """(largest difference in levels, fraction of values that differ, PSNR in dB)."""
         a = np.load(tmp_path / f"{name}-one.npy").astype(int)
         b = np.load(tmp_path / f"{name}-{tag}.npy").astype(int)
         assert a.shape == b.shape and a.std() > 5  # a real video, not a flat frame
-        return int(np.abs(a - b).max()), float((a != b).mean())
+        mse = float(((a - b) ** 2).mean())
+        return int(np.abs(a - b).max()), float((a != b).mean()), 10 * np.log10(255 ** 2 / mse) if mse else float("inf")
 
-    for name in runs:
-        worst, fraction = differs(name, "two")
-        assert worst <= 1 and fraction <= 1e-3, (name, worst, fraction)
-    worst, fraction = differs("wan-dq", "local")
-    assert worst > 1 and fraction > 1e-2, (worst, fraction)
+    found = {name: differs(name, "two") for name in runs} | {"wan-dq local scales": differs("wan-dq", "local")}
+    if device == "cuda":
+        (tmp_path / "gpu_differences.json").write_text(json.dumps(found, indent=1))
+        print("differences from one GPU (max level, fraction):", json.dumps(found))
+    control = found.pop("wan-dq local scales")
+    for name, (worst, fraction, psnr) in found.items():
+        if device == "cpu":
+            assert worst <= 1 and fraction <= 1e-3, (name, worst, fraction)
+        else:
+            assert psnr >= 30, (name, worst, fraction, psnr)
+    if device == "cpu":
+        assert control[0] > 1 and control[1] > 1e-2, control
     # 6Bit-Diffusion decided alike: the same routes and the same TDC skips as one process.
     line = re.compile(r"activations: .*skipped \d+ of \d+ block evaluations.*")
     assert line.search(one_err["wan-6bit"]).group(0) in out
