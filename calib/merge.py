@@ -38,7 +38,8 @@ def reduce_reservoir(r: TokenReservoir, group=None, dst: int = 0) -> None:
     tickets = torch.full((cap,), -1, dtype=torch.int64)
     keys[: r.filled], tickets[: r.filled] = r.keys[: r.filled], r.tickets[: r.filled]
     counts = torch.tensor([r.filled, r.seen], dtype=torch.int64)
-    all_keys, all_tickets = [torch.empty_like(keys) for _ in range(world)], [torch.empty_like(tickets) for _ in range(world)]
+    all_keys = [torch.empty_like(keys) for _ in range(world)]
+    all_tickets = [torch.empty_like(tickets) for _ in range(world)]
     all_counts = [torch.empty_like(counts) for _ in range(world)]
     dist.all_gather(all_keys, keys, group=group)
     dist.all_gather(all_tickets, tickets, group=group)

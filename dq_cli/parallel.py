@@ -31,6 +31,7 @@ from dq_cli.errors import DQError
 from dq_cli.quant.runtime import transformer_blocks
 from dq_cli.quant.sequence import SequenceShard
 
+
 @dataclass(frozen=True)
 class World:
     rank: int
@@ -89,6 +90,7 @@ def world(device: str):
 
 # ---- context parallelism --------------------------------------------------------------------------
 SEQUENCE_CHECK_HOOK = "dq_sequence_check"
+MASK_HEADS_HOOK = "dq_cp_mask_heads"
 
 
 @dataclass
@@ -211,8 +213,6 @@ class MaskHeads(ModelHook):
         with _MaskHeadsMode(self.rank, self.degree):
             return self.fn_ref.original_forward(*args, **kwargs)
 
-
-MASK_HEADS_HOOK = "dq_cp_mask_heads"
 
 
 @contextmanager

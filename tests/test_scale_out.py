@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import recipe_data, run_dq, tm, write_recipe
+from conftest import recipe_data, run_dq, write_recipe
 from dq_cli.errors import DQError
 from dq_cli.models.base import ForwardState
 from dq_cli.quant.plan import LayerPlan
@@ -272,7 +272,8 @@ def test_context_parallel_generation_equals_one_process(family_dir, tmp_path, de
         monkeypatch.setattr(dq_cli.video, "write_mp4", lambda *a, **k: None)
     (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
     wan, ltx = family_dir("wan"), family_dir("ltx")
-    size = {"wan": ["--frames", 9, "--height", 64, "--width", 64], "ltx": ["--frames", 9, "--height", 32, "--width", 32]}
+    size = {"wan": ["--frames", 9, "--height", 64, "--width", 64],
+            "ltx": ["--frames", 9, "--height", 32, "--width", 32]}
     runs = {  # name -> (model folder, family, extra args)
         "wan": (wan, "wan", ["--steps", 3]),
         "wan-dq": (wan, "wan", ["--steps", 3, "-c", _delta_quant(tmp_path, wan)]),

@@ -44,7 +44,9 @@ def quantize_input(x: torch.Tensor, plan: LayerPlan, state: ForwardState | None,
     def flat(v: torch.Tensor) -> torch.Tensor:
         v2 = v.reshape(-1, v.shape[-1])
         # NVFP4's per-tensor scale is the only one that is not token-local: the max over all slices.
-        amax = shard.all_max(v2.detach().float().abs().amax()) if shard is not None and plan.activation == "nvfp4" else None
+        amax = None
+        if shard is not None and plan.activation == "nvfp4":
+            amax = shard.all_max(v2.detach().float().abs().amax())
         return fake_quant(v2, plan.activation, plan.group_size, amax=amax).reshape(v.shape)
 
     if plan.method == "deltaquant" and sees_video and _sharded_video(x, state):
