@@ -1,10 +1,16 @@
-"""Streaming activation statistics with bounded memory, whatever the number of prompts.
+"""Streaming activation statistics with bounded memory, whatever the number of prompts, and
+mergeable: statistics gathered on several processes (each on its own prompts) combine into exactly
+what one process gathering every prompt would hold.
 
 - `ChannelAbsMax`: per input channel max |x|, one row per step range (SmoothQuant's statistic;
-  step ranges because activation ranges drift across denoising).
-- `TokenReservoir`: a uniform sample of input tokens (Algorithm R, vectorised) with where each
-  came from: step, CFG branch and grid position (t, h, w), or -1 for non-video tokens. The
-  smoothing search and DeltaQuant's cube statistics are computed on it.
+  step ranges because activation ranges drift across denoising). Merges by max.
+- `TokenReservoir`: a uniform sample of input tokens with where each came from: step, CFG branch
+  and grid position (t, h, w), or -1 for non-video tokens. The smoothing search and DeltaQuant's
+  cube statistics are computed on it. Bottom-k sampling: every token gets a random key and the
+  `capacity` smallest keys are kept, which is a uniform sample without replacement. The keys of a
+  prompt's tokens come from a generator seeded by (seed, prompt index) (`begin_stream`), so a
+  token's key does not depend on which process ran its prompt or in which order: a union of
+  reservoirs keeps the k smallest keys of all, the same tokens as one pass over every prompt.
 """
 
 from __future__ import annotations
@@ -15,6 +21,9 @@ import torch
 
 # Columns of TokenReservoir.meta.
 META_COLUMNS = ("step", "branch", "t", "h", "w")
+# A token's ticket = stream << TICKET_BITS | position in the stream: the tie-break between equal keys
+# (torch.rand doubles have 53 bits: ties are rare, but then the order must still not depend on ranks).
+TICKET_BITS = 40
 
 
 class ChannelAbsMax:
@@ -29,50 +38,83 @@ class ChannelAbsMax:
         torch.maximum(self.value, other.value, out=self.value)
 
 
+def stream_seed(seed: int, stream: int) -> int:
+    """The generator seed of one stream (prompt) of a reservoir seeded with `seed`: splitmix64 of the
+    pair, cut to the 32 bits torch's CPU generator (mt19937) keeps of a seed."""
+    z = (((seed & 0xFFFFFFFF) << 32) | (stream & 0xFFFFFFFF)) + 0x9E3779B97F4A7C15
+    z &= (1 << 64) - 1
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & ((1 << 64) - 1)
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & ((1 << 64) - 1)
+    return (z ^ (z >> 31)) & 0xFFFFFFFF
+
+
+def smallest(keys: torch.Tensor, tickets: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k smallest (key, ticket) pairs, in that order (lexicographic, exact)."""
+    order = torch.sort(tickets, stable=True).indices
+    order = order[torch.sort(keys[order], stable=True).indices]
+    return order[:k]
+
+
 class TokenReservoir:
-    """Keeps `capacity` tokens, each seen token kept with equal probability."""
+    """Keeps `capacity` tokens, each seen token kept with equal probability (bottom-k sampling)."""
 
     def __init__(self, in_features: int, capacity: int, seed: int = 0):
         self.tokens = torch.zeros(capacity, in_features)
         self.meta = torch.full((capacity, len(META_COLUMNS)), -1, dtype=torch.int32)
-        self.capacity, self.seen = capacity, 0
-        self.generator = torch.Generator().manual_seed(seed)
+        self.keys = torch.full((capacity,), float("inf"), dtype=torch.float64)
+        self.tickets = torch.full((capacity,), -1, dtype=torch.int64)
+        self.capacity, self.seed, self.seen, self.filled = capacity, seed, 0, 0
+        self.begin_stream(0)
 
-    @property
-    def filled(self) -> int:
-        return min(self.seen, self.capacity)
+    def begin_stream(self, stream: int) -> None:
+        """Tokens from here on belong to `stream` (calibration: the prompt's index in the prompt list)."""
+        if not 0 <= stream < 1 << (63 - TICKET_BITS):
+            raise ValueError(f"stream {stream} out of range")
+        self.stream, self.position = stream, 0
+        self.generator = torch.Generator().manual_seed(stream_seed(self.seed, stream))
 
     def update(self, x: torch.Tensor, meta: torch.Tensor) -> None:
         x, meta = x.detach().float().cpu(), meta.to(torch.int32).cpu()
         n = x.shape[0]
-        free = max(0, min(self.capacity - self.seen, n))
-        if free:
-            self.tokens[self.seen : self.seen + free] = x[:free]
-            self.meta[self.seen : self.seen + free] = meta[:free]
-        if free < n:
-            # Token number i (1-based, over the whole stream) replaces a random slot with
-            # probability capacity / i: draw j uniform in [0, i) and keep it if j < capacity.
-            index = torch.arange(self.seen + free + 1, self.seen + n + 1, dtype=torch.float64)
-            draw = (torch.rand(n - free, generator=self.generator, dtype=torch.float64) * index).long()
-            keep = draw < self.capacity
-            slots, rows = _last_per_slot(draw[keep], torch.arange(free, n)[keep])
-            self.tokens[slots] = x[rows]
-            self.meta[slots] = meta[rows]
-        self.seen += n
+        keys = torch.rand(n, generator=self.generator, dtype=torch.float64)
+        tickets = (self.stream << TICKET_BITS) + self.position + torch.arange(n, dtype=torch.int64)
+        self.seen, self.position = self.seen + n, self.position + n
+        if self.capacity == 0:
+            return
+        if self.filled == self.capacity:  # only keys under the largest kept one can enter
+            candidates = keys <= self.keys.max()
+            keys, tickets, x, meta = keys[candidates], tickets[candidates], x[candidates], meta[candidates]
+            if keys.numel() == 0:
+                return
+        self._admit(keys, tickets, x, meta)
+
+    def _admit(self, keys, tickets, tokens, meta) -> None:
+        """Keep the `capacity` smallest of the kept and the new keys; new tokens that enter take the
+        slots of the evicted ones (the stored tokens are never copied as a whole)."""
+        f = self.filled
+        keep = smallest(torch.cat([self.keys[:f], keys]), torch.cat([self.tickets[:f], tickets]), self.capacity)
+        entering = keep[keep >= f] - f
+        stays = torch.zeros(f, dtype=torch.bool)
+        stays[keep[keep < f]] = True
+        slots = torch.cat([torch.nonzero(~stays).flatten(), torch.arange(f, self.capacity)])[: entering.numel()]
+        self.keys[slots], self.tickets[slots] = keys[entering], tickets[entering]
+        self.tokens[slots], self.meta[slots] = tokens[entering], meta[entering]
+        self.filled = keep.numel()
+
+    def merge(self, other: "TokenReservoir") -> None:
+        """The union with a reservoir of the same seed over other streams (another process's prompts)."""
+        g = other.filled
+        self.seen += other.seen
+        self._admit(other.keys[:g], other.tickets[:g], other.tokens[:g], other.meta[:g])
+
+    def order(self) -> torch.Tensor:
+        """Slots of the kept tokens in (key, ticket) order: the canonical order of the sample."""
+        return smallest(self.keys[: self.filled], self.tickets[: self.filled], self.filled)
 
     def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.tokens[: self.filled], self.meta[: self.filled]
-
-
-def _last_per_slot(slots: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Where several tokens drew one slot, keep the last, as a sequential pass would (indexed
-    assignment with repeated indices leaves the winner unspecified)."""
-    if slots.numel() == 0:
-        return slots, rows
-    unique, inverse = torch.unique(slots, return_inverse=True)
-    last = torch.full((unique.numel(),), -1, dtype=torch.long).scatter_reduce(
-        0, inverse, torch.arange(slots.numel()), reduce="amax")
-    return unique, rows[last]
+        """(tokens [n, K], meta [n, 5]) in key order, whichever order they were seen or merged in."""
+        order = self.order()
+        return self.tokens[order], self.meta[order]
 
 
 @dataclass

@@ -23,16 +23,23 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     return x.detach().float().reshape(x.shape[0], -1)
 
 
+def l1_parts(new: torch.Tensor, old: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(‖new − old‖₁, ‖old‖₁) per batch row: the sums behind `gamma` and `rel_l1_change` (sums add
+    up over slices of a sharded sequence; ratios do not)."""
+    a, b = _rows(new), _rows(old)
+    return (a - b).abs().sum(1), b.abs().sum(1)
+
+
 def gamma(block_in: torch.Tensor, block_out: torch.Tensor) -> torch.Tensor:
     """Γ = ‖out − in‖₁ / ‖in‖₁ per batch row: how much a block changes its input."""
-    x, y = _rows(block_in), _rows(block_out)
-    return (y - x).abs().sum(1) / x.abs().sum(1).clamp_min(EPS)
+    num, den = l1_parts(block_out, block_in)
+    return num / den.clamp_min(EPS)
 
 
 def rel_l1_change(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
     """‖new − old‖₁ / ‖old‖₁ per batch row (TDC's change of the residual between two steps)."""
-    a, b = _rows(new), _rows(old)
-    return (a - b).abs().sum(1) / b.abs().sum(1).clamp_min(EPS)
+    num, den = l1_parts(new, old)
+    return num / den.clamp_min(EPS)
 
 
 def cosine(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:

@@ -58,9 +58,14 @@ def calibrate(adapter: Adapter, layers: list[LinearInfo], prompts: list[str], *,
               frames: int, height: int, width: int, seed: int, step_ranges: int, tokens_per_layer: int,
               negative_prompt: str = "", image=None,
               on_step: Callable[[StepInfo], None] | None = None,
-              plans: dict[str, LayerPlan] | None = None, routes: tuple[str, ...] | None = None) -> CalibrationResult:
+              plans: dict[str, LayerPlan] | None = None, routes: tuple[str, ...] | None = None,
+              shard: tuple[int, int] = (0, 1)) -> CalibrationResult:
     """`routes` (with `plans`): also record 6Bit-Diffusion's trajectories — Γ and Δ per block, and
-    E_rel per quantized linear inside the blocks under each activation route."""
+    E_rel per quantized linear inside the blocks under each activation route.
+
+    `shard` = (rank, processes): run only prompts i with i % processes == rank (data-parallel
+    calibration; `reduce_result` combines the processes' results). Prompt i is sampled with seed
+    `seed + i` and its tokens are keyed by i in the reservoirs, whichever process runs it."""
     result = CalibrationResult({info.name: LayerStats.new(info.in_features, step_ranges, tokens_per_layer,
                                                           seed + i) for i, info in enumerate(layers)})
     prompt_index = [0]
@@ -93,9 +98,14 @@ def calibrate(adapter: Adapter, layers: list[LinearInfo], prompts: list[str], *,
         result.trajectories, more, remove_block_hooks = _trajectory_hooks(
             adapter, layers, plans or {}, routes, len(prompts), steps, prompt_index)
         handles += more
+    rank, processes = shard
     try:
         for i, prompt in enumerate(prompts):
+            if i % processes != rank:
+                continue
             prompt_index[0] = i
+            for stats in result.stats.values():
+                stats.reservoir.begin_stream(i)
             adapter.generate(prompt, negative_prompt=negative_prompt, image=image, steps=steps, guidance=guidance,
                              seed=seed + i, frames=frames, height=height, width=width, on_step=on_step)
     finally:
@@ -103,6 +113,28 @@ def calibrate(adapter: Adapter, layers: list[LinearInfo], prompts: list[str], *,
             h.remove()
         remove_block_hooks()
     return result
+
+
+def reduce_result(result: CalibrationResult, layers: list[LinearInfo], prompts: int, shard: tuple[int, int],
+                  group=None, dst: int = 0) -> None:
+    """Combine the results of every process of a data-parallel calibration into `dst`'s (a
+    collective: every process calls it). Counts add up, branches and steps seen unite, statistics
+    merge as `dq_calib.merge` says."""
+    import torch.distributed as dist
+
+    from dq_calib.merge import reduce_layer_stats, reduce_trajectories
+
+    reduce_layer_stats([result.stats[info.name] for info in layers], group, dst)
+    if result.trajectories is not None:
+        rank, processes = shard
+        reduce_trajectories(result.trajectories, [i for i in range(prompts) if i % processes == rank], group, dst)
+    gathered = [None] * dist.get_world_size(group)
+    dist.all_gather_object(gathered, (result.forwards, sorted(result.branches_seen), result.steps_seen), group=group)
+    result.forwards = sum(g[0] for g in gathered)
+    result.branches_seen = {b for g in gathered for b in g[1]}
+    result.steps_seen = {expert: sorted({s for g in gathered for s in g[2].get(expert, [])})
+                         for expert in sorted({e for g in gathered for e in g[2]})}
+    dist.barrier(group=group)  # nobody leaves (and tears the group down) while `dst` still receives
 
 
 # ---- 6Bit-Diffusion trajectories ----------------------------------------------------------------------

@@ -82,8 +82,10 @@ def unpack_weight(t: dict[str, torch.Tensor], fmt: str, group_size: int) -> torc
 
 
 # ---- activations -------------------------------------------------------------------------------
-def fake_quant(x: torch.Tensor, fmt: str, group_size: int) -> torch.Tensor:
-    """Round activations [tokens, K_padded] to the format's grid (dynamic scales), in fp32."""
+def fake_quant(x: torch.Tensor, fmt: str, group_size: int, amax: torch.Tensor | None = None) -> torch.Tensor:
+    """Round activations [tokens, K_padded] to the format's grid (dynamic scales), in fp32. Every
+    scale is per token or per group of a token, except NVFP4's per-tensor one: `amax` gives the
+    whole tensor's max |x| when x is one shard of it (sequence parallelism)."""
     x = x.float()
     if fmt == "none":
         return x
@@ -94,5 +96,5 @@ def fake_quant(x: torch.Tensor, fmt: str, group_size: int) -> torch.Tensor:
     if fmt in INT4_FORMATS:
         return _dequantize_int4_family(*_quantize_int4_family(x, fmt, group_size))
     if fmt == "nvfp4":
-        return fake_quantize_nvfp4(x)
+        return fake_quantize_nvfp4(x, amax=amax)
     raise ValueError(f"unknown activation format {fmt!r}")

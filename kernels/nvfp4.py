@@ -85,9 +85,11 @@ def float_to_e2m1(x: torch.Tensor) -> torch.Tensor:
     return index.to(torch.uint8) | sign
 
 
-def nvfp4_tensor_scale(x: torch.Tensor) -> torch.Tensor:
-    """Per-tensor scale amax/(448*6) in fp32, 0-dim; 1.0 if that is 0 (all-zero tensor)."""
-    ts = x.float().abs().amax() / (E4M3_MAX * E2M1_MAX)
+def nvfp4_tensor_scale(x: torch.Tensor, amax: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-tensor scale amax/(448*6) in fp32, 0-dim; 1.0 if that is 0 (all-zero tensor). `amax`,
+    when given, replaces max|x| (the whole tensor's, when x is one shard of it)."""
+    amax = x.float().abs().amax() if amax is None else amax.float().reshape(())
+    ts = amax / (E4M3_MAX * E2M1_MAX)
     return torch.where(ts > 0, ts, torch.ones_like(ts))
 
 
@@ -112,12 +114,14 @@ def quantize_nvfp4(
     return float_to_e2m1(v).reshape(x.shape), s8, ts
 
 
-def fake_quantize_nvfp4(x: torch.Tensor, block_size: int = NVFP4_BLOCK) -> torch.Tensor:
+def fake_quantize_nvfp4(x: torch.Tensor, block_size: int = NVFP4_BLOCK, amax: torch.Tensor | None = None
+                        ) -> torch.Tensor:
     """dequantize_nvfp4(*quantize_nvfp4(x)) in fp32, bit for bit, without forming the codes: about
-    twice as fast on the CPU, where activations are rounded on every forward of the reference path."""
+    twice as fast on the CPU, where activations are rounded on every forward of the reference path.
+    `amax`: the per-tensor absmax to scale by, when x is a shard of the tensor (sequence parallelism)."""
     check_last_dim_multiple(x, block_size, "fake_quantize_nvfp4")
     xf = x.float()
-    ts = nvfp4_tensor_scale(xf)
+    ts = nvfp4_tensor_scale(xf, amax)
     xb = xf.reshape(*x.shape[:-1], x.shape[-1] // block_size, block_size)
     s = xb.abs().amax(dim=-1, keepdim=True) / (E2M1_MAX * ts)
     s = torch.where(s == 0, torch.ones_like(s), s)

@@ -101,12 +101,12 @@ def test_calibrate_cli_takes_prompts_from_a_file(family_dir, tmp_path):
 # ------------------------------------------------------------------ the reservoir
 
 
-def _stream(reservoir: TokenReservoir, n: int, chunks) -> None:
-    """Feed tokens 0..n-1 (value = index, also in meta column 0) in chunks of the given sizes."""
+def _stream(reservoir: TokenReservoir, n: int, chunks, start: int = 0) -> None:
+    """Feed tokens start..start+n-1 (value = number, also in meta column 0) in chunks of the given sizes."""
     i, k = 0, 0
     while i < n:
         size = min(chunks[k % len(chunks)], n - i)
-        idx = torch.arange(i, i + size)
+        idx = torch.arange(start + i, start + i + size)
         meta = torch.zeros(size, 5, dtype=torch.int32)
         meta[:, 0] = idx.int()
         reservoir.update(idx.float().unsqueeze(1).repeat(1, 2), meta)
@@ -140,26 +140,44 @@ def test_reservoir_is_deterministic_for_a_seed():
     assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
 
 
-def test_reservoir_matches_sequential_algorithm_r():
-    """The vectorised update keeps what Algorithm R, one token at a time with the same random
-    draws, keeps: where several tokens of one chunk draw the same slot, the last one wins."""
-    capacity, n, chunks = 8, 600, [5, 40, 1, 120]
-    r = TokenReservoir(2, capacity=capacity, seed=11)
-    _stream(r, n, chunks)
-    gen, slots, seen, i, k = torch.Generator().manual_seed(11), [None] * capacity, 0, 0, 0
-    while i < n:
-        size = min(chunks[k % len(chunks)], n - i)
-        free = max(0, min(capacity - seen, size))
-        for j in range(free):
-            slots[seen + j] = i + j
-        if free < size:
-            draws = torch.rand(size - free, generator=gen, dtype=torch.float64)
-            for j, u in zip(range(free, size), draws.tolist()):
-                slot = int(u * (seen + j + 1))  # uniform in [0, number of tokens so far)
-                if slot < capacity:
-                    slots[slot] = i + j
-        seen, i, k = seen + size, i + size, k + 1
-    assert _kept(r).tolist() == slots
+def test_reservoir_keeps_the_smallest_keys_of_each_stream():
+    """Bottom-k: token i of stream p draws key u from a generator seeded by (seed, p) (draws in stream
+    order); the reservoir keeps the `capacity` smallest keys, whatever the chunking, and returns them
+    in key order. A one-token-at-a-time oracle with the same draws must agree."""
+    from dq_calib.stats import stream_seed
+
+    capacity, seed = 8, 11
+    r = TokenReservoir(2, capacity=capacity, seed=seed)
+    oracle = []
+    for stream, (n, chunks) in enumerate([(300, [5, 40, 1]), (250, [120, 7])]):
+        r.begin_stream(stream)
+        gen = torch.Generator().manual_seed(stream_seed(seed, stream))
+        _stream(r, n, chunks)
+        oracle += [(u, stream, i) for i, u in enumerate(torch.rand(n, generator=gen, dtype=torch.float64).tolist())]
+    expected = [i for _, _, i in sorted(oracle)[:capacity]]
+    assert _kept(r).tolist() == expected and r.seen == 550
+
+
+def test_reservoir_merge_equals_one_pass():
+    """Streams split over several reservoirs (processes) and merged keep exactly the tokens, in the
+    same order, that one reservoir over every stream keeps."""
+    def fill(streams):
+        r = TokenReservoir(2, capacity=24, seed=5)
+        for p in streams:
+            r.begin_stream(p)
+            _stream(r, 100 + 10 * p, [9, 31], start=1000 * p)
+        return r
+
+    whole = fill(range(5))
+    parts = [fill([0, 3]), fill([1, 4]), fill([2])]
+    merged = parts[0]
+    merged.merge(parts[1])
+    merged.merge(parts[2])
+    assert merged.seen == whole.seen and merged.filled == whole.filled
+    for a, b in zip(merged.sample(), whole.sample()):
+        assert torch.equal(a, b)
+    assert set((_kept(whole) // 1000).tolist()) == set(range(5))  # every stream is represented
+    assert torch.equal(_kept(fill([0, 1])), _kept(fill([1, 0])))  # the order of the streams is irrelevant
 
 
 def test_reservoir_sample_is_uniform():

@@ -40,10 +40,15 @@ def command(
     CFG branch, t, h, w), and <out>.json summarising it with the recipe. With a `predictor:`
     section or `tdc.enabled`, also per block and step Γ = ‖out − in‖₁/‖in‖₁ and the change of
     Δ = out − in, and per quantized linear and step E_rel under each activation route.
+
+    Under `torchrun --nproc-per-node N -m dq_cli calibrate ...` the prompts are split over the N
+    processes (one GPU each, or CPU processes) and the statistics combined: the artifact is the one
+    a single process writes, and process 0 writes it.
     """
     # Imported here: `dq --help` must not wait for torch and diffusers.
     from dq_calib.prompts import PromptSourceError, load_prompts
-    from dq_cli.calibrate import calibrate, save_artifact
+    from dq_cli.calibrate import calibrate, reduce_result, save_artifact
+    from dq_cli.parallel import world as process_world
     from dq_cli.quant import plan_layers
     from dq_cli.session import load_recipe_model, sampling
     set_threads()
@@ -55,37 +60,50 @@ def command(
         raise DQError(f"--image {image}: no such file")
     cal = spec.calibration
     device = pick_device(device)
-    adapter = load_recipe_model(spec.model, device)
-    plans = plan_layers(spec.quantization, adapter.linears(), source,
-                        hadamard=spec.predictor.hadamard_block if spec.predictor else 0)
-    layers = [info for info in adapter.linears() if info.name in plans]
-    if image is not None and not adapter.supports_image:
-        raise DQError(f"--image: the {adapter.family} model generates from text only; it cannot use an image")
-    if image is None and adapter.needs_image:
-        raise DQError(f"--image: the {adapter.family} model generates from a first frame; give --image")
-    first_frame = load_image(image) if image is not None else None
-    prompt_source = prompts or (str(builtin_prompts(adapter.family)) if cal.prompts == "builtin" else cal.prompts)
-    try:
-        prompt_list = load_prompts(prompt_source, num_prompts or cal.num_prompts)
-    except PromptSourceError as e:
-        raise DQError(str(e)) from None
-    run = sampling(adapter, spec.sampling, steps=cal.steps)
-    if not adapter.trained:
-        note(quiet, "[yellow]note:[/] dq-tiny has no trained weights yet: calibrating a seeded random network")
-    # 6Bit-Diffusion (a predictor section or TDC): also Γ, Δ per block and E_rel per route.
-    routes = tuple(spec.predictor.routes) if spec.predictor else (() if spec.tdc.enabled else None)
-    with progress_bar(quiet, f"calibrating {len(layers)} layers", len(prompt_list) * run.steps) as advance:
-        result = calibrate(adapter, layers, prompt_list, steps=run.steps, guidance=run.guidance,
-                           frames=run.frames, height=run.height, width=run.width, seed=cal.seed,
-                           step_ranges=cal.step_ranges, tokens_per_layer=cal.tokens_per_layer,
-                           negative_prompt=run.negative_prompt, image=first_frame, on_step=lambda s: advance(),
-                           plans=plans, routes=routes)
-    summary = {"model": {"name": spec.model.name, "path": spec.model.path, "family": adapter.family},
-               "prompts": len(prompt_list), "prompt_source": prompt_source, "steps": run.steps,
-               "step_ranges": cal.step_ranges, "forwards": result.forwards,
-               "branches": sorted(result.branches_seen),
-               "steps_by_expert": {k: sorted(set(v)) for k, v in result.steps_seen.items()}}
-    tensors_path, json_path = save_artifact(out, result, layers, spec.text, summary)
+    with process_world(device) as world:
+        main = world is None or world.is_main
+        quiet = quiet or not main  # one voice: process 0's
+        adapter = load_recipe_model(spec.model, world.device if world else device)
+        plans = plan_layers(spec.quantization, adapter.linears(), source,
+                            hadamard=spec.predictor.hadamard_block if spec.predictor else 0)
+        layers = [info for info in adapter.linears() if info.name in plans]
+        if image is not None and not adapter.supports_image:
+            raise DQError(f"--image: the {adapter.family} model generates from text only; it cannot use an image")
+        if image is None and adapter.needs_image:
+            raise DQError(f"--image: the {adapter.family} model generates from a first frame; give --image")
+        first_frame = load_image(image) if image is not None else None
+        prompt_source = prompts or (str(builtin_prompts(adapter.family)) if cal.prompts == "builtin" else cal.prompts)
+        try:
+            prompt_list = load_prompts(prompt_source, num_prompts or cal.num_prompts)
+        except PromptSourceError as e:
+            raise DQError(str(e)) from None
+        run = sampling(adapter, spec.sampling, steps=cal.steps)
+        if not adapter.trained:
+            note(quiet, "[yellow]note:[/] dq-tiny has no trained weights yet: calibrating a seeded random network")
+        shard = (world.rank, world.size) if world else (0, 1)
+        if world is not None:
+            note(quiet, f"data-parallel over {world.size} processes: {len(prompt_list)} prompts, "
+                        f"{-(-len(prompt_list) // world.size)} or fewer per process")
+        # 6Bit-Diffusion (a predictor section or TDC): also Γ, Δ per block and E_rel per route.
+        routes = tuple(spec.predictor.routes) if spec.predictor else (() if spec.tdc.enabled else None)
+        mine = len(range(shard[0], len(prompt_list), shard[1]))
+        with progress_bar(quiet, f"calibrating {len(layers)} layers", mine * run.steps) as advance:
+            result = calibrate(adapter, layers, prompt_list, steps=run.steps, guidance=run.guidance,
+                               frames=run.frames, height=run.height, width=run.width, seed=cal.seed,
+                               step_ranges=cal.step_ranges, tokens_per_layer=cal.tokens_per_layer,
+                               negative_prompt=run.negative_prompt, image=first_frame, on_step=lambda s: advance(),
+                               plans=plans, routes=routes, shard=shard)
+        if world is not None:
+            reduce_result(result, layers, len(prompt_list), shard)
+        if not main:
+            return
+        summary = {"model": {"name": spec.model.name, "path": spec.model.path, "family": adapter.family},
+                   "prompts": len(prompt_list), "prompt_source": prompt_source, "steps": run.steps,
+                   "step_ranges": cal.step_ranges, "forwards": result.forwards,
+                   "branches": sorted(result.branches_seen),
+                   "steps_by_expert": {k: sorted(set(v)) for k, v in result.steps_seen.items()},
+                   "processes": shard[1]}
+        tensors_path, json_path = save_artifact(out, result, layers, spec.text, summary)
     note(quiet, f"{len(prompt_list)} prompts × {run.steps} steps, {result.forwards} forwards, "
                 f"branches {', '.join(sorted(result.branches_seen))}")
     if result.trajectories is not None:

@@ -42,17 +42,19 @@ def command(
     tdc: bool = typer.Option(None, "--tdc/--no-tdc", help="Turn the Temporal Delta Cache on or off (default: "
                              "the checkpoint's recipe)."),
     attention: str = ATTENTION_OPTION,
+    context_parallel: int = typer.Option(None, "--context-parallel", min=1, help="Split the token sequence over "
+                                         "N processes (Wan 2.2, LTX-Video, dq-tiny; Ulysses attention): start dq "
+                                         "with `torchrun --nproc-per-node N -m dq_cli generate ...`."),
     device: str = DEVICE_OPTION,
     quiet: bool = QUIET_OPTION,
 ) -> None:
     """Generate a video and write it as an MP4.
 
     In: a prompt, and a quantized checkpoint or a model. Out: a playable H.264 MP4 (and, with
-    --save-frames, the raw frames).
+    --save-frames, the raw frames). With --context-parallel N under torchrun, every process holds
+    1/N of the tokens; the video is the one-process video, and process 0 writes it.
     """
     # Imported here: `dq --help` must not wait for torch and diffusers.
-    from dq_cli.session import load_quantized, load_recipe_model, sampling
-    from dq_cli.video import save_frames, upscale, write_mp4
     set_threads()
     if out.suffix.lower() != ".mp4":
         raise DQError(f"--out {out}: the video is written as MP4; give a path ending in .mp4")
@@ -62,47 +64,67 @@ def command(
     if image is not None and not image.is_file():
         raise DQError(f"--image {image}: no such file")
     check_attention(attention)
-    device = pick_device(device)
-    spec = recipes.load(recipe) if recipe else None
-    if (predictor is not None or tdc is not None) and checkpoint is None:
-        raise DQError("--predictor/--tdc: need a quantized checkpoint (--checkpoint)")
-    if checkpoint is not None:
-        adapter, info = load_quantized(checkpoint, device, model=model, predictor=predictor, tdc=tdc)
-        note(quiet, f"checkpoint {checkpoint}: {len(info.layers)} quantized layers")
-    elif spec is not None and model is None:
-        adapter = load_recipe_model(spec.model, device)
-    else:
-        from dq_cli.models import load_model
+    from dq_cli.parallel import enable_context_parallel, launched
+    from dq_cli.parallel import world as process_world
+    from dq_cli.session import load_quantized, load_recipe_model, sampling
+    from dq_cli.video import save_frames, upscale, write_mp4
 
-        adapter = load_model(model or "dq-tiny", device=device)
-    if image is not None and not adapter.supports_image:
-        raise DQError(f"--image: the {adapter.family} model generates from text only; it cannot use an image")
-    if image is None and adapter.needs_image:
-        raise DQError(f"--image: the {adapter.family} model generates from a first frame; give --image")
-    if not adapter.trained:
-        note(quiet, "[yellow]note:[/] dq-tiny is untrained (seeded random weights): the video will be noise")
-    unknown = getattr(adapter, "unknown_words", lambda p: [])(prompt)
-    if unknown:
-        console.print(f"[yellow]warning:[/] words the model does not know (ignored): {', '.join(unknown)}")
-    run = sampling(adapter, spec.sampling if spec else None, steps=steps, guidance=guidance, seed=seed,
-                   frames=frames, height=height, width=width, fps=fps, negative_prompt=negative_prompt,
-                   attention=attention)
-    if run.attention != "sdpa":
-        adapter.set_attention(run.attention)
-    first_frame = load_image(image) if image is not None else None
-    start = time.perf_counter()
-    with progress_bar(quiet, "denoising", run.steps) as advance:
-        video = adapter.generate(prompt, negative_prompt=run.negative_prompt, image=first_frame, steps=run.steps,
-                                 guidance=run.guidance, seed=run.seed, frames=run.frames, height=run.height,
-                                 width=run.width, on_step=lambda s: advance())
-    elapsed = time.perf_counter() - start
-    write_mp4(upscale(video, display_size), out, run.fps)
-    if save_frames_to is not None:
-        save_frames(video, save_frames_to)
-    if adapter.attention is not None:
-        note(quiet, attention_note(adapter.attention))
-    note(quiet, f"{video.shape[0]} frames {video.shape[2]}×{video.shape[1]} in {elapsed:.1f} s "
-                f"({run.steps} steps, guidance {run.guidance}, seed {run.seed})")
-    if getattr(adapter, "runtime", None) is not None:
-        note(quiet, adapter.runtime.line())
-    console.print(f"wrote {out}") if not quiet else typer.echo(str(out))
+    if context_parallel and context_parallel > 1 and not launched():
+        raise DQError(f"--context-parallel {context_parallel}: start dq with torchrun --nproc-per-node "
+                      f"{context_parallel} -m dq_cli generate ...")
+    if launched() and not context_parallel:
+        raise DQError("dq generate runs under torchrun with --context-parallel N only (N = the number of processes)")
+    device = pick_device(device)
+    with process_world(device) as world:
+        if world is not None:
+            device = world.device
+            quiet = quiet or not world.is_main  # one voice: process 0's
+        spec = recipes.load(recipe) if recipe else None
+        if (predictor is not None or tdc is not None) and checkpoint is None:
+            raise DQError("--predictor/--tdc: need a quantized checkpoint (--checkpoint)")
+        if checkpoint is not None:
+            adapter, info = load_quantized(checkpoint, device, model=model, predictor=predictor, tdc=tdc)
+            note(quiet, f"checkpoint {checkpoint}: {len(info.layers)} quantized layers")
+        elif spec is not None and model is None:
+            adapter = load_recipe_model(spec.model, device)
+        else:
+            from dq_cli.models import load_model
+
+            adapter = load_model(model or "dq-tiny", device=device)
+        if image is not None and not adapter.supports_image:
+            raise DQError(f"--image: the {adapter.family} model generates from text only; it cannot use an image")
+        if image is None and adapter.needs_image:
+            raise DQError(f"--image: the {adapter.family} model generates from a first frame; give --image")
+        if not adapter.trained:
+            note(quiet, "[yellow]note:[/] dq-tiny is untrained (seeded random weights): the video will be noise")
+        unknown = getattr(adapter, "unknown_words", lambda p: [])(prompt)
+        if unknown:
+            console.print(f"[yellow]warning:[/] words the model does not know (ignored): {', '.join(unknown)}")
+        run = sampling(adapter, spec.sampling if spec else None, steps=steps, guidance=guidance, seed=seed,
+                       frames=frames, height=height, width=width, fps=fps, negative_prompt=negative_prompt,
+                       attention=attention)
+        if run.attention != "sdpa":
+            adapter.set_attention(run.attention)
+        # After dq's own hooks: diffusers' split must run outside them.
+        split = enable_context_parallel(adapter, world, context_parallel) if world is not None else None
+        first_frame = load_image(image) if image is not None else None
+        start = time.perf_counter()
+        with progress_bar(quiet, "denoising", run.steps) as advance:
+            video = adapter.generate(prompt, negative_prompt=run.negative_prompt, image=first_frame, steps=run.steps,
+                                     guidance=run.guidance, seed=run.seed, frames=run.frames, height=run.height,
+                                     width=run.width, on_step=lambda s: advance())
+        elapsed = time.perf_counter() - start
+        if world is not None and not world.is_main:
+            return
+        write_mp4(upscale(video, display_size), out, run.fps)
+        if save_frames_to is not None:
+            save_frames(video, save_frames_to)
+        if adapter.attention is not None:
+            note(quiet, attention_note(adapter.attention))
+        note(quiet, f"{video.shape[0]} frames {video.shape[2]}×{video.shape[1]} in {elapsed:.1f} s "
+                    f"({run.steps} steps, guidance {run.guidance}, seed {run.seed})")
+        if getattr(adapter, "runtime", None) is not None:
+            note(quiet, adapter.runtime.line())
+        if split is not None:
+            note(quiet, split.line())
+        console.print(f"wrote {out}") if not quiet else typer.echo(str(out))

@@ -82,6 +82,8 @@ class ForwardState:
     grid: tuple[int, int, int] = (0, 0, 0)
     text_tokens: int = 0  # tokens before the video tokens in a joint sequence (CogVideoX)
     in_forward: bool = False
+    # Context parallelism: this process's SequenceShard (dq_cli/quant/sequence.py), else None.
+    shard: object | None = None
 
     @property
     def progress(self) -> float:

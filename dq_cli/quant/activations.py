@@ -8,6 +8,7 @@ import torch
 from dq_cli.models.base import ForwardState
 from dq_kernels.formats import fake_quant
 from dq_cli.quant.plan import LayerPlan
+from dq_cli.quant.sequence import split_deltas_sharded
 from dq_kernels.delta_cubes import split_deltas
 from dq_kernels.fp8 import dequantize_fp8, quantize_fp8
 from dq_kernels.int4 import dequantize_int4, quantize_int4
@@ -34,8 +35,23 @@ def quantize_core(core: torch.Tensor, precision: str) -> torch.Tensor:
 
 
 def quantize_input(x: torch.Tensor, plan: LayerPlan, state: ForwardState | None, sees_video: bool) -> torch.Tensor:
-    """x [B, S, K] (K padded for the formats) → the rounded activations, fp32, same shape."""
-    flat = lambda v: fake_quant(v.reshape(-1, v.shape[-1]), plan.activation, plan.group_size).reshape(v.shape)  # noqa: E731
+    """x [B, S, K] (K padded for the formats) → the rounded activations, fp32, same shape.
+
+    Under context parallelism (`state.shard`), x is this process's slice of the sequence and the
+    result is that slice of what one process would compute (dq_cli/quant/sequence.py)."""
+    shard = state.shard if state is not None else None
+
+    def flat(v: torch.Tensor) -> torch.Tensor:
+        v2 = v.reshape(-1, v.shape[-1])
+        # NVFP4's per-tensor scale is the only one that is not token-local: the max over all slices.
+        amax = None
+        if shard is not None and plan.activation == "nvfp4":
+            amax = shard.all_max(v2.detach().float().abs().amax())
+        return fake_quant(v2, plan.activation, plan.group_size, amax=amax).reshape(v.shape)
+
+    if plan.method == "deltaquant" and sees_video and _sharded_video(x, state):
+        core, deltas, ids = split_deltas_sharded(x, state.grid, cube_at(plan, state.progress), shard)
+        return quantize_core(core, plan.core)[:, ids] + flat(deltas)
     video = _video_slice(x, state) if plan.method == "deltaquant" and sees_video else None
     if video is None:
         return flat(x)
@@ -43,6 +59,14 @@ def quantize_input(x: torch.Tensor, plan: LayerPlan, state: ForwardState | None,
     core, deltas, ids = split_deltas(x[:, video], state.grid, cube_at(plan, state.progress))
     out[:, video] = quantize_core(core, plan.core)[:, ids] + flat(deltas)
     return out
+
+
+def _sharded_video(x: torch.Tensor, state: ForwardState | None) -> bool:
+    """x is this process's slice of a sequence of video tokens only (context parallelism)."""
+    if state is None or state.shard is None or not state.in_forward or x.dim() != 3 or state.text_tokens:
+        return False
+    t, h, w = state.grid
+    return t * h * w > 0 and state.shard.holds_slice_of(x.shape[1], t * h * w)
 
 
 def _video_slice(x: torch.Tensor, state: ForwardState | None) -> slice | None:

@@ -18,11 +18,11 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from dq_calib.trajectories import outlier_ratio
 from dq_cli.models.base import ForwardState
 from dq_cli.quant.activations import CORE_GROUP, quantize_input
 from dq_cli.quant.kernel_path import kernel_forward, wants_kernels
 from dq_cli.quant.plan import LayerPlan
+from dq_cli.quant.sequence import outlier_ratio
 from dq_kernels.checks import check_finite
 from dq_kernels.formats import k_multiple, pack_weight, pad_k, unpack_weight
 from dq_kernels.hadamard import block_hadamard
@@ -138,7 +138,8 @@ class QuantLinear(nn.Module):
 
     def active_plan(self, xs: torch.Tensor) -> LayerPlan:
         route = self.route
-        if self.refresh_ratio is not None and outlier_ratio(xs) > self.refresh_ratio:
+        shard = self.forward_state.shard if self.forward_state is not None else None
+        if self.refresh_ratio is not None and outlier_ratio(xs, shard) > self.refresh_ratio:
             route = "none"
         self.last_route = route or self.plan.activation
         return self.plan if route is None else route_plan(self.plan, route)

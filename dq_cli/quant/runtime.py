@@ -23,10 +23,11 @@ from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockR
 from diffusers.utils.torch_utils import unwrap_module
 
 from dq_calib.predictor import ROUTE_BITS, Predictor
-from dq_calib.trajectories import gamma, rel_l1_change
+from dq_calib.trajectories import l1_parts
 from dq_cli.models.base import ForwardState
 from dq_cli.quant import tdc
 from dq_cli.quant.linear import QuantLinear
+from dq_cli.quant.sequence import row_ratio
 
 RUNTIME_HOOK = "dq_6bit_block"
 
@@ -166,10 +167,12 @@ class SixBitBlockHook(ModelHook):
         out_hidden, out_enc = block_outputs(self._meta, output)
         delta = (out_hidden - hidden, None if enc is None else out_enc - enc)
         # A batched CFG forward is one stream: its most-changing row decides (the conservative side).
-        g = float(gamma(hidden, out_hidden).max())
+        # Under context parallelism the sums run over the whole sequence: every process decides alike.
+        shard = self.forward_state.shard
+        g = float(row_ratio(*l1_parts(out_hidden, hidden), shard).max())
         change = None
         if self.tdc is not None and st.delta is not None:
-            change = float(rel_l1_change(delta[0], st.delta[0]).max())
+            change = float(row_ratio(*l1_parts(delta[0], st.delta[0]), shard).max())
         tdc.on_compute(st, step, delta if self.tdc is not None else (None, None), change, g)
         for linear in self.linears.values():
             if linear.last_route is not None:
