@@ -76,7 +76,7 @@ class Skip(Exception):
 @dataclass
 class Options:
     steps: int = 2
-    warmup_steps: int = 1
+    warmup_steps: int | None = None     # None: as many as the measured run (every cube size, expert and shape)
     seed: int = 0
     breakdown: bool = True
     compile_backend: str = "inductor"
@@ -166,11 +166,13 @@ def build_transformer(config: dict, device: str, dtype: torch.dtype, seed: int) 
     with init_empty_weights():
         model = cls.from_config(config)
     keep_fp32 = cls._keep_in_fp32_modules or []
-    gen = torch.Generator(device=device).manual_seed(seed)
+    meta = torch.device(device).type == "meta"  # shapes and dtypes only (tests of the full-size configs)
+    gen = None if meta else torch.Generator(device=device).manual_seed(seed)
     for name, param in list(model.named_parameters()):
         dt = torch.float32 if any(k in name.split(".") for k in keep_fp32) else dtype
         value = torch.empty(param.shape, dtype=dt, device=device)
-        random_init_(value, name, gen)
+        if not meta:
+            random_init_(value, name, gen)
         parent, _, leaf = name.rpartition(".")
         (model.get_submodule(parent) if parent else model)._parameters[leaf] = nn.Parameter(value, requires_grad=False)
     return model.to(device).eval()
@@ -199,13 +201,10 @@ def build_pipeline(spec: BenchModel, device: str, dtype: torch.dtype, seed: int)
 
 
 def random_workload(spec: BenchModel, resolution: str | None, device: str, dtype: torch.dtype, seed: int,
-                    guidance: float | None = None, frames=None, height=None, width=None) -> Workload:
+                    guidance: float | None = None) -> Workload:
     from dq_cli.models import ADAPTERS
 
     label, (f, h, w) = spec.resolution(resolution)
-    if frames or height or width:
-        f, h, w = frames or f, height or h, width or w
-        label = f"{f}x{h}x{w}"
     pipe = build_pipeline(spec, device, dtype, seed)
     adapter = ADAPTERS[spec.family](pipe, f"{spec.name} (random weights)")
     gen = torch.Generator("cpu").manual_seed(seed)
@@ -618,8 +617,9 @@ def measure(workload: Workload, row: Row, options: Options, log: Callable[[str],
         compiled = Compiled(adapter, options.compile_backend) if row.compile else nullcontext()
         with compiled:
             t0 = time.perf_counter()
-            if options.warmup_steps:
-                workload.run(max(options.warmup_steps, workload.min_steps))
+            warmup = options.steps if options.warmup_steps is None else options.warmup_steps
+            if warmup:
+                workload.run(max(warmup, workload.min_steps))
             clock.sync()
             row.warmup_s = time.perf_counter() - t0
             if adapter.runtime is not None:
@@ -674,6 +674,90 @@ def run_breakdown(workload: Workload, clock: Clock, steps: int) -> dict:
             "attention_modules": marks.attentions}
 
 
+# ---- what to run -----------------------------------------------------------------------------------------
+@dataclass
+class Plan:
+    model: str
+    resolution: str
+    make: Callable[[], Workload]
+    configs: list[str]
+    attentions: list[str]
+    compiles: list[bool]
+    options: Options
+    recipe_overrides: dict[str, str]
+    settings: dict
+
+    def settings_with(self, info: dict) -> dict:
+        return self.settings | {k: v for k, v in info.items() if k not in self.settings or k == "source"}
+
+
+COMPILE_CHOICES = {"off": [False], "on": [True], "off,on": [False, True], "on,off": [True, False]}
+
+
+def plan(*, model: str, resolution: str | None, configs: str | None, attention: list[str], compile_: str,
+         dtype: str, recipe_overrides: list[str], num_layers: int | None, frames: int | None, height: int | None,
+         width: int | None, prompt: str, device: str, options: Options) -> Plan:
+    """Check every choice (a bad one is a DQError naming the flag) before anything is built."""
+    from dq_cli import bench_models
+    from dq_cli.models import resolve_dtype
+    from dq_cli.recipe import resolve
+
+    chosen = [c.strip() for c in (configs or ",".join(DEFAULT_CONFIGS)).split(",") if c.strip()]
+    unknown = [c for c in chosen if c not in CONFIGS]
+    if unknown or not chosen:
+        raise DQError(f"--configs {unknown[0] if unknown else repr(configs)}: unknown; choose from {', '.join(CONFIGS)}")
+    compiles = COMPILE_CHOICES.get(compile_.replace(" ", ""))
+    if compiles is None:
+        raise DQError(f"--compile {compile_}: expected off, on or off,on")
+    if dtype not in ("auto", "bfloat16", "float16", "float32"):
+        raise DQError(f"--dtype {dtype}: expected auto, bfloat16, float16 or float32")
+    overrides = {}
+    for item in recipe_overrides:
+        config, sep, recipe = item.partition("=")
+        if not sep or config not in DQ_RECIPES:
+            raise DQError(f"--recipe {item}: expected CONFIG=RECIPE with CONFIG one of {', '.join(DQ_RECIPES)}")
+        resolve(recipe)  # a missing recipe is the user's error, before anything is built
+        overrides[config] = recipe
+    attentions = list(dict.fromkeys(attention)) or ["sdpa"]
+    seed, guidance = options.seed, options.guidance
+    if model == "dq-tiny":
+        from dq_cli.models.dq_tiny import DqTinyAdapter
+
+        if resolution is not None:
+            raise DQError("--resolution: dq-tiny takes --frames/--height/--width")
+        if num_layers:
+            raise DQError("--num-layers: for the random-weight models only (dq-tiny keeps its trained weights)")
+        d = DqTinyAdapter.defaults
+        f, h, w = frames or d.frames, height or d.height, width or d.width
+        label = f"{f}x{h}x{w}"
+        make = lambda: tiny_workload(device, dtype, seed, prompt, f, h, w, guidance)  # noqa: E731
+        info = {"model": "dq-tiny", "source": "built-in (trained weights)"}
+    else:
+        spec = bench_models.resolve(model)
+        if num_layers:
+            spec = spec.with_layers(num_layers)
+        if spec.family == "ltx" and options.steps < 2:
+            raise DQError(f"--steps {options.steps}: the LTX-Video scheduler (shift_terminal) needs at least 2 steps")
+        label, (f, h, w) = spec.resolution(resolution)
+        if frames or height or width:
+            f, h, w = frames or f, height or h, width or w
+            label = f"{f}x{h}x{w}"
+        torch_dtype = resolve_dtype(dtype, device)
+        make = lambda: random_workload(spec, label, device, torch_dtype, seed, guidance)  # noqa: E731
+        info = {"model": spec.name, "source": spec.source}
+    settings = info | {"resolution": label, "frames": f, "height": h, "width": w, "steps": options.steps,
+                       "warmup_steps": options.steps if options.warmup_steps is None else options.warmup_steps,
+                       "seed": seed, "configs": chosen, "attention": attentions,
+                       "compile": ["on" if c else "off" for c in compiles], "compile_backend": options.compile_backend,
+                       "breakdown": options.breakdown, "recipes": overrides, "num_layers": num_layers}
+    return Plan(info["model"], label, make, chosen, attentions, compiles, options, overrides, settings)
+
+
+def run_plan(p: Plan, log: Callable[[str], None] = print, on_row=None) -> tuple[list[Row], dict]:
+    return run(p.model, p.resolution, p.make, p.configs, p.attentions, p.compiles, p.options, p.recipe_overrides,
+               log=log, on_row=on_row)
+
+
 # ---- the run --------------------------------------------------------------------------------------------
 def run(model: str, resolution: str, make_workload: Callable[[], Workload], configs: list[str],
         attentions: list[str], compiles: list[bool], options: Options, recipe_overrides: dict[str, str] | None = None,
@@ -695,6 +779,8 @@ def run(model: str, resolution: str, make_workload: Callable[[], Workload], conf
                     "family": workload.adapter.family, "source": workload.adapter.source,
                     "dtype": str(next(iter(workload.adapter.transformers().values())).dtype).removeprefix("torch.")}
             notes = apply_config(workload, config, recipe_overrides)
+            _sync(workload.device)
+            log(f"{config}: built and configured in {time.perf_counter() - t0:.1f} s")
         except Skip as e:
             error = ("skipped", str(e))
         except DQError:
@@ -744,6 +830,11 @@ def _describe(e: Exception) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}"
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _free() -> None:
     gc.collect()
     if torch.cuda.is_available():
@@ -759,7 +850,11 @@ def _quality(rows: list[Row], outputs: dict[str, torch.Tensor]) -> None:
         out = outputs.get(row.key)
         if ref is None or out is None or row.key == row_key(row.model, row.resolution, "bf16", "sdpa", False):
             continue
-        row.psnr_db, row.ssim = psnr(out, ref), ssim(out, ref)
+        row.psnr_db = psnr(out, ref)
+        try:
+            row.ssim = ssim(out, ref)
+        except ValueError as e:  # frames smaller than SSIM's window
+            row.notes.append(f"no SSIM: {e}")
 
 
 def _ratios(rows: list[Row]) -> None:

@@ -51,6 +51,18 @@ class BenchModel:
         c = self.transformers["transformer"]
         return int(c.get("text_dim") or c.get("caption_channels") or c.get("text_embed_dim"))
 
+    def with_layers(self, layers: int) -> "BenchModel":
+        """The same model with only its first `layers` blocks: a quick check of the full-width path
+        (every shape and kernel of the real model) in a fraction of the time and memory."""
+        from dataclasses import replace
+
+        have = int(self.transformers["transformer"]["num_layers"])
+        if layers >= have:
+            return self
+        return replace(self, name=f"{self.name}-{layers}L",
+                       transformers={c: cfg | {"num_layers": layers} for c, cfg in self.transformers.items()},
+                       source=f"{self.source}, first {layers} of {have} blocks")
+
     def resolution(self, name: str | None) -> tuple[str, tuple[int, int, int]]:
         """(label, (frames, height, width)) of a named resolution or 'FxHxW'."""
         name = name or self.default_resolution

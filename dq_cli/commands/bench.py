@@ -63,8 +63,9 @@ def command(
                                    "512p (LTX-Video), 480p (CogVideoX-5B), or FRAMESxHEIGHTxWIDTH."),
     compile_: str = typer.Option("off", "--compile", help="e2e: torch.compile off, on, or off,on (both)."),
     compile_backend: str = typer.Option("inductor", "--compile-backend", help="e2e: torch.compile backend."),
-    warmup_steps: int = typer.Option(1, "--warmup-steps", min=0, help="e2e: steps of the warm-up run before the "
-                                     "measured one (compilation and autotuning happen there)."),
+    warmup_steps: int = typer.Option(None, "--warmup-steps", min=0, help="e2e: steps of the warm-up run before "
+                                     "the measured one, where compilation and autotuning happen (default: as many as "
+                                     "--steps, so that every cube size, expert and shape is seen before timing)."),
     breakdown: bool = typer.Option(True, "--breakdown/--no-breakdown", help="e2e: time linears / attention / "
                                    "other per step in one extra eager run."),
     dtype: str = typer.Option("auto", "--dtype", help="e2e: model dtype (auto: bfloat16 on a GPU, float32 on "
@@ -72,6 +73,8 @@ def command(
     recipe_overrides: list[str] = typer.Option([], "--recipe", help="e2e: CONFIG=RECIPE, a recipe for one of dq's "
                                                "configurations (default: the family's built-in one). Repeatable."),
     guidance: float = typer.Option(None, "--guidance", min=0.0, help="e2e: CFG scale (default: the model's)."),
+    num_layers: int = typer.Option(None, "--num-layers", min=1, help="e2e: build only the first N blocks of each "
+                                   "transformer (a quick check of the full-width path; rows are named MODEL-NL)."),
     smoke: bool = typer.Option(False, "--smoke", help="A seconds-long e2e run on dq-tiny (bf16, w4a4, w8a8, 6bit, "
                                "torchao-int8; 2 steps at 4x16x16) that exercises the whole e2e path: for CI."),
     baseline: Path = typer.Option(None, "--baseline", help="Gate: compare the report with this one and exit "
@@ -122,7 +125,7 @@ def command(
     set_threads()
     if smoke or what == "e2e":
         doc = _e2e(model, resolution, configs, attention, compile_, compile_backend, warmup_steps, breakdown, dtype,
-                   recipe_overrides, guidance, steps, seed, frames, height, width, prompt, smoke,
+                   recipe_overrides, guidance, num_layers, steps, seed, frames, height, width, prompt, smoke,
                    pick_device(device if not smoke or device else "cpu"), out, quiet, command_line)
         return _finish(doc, out, as_json, quiet, baseline, limits)
     extra = [b for b in dict.fromkeys(attention) if b != "sdpa"]
@@ -252,81 +255,32 @@ def _merge(files: list[Path], out: Path | None, as_json: bool, quiet: bool, base
 
 
 def _e2e(model, resolution, configs, attention, compile_, compile_backend, warmup_steps, breakdown, dtype,
-         recipe_overrides, guidance, steps, seed, frames, height, width, prompt, smoke, device, out, quiet,
+         recipe_overrides, guidance, num_layers, steps, seed, frames, height, width, prompt, smoke, device, out, quiet,
          command_line) -> dict:
     from dq_cli import bench_e2e as e2e
-    from dq_cli import bench_models
     from dq_cli import bench_report as br
-    from dq_cli.models import resolve_dtype
 
     if smoke:
-        model = model or "dq-tiny"
-        configs = configs or SMOKE["configs"]
-        steps = steps or SMOKE["steps"]
+        model, configs, steps = model or "dq-tiny", configs or SMOKE["configs"], steps or SMOKE["steps"]
         frames, height, width = frames or SMOKE["frames"], height or SMOKE["height"], width or SMOKE["width"]
-    chosen = [c.strip() for c in (configs or ",".join(e2e.DEFAULT_CONFIGS)).split(",") if c.strip()]
-    unknown = [c for c in chosen if c not in e2e.CONFIGS]
-    if unknown:
-        raise DQError(f"--configs {unknown[0]}: unknown; choose from {', '.join(e2e.CONFIGS)}")
-    compiles = {"off": [False], "on": [True], "off,on": [False, True], "on,off": [True, False]}.get(compile_.replace(" ", ""))
-    if compiles is None:
-        raise DQError(f"--compile {compile_}: expected off, on or off,on")
-    if dtype not in ("auto", "bfloat16", "float16", "float32"):
-        raise DQError(f"--dtype {dtype}: expected auto, bfloat16, float16 or float32")
-    overrides = {}
-    for item in recipe_overrides:
-        config, sep, recipe = item.partition("=")
-        if not sep or config not in e2e.DQ_RECIPES:
-            raise DQError(f"--recipe {item}: expected CONFIG=RECIPE with CONFIG one of {', '.join(e2e.DQ_RECIPES)}")
-        from dq_cli.recipe import resolve
-
-        resolve(recipe)  # a missing recipe is the user's error, before anything is built
-        overrides[config] = recipe
-    options = e2e.Options(steps=steps or 2, warmup_steps=warmup_steps, seed=seed, breakdown=breakdown,
-                          compile_backend=compile_backend, guidance=guidance)
-    torch_dtype = resolve_dtype(dtype, device)
-    model = model or "dq-tiny"
-    if model == "dq-tiny":
-        from dq_cli.models.dq_tiny import DqTinyAdapter
-
-        d = DqTinyAdapter.defaults
-        f, h, w = frames or d.frames, height or d.height, width or d.width
-        if resolution is not None:
-            raise DQError("--resolution: dq-tiny takes --frames/--height/--width")
-        label = f"{f}x{h}x{w}"
-        make = lambda: e2e.tiny_workload(device, dtype, seed, prompt, f, h, w, guidance)  # noqa: E731
-        spec_info = {"model": "dq-tiny", "source": "built-in (trained weights)"}
-    else:
-        spec = bench_models.resolve(model)
-        if spec.family == "ltx" and options.steps < 2:
-            raise DQError("--steps 1: the LTX-Video scheduler (shift_terminal) needs at least 2 steps")
-        label, (f, h, w) = spec.resolution(resolution)
-        if frames or height or width:
-            f, h, w = frames or f, height or h, width or w
-            label = f"{f}x{h}x{w}"
-        make = lambda: e2e.random_workload(spec, resolution, device, torch_dtype, seed, guidance,  # noqa: E731
-                                           frames, height, width)
-        spec_info = {"model": spec.name, "source": spec.source}
-    attentions = list(dict.fromkeys(attention)) or ["sdpa"]
+    plan = e2e.plan(model=model or "dq-tiny", resolution=resolution, configs=configs, attention=attention,
+                    compile_=compile_, dtype=dtype, recipe_overrides=recipe_overrides, num_layers=num_layers,
+                    frames=frames, height=height, width=width, prompt=prompt, device=device,
+                    options=e2e.Options(steps=steps or 2, warmup_steps=warmup_steps, seed=seed, breakdown=breakdown,
+                                        compile_backend=compile_backend, guidance=guidance))
+    plan.settings["smoke"] = smoke
     env = br.environment(device, command_line)
-    settings = spec_info | {"resolution": label, "frames": f, "height": h, "width": w, "steps": options.steps,
-                            "warmup_steps": options.warmup_steps, "seed": seed, "configs": chosen,
-                            "attention": attentions, "compile": [("on" if c else "off") for c in compiles],
-                            "compile_backend": compile_backend, "breakdown": breakdown, "recipes": overrides,
-                            "smoke": smoke}
-
-    def settings_with(info: dict) -> dict:
-        return settings | {k: v for k, v in info.items() if k not in settings or k in ("source",)}
 
     def partial(rows, info):
         if out is not None:  # a report after every row: a run stopped by a time limit keeps what it measured
-            br.write(e2e.report(rows, env, settings_with(info)), out)
+            br.write(e2e.report(rows, env, plan.settings_with(info)), out)
 
-    note(quiet, f"dq bench e2e: {settings['model']} at {label}, configs {', '.join(chosen)}, attention "
-                f"{', '.join(attentions)}, compile {compile_} on {device}")
-    rows, info = e2e.run(settings["model"], label, make, chosen, attentions, compiles, options, overrides,
-                         log=lambda m: note(quiet, m), on_row=partial)
-    return e2e.report(rows, env, settings_with(info))
+    note(quiet, f"dq bench e2e: {plan.model} at {plan.resolution}, configs {', '.join(plan.configs)}, attention "
+                f"{', '.join(plan.attentions)}, compile {compile_} on {device}")
+    rows, info = e2e.run_plan(plan, log=lambda m: note(quiet, m), on_row=partial)
+    return e2e.report(rows, env, plan.settings_with(info))
+
+
 def _attention_variants(adapter, name: str, extra: list[str], skip_sdpa: bool = False):
     """Yield the row label for each attention backend the configuration runs with (SDPA first),
     with the adapter switched to it; back on SDPA afterwards."""
