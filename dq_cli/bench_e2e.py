@@ -846,10 +846,13 @@ def _quality(rows: list[Row], outputs: dict[str, torch.Tensor]) -> None:
     from dq_cli.quality import psnr, ssim
 
     for row in rows:
-        ref = outputs.get(row_key(row.model, row.resolution, "bf16", "sdpa", False))
+        # the reference: bf16 with SDPA, eager if it ran, else compiled
+        ref_key = next((k for k in (row_key(row.model, row.resolution, "bf16", "sdpa", c) for c in (False, True))
+                        if k in outputs), None)
         out = outputs.get(row.key)
-        if ref is None or out is None or row.key == row_key(row.model, row.resolution, "bf16", "sdpa", False):
+        if ref_key is None or out is None or row.key == ref_key:
             continue
+        ref = outputs[ref_key]
         row.psnr_db = psnr(out, ref)
         try:
             row.ssim = ssim(out, ref)

@@ -18,6 +18,9 @@ def write(doc: dict, out: Path) -> list[Path]:
     """<out>.breakdown.png and <out>.speed_quality.png (or .speed_size.png); the paths written."""
     if doc.get("kind") != "e2e":
         return []
+    from dq_cli.bench_report import stem
+
+    out = stem(out)
     import matplotlib
 
     matplotlib.use("Agg")

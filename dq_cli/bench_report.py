@@ -171,10 +171,18 @@ def load(path: Path, what: str = "report") -> dict:
     return doc
 
 
+def stem(out: Path) -> Path:
+    """The report's path without .json/.md: `-o run.json`, `-o run` and `-o wan2.2-480p` all mean run /
+    wan2.2-480p (a dot inside a name is no suffix to replace)."""
+    out = Path(out)
+    return out.with_suffix("") if out.suffix in (".json", ".md") else out
+
+
 def write(doc: dict, out: Path) -> list[Path]:
     """<out>.json (atomically) and <out>.md; returns the paths written."""
+    out = stem(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out.with_suffix(".json"), out.with_suffix(".md")
+    json_path, md_path = out.with_name(out.name + ".json"), out.with_name(out.name + ".md")
     tmp = json_path.with_name(f".{json_path.name}.partial")
     tmp.write_text(json.dumps(doc, indent=1))
     tmp.replace(json_path)

@@ -175,9 +175,13 @@ def test_merge_joins_reports_of_one_device(report, tmp_path):
             row["key"] = row["key"].replace("dq-tiny@", "other@")
             row["model"] = "other"
     other = _variant(report, tmp_path / "other.json", rename)
-    doc = json.loads(run_dq("bench", "merge", report, other, "--json", "-o", tmp_path / "all").stdout)
+    doc = json.loads(run_dq("bench", "merge", report, other, "--json", "-o", tmp_path / "all.480p").stdout)
     assert len(doc["rows"]) == 4 and doc["merged_from"] == [str(report), str(other)]
-    assert (tmp_path / "all.md").read_text().count("### ") == 2
+    # a dot in the name is not a suffix to replace
+    assert (tmp_path / "all.480p.md").read_text().count("### ") == 2
+    assert json.loads((tmp_path / "all.480p.json").read_text()) == doc
+    assert (tmp_path / "all.480p.breakdown.png").is_file() is False  # that report was run --no-breakdown
+    assert (tmp_path / "all.480p.speed_quality.png").read_bytes().startswith(b"\x89PNG")
     result = run_dq("bench", "merge", report, report, "-o", tmp_path / "dup", code=2)
     assert "is in both" in result.output
     elsewhere = _variant(other, tmp_path / "gpu.json", lambda d: d["environment"].update(gpu="NVIDIA H200"))
