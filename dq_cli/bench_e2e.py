@@ -974,7 +974,19 @@ def markdown(doc: dict) -> str:
         lines.append(f"Command: `{env['command']}`")
     lines.append("")
     lines += [f"- {n}" for n in doc.get("notes", [])]
-    extra = [f"- {r['key']}: " + "; ".join(r["notes"]) for r in doc["rows"] if r.get("notes")]
+    # notes shared by every row of a configuration once, the rest per row
+    extra = []
+    by_config: dict[tuple, list[dict]] = {}
+    for r in doc["rows"]:
+        by_config.setdefault((r["model"], r["resolution"], r["config"]), []).append(r)
+    for (model, resolution, config), rows in by_config.items():
+        common = [n for n in rows[0].get("notes", []) if all(n in r.get("notes", []) for r in rows)]
+        if common:
+            extra.append(f"- {model}@{resolution}/{config}: " + "; ".join(common))
+        for r in rows:
+            own = [n for n in r.get("notes", []) if n not in common]
+            if own:
+                extra.append(f"- {r['key']}: " + "; ".join(own))
     if extra:
-        lines += ["", "Per row:", *extra]
+        lines += ["", "Per configuration and row:", *extra]
     return "\n".join(lines) + "\n"

@@ -35,8 +35,11 @@ def write(doc: dict, out: Path) -> list[Path]:
         paths.append(_scatter([r for r in timed if r.get("psnr_db") is not None], "psnr_db", "PSNR vs BF16 (dB)",
                               many, out.with_name(out.name + ".speed_quality.png"), doc))
     elif timed:
-        paths.append(_scatter(timed, "checkpoint_bytes", "checkpoint (GiB)", many,
-                              out.with_name(out.name + ".speed_size.png"), doc, scale=2**-30))
+        largest = max((r.get("checkpoint_bytes") or 0) for r in timed)
+        unit, scale = ("GiB", 2**-30) if largest >= 2**30 else ("MiB", 2**-20)
+        paths.append(_scatter([r for r in timed if r.get("checkpoint_bytes")], "checkpoint_bytes",
+                              f"checkpoint ({unit})", many, out.with_name(out.name + ".speed_size.png"), doc,
+                              scale=scale))
     return paths
 
 
