@@ -4,17 +4,14 @@ any number of quantized checkpoints. Times come from the device the run is on.""
 from __future__ import annotations
 
 import math
-import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
 
 import torch
 
-from dq_cli import __version__
 from dq_cli.models.base import Adapter
 
-REPORT_VERSION = 1
 
 
 @dataclass
@@ -68,20 +65,17 @@ def psnr_db(video: torch.Tensor, reference: torch.Tensor) -> float:
     return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
-def environment(device: str) -> dict:
-    env = {"dq": __version__, "torch": torch.__version__, "python": platform.python_version(),
-           "machine": platform.machine(), "device": device}
-    if device.startswith("cuda"):
-        env["gpu"] = torch.cuda.get_device_name()
-        env["cuda"] = torch.version.cuda
-    else:
-        env["cpu_threads"] = torch.get_num_threads()
-    return env
+def environment(device: str, command: str | None = None) -> dict:
+    """Where the numbers come from (the schema shared by every `dq bench` report: dq_cli/bench_report.py)."""
+    from dq_cli.bench_report import environment as env
+
+    return env(device, command)
 
 
 def report(rows: list[BenchRow], env: dict, settings: dict) -> dict:
-    return {"report_version": REPORT_VERSION, "environment": env, "settings": settings,
-            "rows": [asdict(r) for r in rows]}
+    from dq_cli.bench_report import new_report
+
+    return new_report("model", env, settings, [asdict(r) for r in rows])
 
 
 def markdown(doc: dict) -> str:

@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-KERNEL_REPORT_VERSION = 1
 
 # (model, tokens, grid, [(layer, K, N, count per block)]) — shapes from the diffusers configs (FACTS.md).
 WAN_A14B = [("self_attn.q/k/v/out", 5120, 5120, 4), ("cross_attn.q/out", 5120, 5120, 2),
@@ -151,11 +150,11 @@ def summary(rows: list[KernelRow]) -> dict[str, dict[str, float]]:
 
 
 def report(rows: list[KernelRow], env: dict) -> dict:
-    return {"report_version": KERNEL_REPORT_VERSION, "kind": "kernels", "environment": env,
-            "rows": [asdict(r) | {"tflops": {c: r.tflops(getattr(r, c)) for c in
-                                             ("bf16_ms", "fp8_cublas_ms", "w4a4_ms", "w4a4_gemm_ms", "w8a8_ms")}}
-                     for r in rows],
-            "summary": summary(rows)}
+    from dq_cli.bench_report import new_report
+
+    return new_report("kernels", env, {}, [asdict(r) | {"tflops": {c: r.tflops(getattr(r, c)) for c in
+                                                                  ("bf16_ms", "fp8_cublas_ms", "w4a4_ms", "w4a4_gemm_ms", "w8a8_ms")}}
+                                           for r in rows], summary=summary(rows))
 
 
 def markdown(doc: dict) -> str:

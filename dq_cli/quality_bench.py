@@ -14,7 +14,6 @@ import torch
 from dq_cli.models.base import Adapter
 from dq_cli.quality import psnr, score, ssim
 
-QUALITY_REPORT_VERSION = 1
 
 
 @dataclass
@@ -101,8 +100,9 @@ def quantized_layers(adapter: Adapter) -> dict[str, torch.nn.Module]:
 
 
 def report(rows: list[QualityRow], env: dict, settings: dict) -> dict:
-    return {"report_version": QUALITY_REPORT_VERSION, "kind": "quality", "environment": env,
-            "settings": settings, "rows": [asdict(r) for r in rows]}
+    from dq_cli.bench_report import new_report
+
+    return new_report("quality", env, settings, [asdict(r) for r in rows])
 
 
 def markdown(doc: dict) -> str:

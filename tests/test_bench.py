@@ -65,7 +65,7 @@ def test_bench_kernels_refuses_bad_input_without_a_traceback():
     result = run_dq("bench", "kernels", "--shapes", "wan-a14b-1080p", code=2)
     assert "--shapes wan-a14b-1080p" in result.output and "wan-a14b-480p" in result.output
     result = run_dq("bench", "kernelz", code=2)
-    assert "expected 'model' or 'kernels'" in result.output
+    assert "expected one of 'model', 'kernels'" in result.output
     if not torch.cuda.is_available():
         result = run_dq("bench", "kernels", code=2)
         assert "needs a CUDA device" in result.output

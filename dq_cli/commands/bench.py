@@ -1,8 +1,16 @@
-"""dq bench: compare the unquantized model with quantized checkpoints on one prompt and seed."""
+"""dq bench: speed, memory, size and quality of configurations side by side, and the regression gate.
+
+Modes: `model` (default: the unquantized model against checkpoints, one prompt; `--quality`: a
+prompt set), `kernels` (dq's linear kernels against cuBLAS), `e2e` (full-size models with random
+weights: dq's configurations against BF16 and torchao, over attention backends and torch.compile),
+`compare` (gate a report against a baseline without running anything) and `merge` (one report from
+several). `--smoke` is a seconds-long e2e run on the CPU for CI. Any mode takes `--baseline` and
+exits with code 4 when a limit is broken.
+"""
 
 from __future__ import annotations
 
-import json
+import shlex
 from pathlib import Path
 
 import typer
@@ -12,20 +20,31 @@ from dq_cli.commands.common import (DEVICE_OPTION, QUIET_OPTION, attention_note,
                                     handle_errors, note, pick_device, progress_bar, set_threads)
 from dq_cli.errors import DQError
 
+MODES = ("model", "kernels", "e2e", "compare", "merge")
+SMOKE = {"configs": "bf16,w4a4,w8a8,6bit,torchao-int8", "steps": 2, "frames": 4, "height": 16, "width": 16}
+
 
 @handle_errors
 def command(
-    what: str = typer.Argument("model", help="model: run the model and checkpoints; kernels: the quantized "
-                               "linear kernels against cuBLAS at real model shapes (CUDA only)."),
+    ctx: typer.Context,
+    what: str = typer.Argument("model", help="model: the model and checkpoints on one prompt (--quality: a "
+                               "prompt set); kernels: dq's linear kernels against cuBLAS at real model shapes "
+                               "(CUDA); e2e: full-size random-weight models, dq's configurations against BF16 and "
+                               "torchao; compare: gate REPORT against --baseline without running; merge: one "
+                               "report from several (-o)."),
+    files: list[Path] = typer.Argument(None, help="compare: the new report; merge: the reports to merge.",
+                                       show_default=False),
     kernel_models: list[str] = typer.Option([], "--shapes", help="With `kernels`: which models' linear shapes "
                                             "(repeatable; default wan-a14b-480p). One of: wan-a14b-480p, "
                                             "wan-a14b-720p, wan-ti2v-5b, ltx-video, cogvideox-5b."),
     checkpoints: list[Path] = typer.Option([], "--checkpoint", "-c", help="A quantized checkpoint to compare "
                                            "(repeatable)."),
-    model: str = typer.Option(None, "--model", "-m", help="Baseline model (default: the first checkpoint's, "
-                              "else dq-tiny)."),
+    model: str = typer.Option(None, "--model", "-m", help="model mode: baseline model (default: the first "
+                              "checkpoint's, else dq-tiny). e2e: wan2.2-a14b, wan2.2-ti2v-5b, ltx-video, "
+                              "cogvideox-5b (random weights, real configs), dq-tiny (trained: quality columns) "
+                              "or a local diffusers folder (its configs only)."),
     prompt: str = typer.Option("a red circle moving right on a blue background", "--prompt", "-p"),
-    steps: int = typer.Option(None, "--steps", min=1),
+    steps: int = typer.Option(None, "--steps", min=1, help="Sampling steps (e2e: the measured run; default 2)."),
     seed: int = typer.Option(0, "--seed"),
     frames: int = typer.Option(None, "--frames", min=1),
     height: int = typer.Option(None, "--height", min=8),
@@ -34,34 +53,86 @@ def command(
                                  "held-out prompts) and report PSNR/SSIM against the baseline and prompt adherence."),
     prompts: Path = typer.Option(None, "--prompts", help="Prompt file for --quality (txt, jsonl, csv, parquet)."),
     num_prompts: int = typer.Option(None, "--num-prompts", "-n", min=1, help="Use the first N prompts (--quality)."),
-    attention: list[str] = typer.Option([], "--attention", help="Also run every configuration with this "
-                                        "self-attention backend (sage8: 8-bit attention), as rows "
-                                        "'<config>+sage8'; the reference stays the SDPA baseline. Repeatable."),
-    out: Path = typer.Option(None, "--out", "-o", help="Write <out>.json and <out>.md."),
+    attention: list[str] = typer.Option([], "--attention", help="model mode: also run every configuration with "
+                                        "this self-attention backend (sage8: 8-bit attention), as rows "
+                                        "'<config>+sage8'. e2e: the backends to run, e.g. sdpa,sage8 (default "
+                                        "sdpa). Repeatable or comma-separated."),
+    configs: str = typer.Option(None, "--configs", help="e2e: comma-separated configurations, of bf16, w4a4, "
+                                "w4a4-recipe, 6bit, w8a8, torchao-fp8, torchao-int8 (default: all but w4a4-recipe)."),
+    resolution: str = typer.Option(None, "--resolution", help="e2e: 480p / 720p (Wan 2.2 A14B), 720p (TI2V-5B), "
+                                   "512p (LTX-Video), 480p (CogVideoX-5B), or FRAMESxHEIGHTxWIDTH."),
+    compile_: str = typer.Option("off", "--compile", help="e2e: torch.compile off, on, or off,on (both)."),
+    compile_backend: str = typer.Option("inductor", "--compile-backend", help="e2e: torch.compile backend."),
+    warmup_steps: int = typer.Option(None, "--warmup-steps", min=0, help="e2e: steps of the warm-up run before "
+                                     "the measured one, where compilation and autotuning happen (default: as many as "
+                                     "--steps, so that every cube size, expert and shape is seen before timing)."),
+    breakdown: bool = typer.Option(True, "--breakdown/--no-breakdown", help="e2e: time linears / attention / "
+                                   "other per step in one extra eager run."),
+    dtype: str = typer.Option("auto", "--dtype", help="e2e: model dtype (auto: bfloat16 on a GPU, float32 on "
+                              "the CPU)."),
+    recipe_overrides: list[str] = typer.Option([], "--recipe", help="e2e: CONFIG=RECIPE, a recipe for one of dq's "
+                                               "configurations (default: the family's built-in one). Repeatable."),
+    guidance: float = typer.Option(None, "--guidance", min=0.0, help="e2e: CFG scale (default: the model's)."),
+    num_layers: int = typer.Option(None, "--num-layers", min=1, help="e2e: build only the first N blocks of each "
+                                   "transformer (a quick check of the full-width path; rows are named MODEL-NL)."),
+    smoke: bool = typer.Option(False, "--smoke", help="A seconds-long e2e run on dq-tiny (bf16, w4a4, w8a8, 6bit, "
+                               "torchao-int8; 2 steps at 4x16x16) that exercises the whole e2e path: for CI."),
+    baseline: Path = typer.Option(None, "--baseline", help="Gate: compare the report with this one and exit "
+                                  "with code 4 when a limit below is broken."),
+    max_slowdown: str = typer.Option("5%", "--max-slowdown", help="Gate: a time may grow by at most this "
+                                     "(5% or 0.05)."),
+    max_memory_increase: str = typer.Option("5%", "--max-memory-increase", help="Gate: peak memory, weight and "
+                                            "checkpoint bytes may grow by at most this."),
+    min_psnr: float = typer.Option(None, "--min-psnr", help="Gate: every row with a PSNR must reach this (dB)."),
+    min_ssim: float = typer.Option(None, "--min-ssim", help="Gate: every row with an SSIM must reach this."),
+    max_psnr_drop: float = typer.Option(None, "--max-psnr-drop", min=0.0, help="Gate: PSNR may fall by at most "
+                                        "this many dB against the baseline's row."),
+    out: Path = typer.Option(None, "--out", "-o", help="Write <out>.json and <out>.md (e2e: and PNG plots "
+                             "<out>.breakdown.png, <out>.speed_quality.png or .speed_size.png)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
     device: str = DEVICE_OPTION,
     quiet: bool = QUIET_OPTION,
 ) -> None:
-    """Time and compare configurations side by side.
+    """Time and compare configurations side by side; gate a report against a baseline.
 
-    In: checkpoints (and a baseline model). Out: per configuration the median step latency, end-to-end
-    latency, peak GPU memory, weight bytes in memory, checkpoint size and PSNR of the video against
-    the baseline's video of the same seed; a table, and JSON/markdown with --json / --out.
+    In: checkpoints (model mode), a model name (e2e), reports (compare, merge). Out: per configuration
+    latency (per step, per transformer forward, end to end), peak GPU memory, weight and checkpoint
+    bytes and quality against the baseline; a table, JSON/markdown with --json / --out. With
+    --baseline, exit code 4 and one line per regression (config, metric, baseline → new value).
     """
+    from dq_cli import bench_gate as gate
+
+    limits = gate.Limits(gate.parse_fraction(max_slowdown, "--max-slowdown"),
+                         gate.parse_fraction(max_memory_increase, "--max-memory-increase"),
+                         min_psnr, min_ssim, max_psnr_drop)
+    if what not in MODES:
+        raise DQError(f"dq bench {what}: expected one of {', '.join(repr(m) for m in MODES)}")
+    if files and what not in ("compare", "merge"):
+        raise DQError(f"dq bench {what}: takes no report files (got {files[0]})")
+    attention = [b for a in attention for b in a.split(",") if b]
+    for backend in attention:
+        check_attention(backend)
+    if what == "compare":
+        return _compare(files, baseline, limits)
+    if what == "merge":
+        return _merge(files, out, as_json, quiet, baseline, limits)
+    command_line = _command_line(ctx)
     # Imported here: `dq --help` must not wait for torch and diffusers.
     from dq_cli import bench as lib
     from dq_cli import quality_bench as qb
     from dq_cli.models import load_model
     from dq_cli.session import load_quantized, sampling
     set_threads()
-    for backend in attention:
-        check_attention(backend)
+    if smoke or what == "e2e":
+        doc = _e2e(model, resolution, configs, attention, compile_, compile_backend, warmup_steps, breakdown, dtype,
+                   recipe_overrides, guidance, num_layers, steps, seed, frames, height, width, prompt, smoke,
+                   pick_device(device if not smoke or device else "cpu"), out, quiet, command_line)
+        return _finish(doc, out, as_json, quiet, baseline, limits)
     extra = [b for b in dict.fromkeys(attention) if b != "sdpa"]
     device = pick_device(device)
     if what == "kernels":
-        return _kernels(kernel_models or ["wan-a14b-480p"], device, out, as_json, quiet)
-    if what != "model":
-        raise DQError(f"dq bench {what}: expected 'model' or 'kernels'")
+        return _kernels(kernel_models or ["wan-a14b-480p"], device, out, as_json, quiet, baseline, limits,
+                        command_line)
     for path in checkpoints:
         if not path.is_file():
             raise DQError(f"--checkpoint {path}: no such file")
@@ -71,14 +142,14 @@ def command(
 
         spec = read_info(checkpoints[0]).model
         baseline_name = spec.get("path") or spec["name"]
-    baseline = load_model(baseline_name or "dq-tiny", device=device)
-    run = sampling(baseline, None, steps=steps, seed=seed, frames=frames, height=height, width=width)
+    base_model = load_model(baseline_name or "dq-tiny", device=device)
+    run = sampling(base_model, None, steps=steps, seed=seed, frames=frames, height=height, width=width)
     if quality:
-        doc = _quality(baseline, checkpoints, model, run, prompts, num_prompts, device, quiet, extra)
-        return _emit(doc, out, as_json, quiet, qb.markdown, _print_quality)
+        doc = _quality(base_model, checkpoints, model, run, prompts, num_prompts, device, quiet, extra, command_line)
+        return _finish(doc, out, as_json, quiet, baseline, limits, print_table=_print_quality)
     rows = []
     with progress_bar(quiet, "benchmarking", run.steps * (1 + len(checkpoints)) * (1 + len(extra))) as advance:
-        row, reference = lib.run_config("baseline", baseline, prompt, run, None, on_step=lambda s: advance())
+        row, reference = lib.run_config("baseline", base_model, prompt, run, None, on_step=lambda s: advance())
         rows.append(row)
 
         def measure(adapter, name: str, path: Path | None) -> None:
@@ -90,16 +161,124 @@ def command(
                     row.notes.append(attention_note(adapter.attention))
                 rows.append(row)
 
-        measure(baseline, "baseline", None)
-        del baseline
+        measure(base_model, "baseline", None)
+        del base_model
         for path in checkpoints:
             adapter, _ = load_quantized(path, device, model=model)
             measure(adapter, path.stem, path)
             del adapter
     settings = {"prompt": prompt, "attention": ["sdpa", *extra], "steps": run.steps, "seed": run.seed,
                 "frames": run.frames, "height": run.height, "width": run.width}
-    doc = lib.report(rows, lib.environment(device), settings)
-    _emit(doc, out, as_json, quiet, lib.markdown, _print_table)
+    doc = lib.report(rows, lib.environment(device, command_line), settings)
+    _finish(doc, out, as_json, quiet, baseline, limits, print_table=_print_table)
+
+
+def _command_line(ctx: typer.Context) -> str:
+    """The command as a user would type it again: the command path and every option not at its default."""
+    parts = ["dq", ctx.info_name]  # whatever started it (python -m dq_cli, a test runner), the command is dq's
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.name == "ctx" or value is None or value == param.default or value in ((), []):
+            continue
+        if getattr(param, "param_type_name", "") == "argument":
+            parts += [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+            continue
+        if getattr(param, "is_flag", False) and isinstance(value, bool):
+            flag = param.opts[0] if value else (param.secondary_opts[0] if param.secondary_opts else None)
+            parts += [flag] if flag else []
+            continue
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            parts += [param.opts[0], str(v)]
+    return shlex.join(parts)
+
+
+def _finish(doc: dict, out: Path | None, as_json: bool, quiet: bool, baseline: Path | None, limits,
+            print_table=None) -> None:
+    """Write and print the report, then gate it against the baseline."""
+    import json
+
+    from dq_cli import bench_report as br
+
+    if out is not None:
+        written = br.write(doc, out)
+        if doc["kind"] == "e2e":
+            from dq_cli import bench_plots
+
+            written += bench_plots.write(doc, out)
+        note(quiet, "wrote " + ", ".join(str(p) for p in written))
+    if as_json:
+        typer.echo(json.dumps(doc, indent=1))
+    elif not quiet:
+        (print_table or (lambda d: console.print(br.markdown(d), soft_wrap=True, markup=False)))(doc)
+    if baseline is not None:
+        _gate(doc, baseline, limits, quiet)
+
+
+def _gate(doc: dict, baseline: Path, limits, quiet: bool = False) -> None:
+    from dq_cli import bench_gate as gate
+    from dq_cli import bench_report as br
+
+    base = br.load(baseline, "--baseline")
+    result = gate.compare(doc, base, limits)
+    for line in result.notes:
+        console.print(f"[yellow]note:[/] {line}", soft_wrap=True, markup=True)
+    if result.new_rows and not quiet:
+        console.print(f"note: {len(result.new_rows)} rows have no baseline: {', '.join(result.new_rows)}", soft_wrap=True,
+                      markup=False)
+    if not result.passed:
+        console.print(result.summary(str(baseline)), soft_wrap=True, markup=False)
+        first = result.regressions[0]
+        raise gate.RegressionError(f"{len(result.regressions)} regression(s) against {baseline} "
+                                   f"({limits.describe()}); first: {first.message}")
+    typer.echo(result.summary(str(baseline)) + f" ({limits.describe()})")
+
+
+def _compare(files: list[Path], baseline: Path | None, limits) -> None:
+    from dq_cli import bench_report as br
+
+    if len(files or []) != 1:
+        raise DQError("dq bench compare: give one report, e.g. `dq bench compare NEW.json --baseline OLD.json`")
+    if baseline is None:
+        raise DQError("dq bench compare: --baseline is required")
+    _gate(br.load(files[0]), baseline, limits)
+
+
+def _merge(files: list[Path], out: Path | None, as_json: bool, quiet: bool, baseline, limits) -> None:
+    from dq_cli import bench_report as br
+
+    if len(files or []) < 2:
+        raise DQError("dq bench merge: give two or more reports, e.g. `dq bench merge a.json b.json -o all`")
+    if out is None and not as_json:
+        raise DQError("dq bench merge: say where the merged report goes (-o OUT, or --json)")
+    doc = br.merge([(str(f), br.load(f)) for f in files])
+    _finish(doc, out, as_json, quiet, baseline, limits)
+
+
+def _e2e(model, resolution, configs, attention, compile_, compile_backend, warmup_steps, breakdown, dtype,
+         recipe_overrides, guidance, num_layers, steps, seed, frames, height, width, prompt, smoke, device, out, quiet,
+         command_line) -> dict:
+    from dq_cli import bench_e2e as e2e
+    from dq_cli import bench_report as br
+
+    if smoke:
+        model, configs, steps = model or "dq-tiny", configs or SMOKE["configs"], steps or SMOKE["steps"]
+        frames, height, width = frames or SMOKE["frames"], height or SMOKE["height"], width or SMOKE["width"]
+    plan = e2e.plan(model=model or "dq-tiny", resolution=resolution, configs=configs, attention=attention,
+                    compile_=compile_, dtype=dtype, recipe_overrides=recipe_overrides, num_layers=num_layers,
+                    frames=frames, height=height, width=width, prompt=prompt, device=device,
+                    options=e2e.Options(steps=steps or 2, warmup_steps=warmup_steps, seed=seed, breakdown=breakdown,
+                                        compile_backend=compile_backend, guidance=guidance))
+    plan.settings["smoke"] = smoke
+    env = br.environment(device, command_line)
+
+    def partial(rows, info):
+        if out is not None:  # a report after every row: a run stopped by a time limit keeps what it measured
+            br.write(e2e.report(rows, env, plan.settings_with(info)), out)
+
+    note(quiet, f"dq bench e2e: {plan.model} at {plan.resolution}, configs {', '.join(plan.configs)}, attention "
+                f"{', '.join(plan.attentions)}, compile {compile_} on {device}")
+    rows, info = e2e.run_plan(plan, log=lambda m: note(quiet, m), on_row=partial)
+    return e2e.report(rows, env, plan.settings_with(info))
 
 
 def _attention_variants(adapter, name: str, extra: list[str], skip_sdpa: bool = False):
@@ -115,19 +294,8 @@ def _attention_variants(adapter, name: str, extra: list[str], skip_sdpa: bool = 
         adapter.attention = None
 
 
-def _emit(doc: dict, out: Path | None, as_json: bool, quiet: bool, to_markdown, print_table) -> None:
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".json").write_text(json.dumps(doc, indent=1))
-        out.with_suffix(".md").write_text(to_markdown(doc))
-        note(quiet, f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
-    if as_json:
-        typer.echo(json.dumps(doc, indent=1))
-    elif not quiet:
-        print_table(doc)
-
-
-def _kernels(models: list[str], device: str, out, as_json: bool, quiet: bool) -> None:
+def _kernels(models: list[str], device: str, out, as_json: bool, quiet: bool, baseline, limits,
+             command_line: str) -> None:
     from dq_cli import bench as lib
     from dq_cli import kernel_bench as kb
 
@@ -141,11 +309,12 @@ def _kernels(models: list[str], device: str, out, as_json: bool, quiet: bool) ->
     total = sum(len(kb.SHAPES[m][2]) for m in models)
     with progress_bar(quiet, "timing kernels", total) as advance:
         rows = kb.run(models, on_shape=lambda r: advance())
-    doc = kb.report(rows, lib.environment(device) | {"triton": triton.__version__})
-    _emit(doc, out, as_json, quiet, kb.markdown, lambda d: console.print(kb.markdown(d)))
+    doc = kb.report(rows, lib.environment(device, command_line) | {"triton": triton.__version__})
+    _finish(doc, out, as_json, quiet, baseline, limits)
 
 
-def _quality(baseline, checkpoints, model, run, prompts, num_prompts, device, quiet, extra=()) -> dict:
+def _quality(baseline, checkpoints, model, run, prompts, num_prompts, device, quiet, extra=(), command_line=None
+             ) -> dict:
     from dq_calib.prompts import PromptSourceError, load_prompts
     from dq_cli import bench as lib
     from dq_cli import quality_bench as qb
@@ -183,7 +352,7 @@ def _quality(baseline, checkpoints, model, run, prompts, num_prompts, device, qu
     settings = {"prompts": len(prompt_list), "prompt_source": str(source), "attention": ["sdpa", *extra],
                 "steps": run.steps, "guidance": run.guidance, "seed": run.seed, "frames": run.frames, "height": run.height,
                 "width": run.width}
-    return qb.report(rows, lib.environment(device), settings)
+    return qb.report(rows, lib.environment(device, command_line), settings)
 
 
 def _print_quality(doc: dict) -> None:
