@@ -37,8 +37,14 @@ def kernel_times(fn, reps: int = 5) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shapes", default="wan-a14b-480p")
+    ap.add_argument("--rank", type=int, default=RANK)
+    ap.add_argument("--cube", default=",".join(map(str, CUBE)), help="t,h,w")
+    ap.add_argument("--only", default=None, help="profile only this layer name")
+    ap.add_argument("--no-w8a8", action="store_true")
     a = ap.parse_args()
+    rank, cube = a.rank, [int(v) for v in a.cube.split(",")]
     m, grid, layers = SHAPES[a.shapes]
+    layers = [entry for entry in layers if a.only is None or entry[0] == a.only]
     seen = set()
     for layer, k, n, _ in layers:
         if (k, n) in seen:
@@ -47,19 +53,22 @@ def main() -> None:
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
         w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5
         smooth = torch.rand(k, device="cuda") + 0.5
-        down = (torch.randn(RANK, k, device="cuda") / k**0.5).bfloat16()
-        up = (torch.randn(n, RANK, device="cuda") / RANK**0.5).bfloat16()
+        down = (torch.randn(rank, k, device="cuda") / k**0.5).bfloat16()
+        up = (torch.randn(n, rank, device="cuda") / rank**0.5).bfloat16()
         bias = torch.randn(n, device="cuda", dtype=torch.bfloat16)
         codes, scales = quantize_int4(w.float() * smooth, 64, pow2_scales=True)
         packed = pack_int4(codes)
         wi8, swi = quantize_int8_rowwise(w)
         for name, fn in (
                 ("w4a4", lambda: torch.ops.dq.w4a4_linear(x, packed, scales, smooth, down, up, bias, 1, list(grid),
-                                                         list(CUBE))),
+                                                         cube)),
                 ("w8a8", lambda: torch.ops.dq.w8a8_linear(x, wi8, swi, smooth, bias))):
+            if name == "w8a8" and a.no_w8a8:
+                continue
             times = kernel_times(fn)
-            print(f"== {a.shapes} {layer} {m}x{k}->{n} {name}: {sum(times.values()):.3f} ms in kernels")
-            for kname, ms in times.items():
+            print(f"== {a.shapes} {layer} {m}x{k}->{n} {name} rank {rank} cube {cube}: "
+                  f"{sum(times.values()):.3f} ms in kernels")
+            for kname, ms in list(times.items())[:8]:
                 print(f"   {ms:8.3f} ms  {kname}")
         del x, w
 
