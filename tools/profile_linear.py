@@ -66,8 +66,10 @@ def main() -> None:
             if name == "w8a8" and a.no_w8a8:
                 continue
             times = kernel_times(fn)
+            import triton.testing
+            wall = triton.testing.do_bench(fn, warmup=5, rep=30, return_mode="median")
             print(f"== {a.shapes} {layer} {m}x{k}->{n} {name} rank {rank} cube {cube}: "
-                  f"{sum(times.values()):.3f} ms in kernels")
+                  f"{sum(times.values()):.3f} ms in kernels, {wall:.3f} ms per call", flush=True)
             for kname, ms in list(times.items())[:8]:
                 print(f"   {ms:8.3f} ms  {kname}")
         del x, w
