@@ -132,33 +132,34 @@ def test_e2e_on_each_family_from_its_folder(family, family_dir, tmp_path):
 
 
 def test_6bit_is_not_compiled_and_torchao_without_torchao_is_skipped(monkeypatch):
+    from dq_cli import bench_configs as configs
     from dq_cli import bench_e2e as e2e
 
     w = e2e.tiny_workload("cpu", "auto", 0, e2e.DEFAULT_PROMPT, 2, 16, 16)
     with monkeypatch.context() as m:
         m.setitem(sys.modules, "torchao", None)
         m.setitem(sys.modules, "torchao.quantization", None)
-        with pytest.raises(e2e.Skip, match="torchao is not importable"):
-            e2e.apply_config(w, "torchao-int8")
+        with pytest.raises(configs.Skip, match="torchao is not importable"):
+            configs.apply_config(w, "torchao-int8")
     if importlib.util.find_spec("torchao") is not None:
-        with pytest.raises(e2e.Skip, match="needs a CUDA GPU"):
-            e2e.apply_config(w, "torchao-fp8")
-    notes = e2e.apply_config(w, "6bit")
+        with pytest.raises(configs.Skip, match="needs a CUDA GPU"):
+            configs.apply_config(w, "torchao-fp8")
+    notes = configs.apply_config(w, "6bit")
     assert any("synthetic 6Bit predictor" in n for n in notes) and w.adapter.runtime is not None
     row = e2e.Row(key="k", model="m", resolution="r", config="6bit", attention="sdpa", compile=True)
-    with pytest.raises(e2e.Skip, match="not compiled"):
+    with pytest.raises(configs.Skip, match="not compiled"):
         e2e.measure(w, row, e2e.Options(steps=1, breakdown=False), print)
 
 
 def test_synthetic_predictor_meets_the_recipe_target():
     from dq_calib.predictor import ROUTE_BITS
-    from dq_cli import bench_e2e as e2e
     from dq_cli import recipe as recipes
+    from dq_cli.bench_configs import synthetic_predictor
 
     recipe = recipes.parse(recipes.resolve("wan22_6bit.yaml")[1])
     names = {f"transformer.blocks.{b}.{l}": k for b in range(40)
              for l, k in (("attn1.to_q", 5120), ("attn1.to_k", 5120), ("ffn.net.0.proj", 5120), ("ffn.net.2", 13824))}
-    p = e2e.synthetic_predictor(recipe, dict.fromkeys(names), names)
+    p = synthetic_predictor(recipe, dict.fromkeys(names), names)
     safe = sum(k for n, k in names.items() if p.route(n, 0.1) == "int8")
     bits = (safe * ROUTE_BITS["int8"] + (sum(names.values()) - safe) * ROUTE_BITS["nvfp4"]) / sum(names.values())
     assert bits == pytest.approx(6.0, abs=0.1)
@@ -202,6 +203,7 @@ def test_full_size_configs_on_the_meta_device(name, tokens, experts, gib, linear
     from dq_cli import bench_e2e as e2e
     from dq_cli import bench_models
     from dq_cli import bench_report as br
+    from dq_cli.bench_configs import BLOCK_ROLES
     from dq_cli.models import ADAPTERS
 
     spec = bench_models.BUILTIN[name]
@@ -211,7 +213,7 @@ def test_full_size_configs_on_the_meta_device(name, tokens, experts, gib, linear
     assert len(models) == experts
     per_expert = br.module_bytes(models["transformer"]) / 2**30
     assert per_expert == pytest.approx(gib, rel=0.03)
-    block = [i for i in adapter.linears() if i.component == "transformer" and i.role in e2e.BLOCK_ROLES]
+    block = [i for i in adapter.linears() if i.component == "transformer" and i.role in BLOCK_ROLES]
     assert len(block) == linears
     _, (f, h, w) = spec.resolution(None)
     gen = torch.Generator().manual_seed(0)
@@ -261,7 +263,7 @@ def test_safetensors_size_is_exact_and_torchao_counts_its_packed_data(tmp_path):
 
 def test_breakdown_separates_linears_attention_and_the_rest():
     """Nested marks: the attention module's own time excludes the linears inside it."""
-    from dq_cli.bench_e2e import Breakdown, Clock
+    from dq_cli.bench_timing import Breakdown, Clock
 
     class Slow(nn.Module):
         def __init__(self, seconds, inner=None):
