@@ -7,9 +7,11 @@ names the layer in the error.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
-__all__ = ["NonFiniteError", "check_finite", "check_last_dim_multiple"]
+__all__ = ["NonFiniteError", "check_finite", "check_last_dim_multiple", "finite_checks_on"]
 
 
 class NonFiniteError(ValueError):
@@ -31,6 +33,18 @@ def check_finite(x: torch.Tensor, name: str, what: str = "input") -> None:
         f"layer '{name}': {what} has {n_nan} NaN and {n_inf} inf values "
         f"(of {x.numel()}, shape {tuple(x.shape)}, dtype {x.dtype}; first at index {first})"
     )
+
+
+def finite_checks_on(x: torch.Tensor) -> bool:
+    """Whether a quantized layer checks its input with `check_finite` (DQ_CHECK_FINITE: auto, 1, 0).
+
+    auto: on the CPU, not on a GPU. The check reads a flag back to the host, a device sync per
+    layer and call: ~400 per Wan A14B forward, each draining the launch queue so that the GPU
+    then waits on the host while the next layer's ~25 launches are issued. On a GPU, set
+    DQ_CHECK_FINITE=1 to find the layer where NaN or inf first appear.
+    """
+    mode = os.environ.get("DQ_CHECK_FINITE", "auto")
+    return mode == "1" or (mode == "auto" and not x.is_cuda)
 
 
 def check_last_dim_multiple(x: torch.Tensor, multiple: int, what: str) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dq_kernels.checks import NonFiniteError, check_finite
+from dq_kernels.checks import NonFiniteError, check_finite, finite_checks_on
 from dq_kernels.fp8 import dequantize_fp8, quantize_fp8
 from dq_kernels.int8 import dequantize_int8, quantize_int8_rowwise
 
@@ -199,3 +199,13 @@ def test_check_finite_names_the_layer_and_counts():
     assert isinstance(info.value, ValueError)
     with pytest.raises(NonFiniteError, match="layer 'w': weight has 0 NaN and 1 inf"):
         check_finite(torch.tensor([1.0, float("inf")]).to(torch.bfloat16), "w", what="weight")
+
+
+def test_finite_checks_follow_the_environment(monkeypatch):
+    x = torch.zeros(2)
+    monkeypatch.delenv("DQ_CHECK_FINITE", raising=False)
+    assert finite_checks_on(x)  # auto: on for CPU tensors (a GPU's would be off: no sync per layer)
+    monkeypatch.setenv("DQ_CHECK_FINITE", "0")
+    assert not finite_checks_on(x)
+    monkeypatch.setenv("DQ_CHECK_FINITE", "1")
+    assert finite_checks_on(x)
