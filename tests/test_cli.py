@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import COMMANDS, recipe_data, run_dq, write_recipe
 
@@ -199,3 +200,31 @@ def test_settings_the_pipeline_refuses_are_a_user_error(dq, family_dir, tmp_path
     result = dq("generate", "-m", family_dir("ltx"), "-p", "a cat", "-o", out, "--steps", 1, "--frames", 9,
                 "--height", 32, "--width", 32, code=2)
     assert "at least 2 steps" in result.stderr and not out.exists()
+
+
+def test_non_finite_values_exit_with_the_layer_named_and_no_traceback(capsys):
+    import typer
+
+    from dq_cli.commands.common import handle_errors
+    from dq_kernels.checks import check_finite
+
+    @handle_errors
+    def command():
+        check_finite(torch.tensor([1.0, float("nan")]), "blocks.2.ffn.net.0.proj")
+
+    with pytest.raises(typer.Exit) as info:
+        command()
+    assert info.value.exit_code == 1
+    out = capsys.readouterr()
+    assert "blocks.2.ffn.net.0.proj" in out.out + out.err and "Traceback" not in out.out + out.err
+
+
+def test_other_value_errors_still_propagate():
+    from dq_cli.commands.common import handle_errors
+
+    @handle_errors
+    def command():
+        raise ValueError("a bug, not a user error")
+
+    with pytest.raises(ValueError, match="a bug"):
+        command()

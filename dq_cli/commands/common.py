@@ -57,6 +57,13 @@ def handle_errors(fn):
         except KeyboardInterrupt:
             console.print("[red]interrupted[/]")
             raise typer.Exit(130)
+        except ValueError as e:
+            from dq_kernels.checks import NonFiniteError  # torch is loaded by now: the error came from it
+
+            if not isinstance(e, NonFiniteError):
+                raise
+            console.print(f"[bold red]error:[/] {e}", soft_wrap=True)
+            raise typer.Exit(1)
 
     return wrapper
 
