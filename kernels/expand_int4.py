@@ -31,7 +31,9 @@ def carrier_ratios(scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     all-zero row)."""
     s = scales.float()
     row = s.amax(dim=-1) * 2.0**-CARRIER_SHIFT
-    return row, torch.where(row[:, None] > 0, s / row[:, None], torch.zeros_like(s))
+    # An all-zero row has s = 0 everywhere: 0 / tiny = 0. (Fewer launches than a where(): this
+    # runs on every W4A4 call, and small layers are launch-bound.)
+    return row, s / row.clamp_min(torch.finfo(torch.float32).tiny)[:, None]
 
 
 def to_carriers(codes: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
