@@ -42,7 +42,7 @@ TRAIN_MINUTES ?= 9
 # -P keeps the repo root off sys.path: its kernels/ folder would shadow the PyPI `kernels` package
 # that transformers probes for.
 train:
-	$(TRAIN_PY) -P -m dq_cli.tiny.train --state runs/dq-tiny --minutes $(TRAIN_MINUTES)
+	$(TRAIN_PY) -P -m dq_cli.tiny.train --state runs/dq-tiny --minutes $(TRAIN_MINUTES) --init dq_cli/tiny/weights
 	$(TRAIN_PY) -P -m dq_cli.tiny.train --state runs/dq-tiny --export dq_cli/tiny/weights
 
 clean:

@@ -9,6 +9,10 @@ train on is lent 10 minutes at a time. The state folder holds flat safetensors f
 
     python -m dq_cli.tiny.train --state runs/dq-tiny --minutes 9          # train (or resume)
     python -m dq_cli.tiny.train --state runs/dq-tiny --export dq_cli/tiny/weights
+
+A new state folder can start from exported weights (`--init dq_cli/tiny/weights`, what `make train`
+does): both the raw and the EMA weights start from the export's EMA, the optimizer starts fresh with
+a new warm-up, and the export's `training.json` carries the earlier sessions into the model card.
 """
 
 from __future__ import annotations
@@ -70,18 +74,23 @@ def sample_sigmas(n: int, generator: torch.Generator, device) -> torch.Tensor:
     return torch.sigmoid(torch.randn(n, generator=generator, device=device))
 
 
-def lr_at(step: int, total: int, peak: float, warmup: int = 500) -> float:
-    if step < warmup:
-        return peak * (step + 1) / warmup
+def lr_at(step: int, total: int, peak: float, warmup: int = 500, warmup_from: int = 0) -> float:
+    """Linear warm-up over `warmup` steps from `warmup_from` (0, or where a fresh optimizer took over
+    from exported weights), then cosine to 0 at `total`."""
+    if step - warmup_from < warmup:
+        return peak * (step - warmup_from + 1) / warmup
     return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 
 def train(state_dir: Path, minutes: float, total_steps: int, batch: int, lr: float, clips: int,
-          seed: int, device: str) -> None:
+          seed: int, device: str, init: Path | None = None, max_steps: int | None = None) -> None:
     start = time.time()
     state_dir.mkdir(parents=True, exist_ok=True)
     meta_path = state_dir / "meta.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {"step": 0, "sessions": [], "seconds": 0.0}
+    fresh = not meta_path.exists()
+    meta = json.loads(meta_path.read_text()) if not fresh else {"step": 0, "sessions": [], "seconds": 0.0}
+    if fresh and init is not None:
+        meta = _history(init)
     session = len(meta["sessions"])
     workers = max(1, min(16, (os.cpu_count() or 2) - 1))
     videos, captions = build_dataset(clips, seed + 7919 * session, workers)
@@ -89,14 +98,19 @@ def train(state_dir: Path, minutes: float, total_steps: int, batch: int, lr: flo
           flush=True)
     pipe = DqTinyPipeline.random(seed=seed)
     ema = DqTinyPipeline.random(seed=seed)
-    if meta["step"]:
+    if fresh and init is not None:
+        weights = flat_state(DqTinyPipeline.from_pretrained(init))
+        load_flat(pipe, weights)
+        load_flat(ema, weights)
+        print(f"initialised from {init} (step {meta['step']}); fresh optimizer, warm-up from there", flush=True)
+    elif meta["step"]:
         load_flat(pipe, load_file(state_dir / "raw.safetensors"))
         load_flat(ema, load_file(state_dir / "ema.safetensors"))
     pipe.to(device)
     ema.to(device)
     params = [p for m in modules(pipe).values() for p in m.parameters()]
     optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.01)
-    if meta["step"]:
+    if meta["step"] and (state_dir / "adam.safetensors").exists():
         _load_adam(optimizer, params, load_file(state_dir / "adam.safetensors"), meta["step"])
     for m in modules(pipe).values():
         m.train()
@@ -109,7 +123,8 @@ def train(state_dir: Path, minutes: float, total_steps: int, batch: int, lr: flo
     log = open(state_dir / "loss.tsv", "a")
     deadline = start + minutes * 60
     step, session_start, losses = meta["step"], time.time(), []
-    while step < total_steps and time.time() < deadline:
+    last = min(total_steps, step + max_steps) if max_steps is not None else total_steps
+    while step < last and time.time() < deadline:
         idx = torch.randint(0, len(captions), (batch,), generator=generator, device=device)
         x0 = videos[idx].float()
         keep = (torch.rand(batch, 1, generator=generator, device=device) > CAPTION_DROPOUT)
@@ -118,7 +133,7 @@ def train(state_dir: Path, minutes: float, total_steps: int, batch: int, lr: flo
         s = sigma.view(-1, 1, 1, 1, 1)
         xt = (1 - s) * x0 + s * noise
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, total_steps, lr)
+            group["lr"] = lr_at(step, total_steps, lr, warmup_from=meta.get("warmup_from", 0))
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
             text = pipe.text_encoder(ids[idx], mask[idx] & keep)
             v = pipe.transformer(xt, sigma * 1000, text, return_dict=False)[0]
@@ -178,6 +193,15 @@ def _load_adam(optimizer, params, flat: dict[str, torch.Tensor], step: int) -> N
                                   "exp_avg_sq": flat[f"{i}.exp_avg_sq"].to(p.device)}
 
 
+def _history(init: Path) -> dict:
+    """The training history of exported weights (their training.json), to continue from."""
+    path = init / "training.json"
+    meta = json.loads(path.read_text()) if path.exists() else {"step": 0, "sessions": [], "seconds": 0.0}
+    meta["warmup_from"] = meta["step"]
+    meta["init"] = str(init)
+    return meta
+
+
 def _device_name(device: str) -> str:
     return torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
 
@@ -192,6 +216,7 @@ def export(state_dir: Path, folder: Path) -> None:
     losses = [tuple(float(v) for v in line.split("\t")) for line in (state_dir / "loss.tsv").read_text().splitlines()]
     _plot_loss(losses, folder / "loss.png")
     (folder / "MODEL_CARD.md").write_text(model_card(pipe, meta, losses))
+    (folder / "training.json").write_text(json.dumps(meta, indent=1))
     print(f"exported {state_dir} -> {folder}")
 
 
@@ -247,9 +272,18 @@ over {len(meta['sessions'])} session(s):
 |---|---|---|---|---|---|
 {sessions}
 
-Final loss (mean of the last 100 steps): {losses[-1][1]:.4f}. Loss curve: `loss.png`.
+{_loss_line(meta, losses)}
 Reproduce: `make train` on a GPU machine (repeat until the schedule's {meta['sessions'][-1]['total_steps']:,} steps are done).
 """
+
+
+def _loss_line(meta: dict, losses: list[tuple[float, ...]]) -> str:
+    if not losses:
+        return "No loss logged yet (one line per 100 steps)."
+    line = f"Final loss (mean of the last 100 steps): {losses[-1][1]:.4f}. Loss curve: `loss.png`"
+    if meta.get("init"):  # the log of the sessions before the export we started from was not kept
+        line += f", from step {int(losses[0][0]) - 100:,} on"
+    return line + "."
 
 
 def main() -> None:
@@ -263,11 +297,15 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--export", type=Path, default=None, help="export EMA weights to this folder and exit")
+    ap.add_argument("--init", type=Path, default=None,
+                    help="start a new state folder from these exported weights (ignored when resuming)")
+    ap.add_argument("--steps", type=int, default=None, help="stop after this many steps in this session")
     args = ap.parse_args()
     if args.export:
         export(args.state, args.export)
         return
-    train(args.state, args.minutes, args.total_steps, args.batch, args.lr, args.clips, args.seed, args.device)
+    train(args.state, args.minutes, args.total_steps, args.batch, args.lr, args.clips, args.seed, args.device,
+          init=args.init, max_steps=args.steps)
 
 
 if __name__ == "__main__":
