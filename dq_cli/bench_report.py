@@ -75,7 +75,12 @@ def nvidia_driver() -> str | None:
 
 def git_state(root: Path | None = None) -> tuple[str | None, bool | None]:
     """(commit, dirty) of the checkout dq runs from; (None, None) outside a git checkout.
-    DQ_GIT_COMMIT (or GITHUB_SHA in Actions) names the commit where the tree travelled without .git."""
+
+    DQ_GIT_COMMIT, when set, wins: a tree copied to a GPU machine can carry another commit's .git
+    (a report of 2026-11-29 named a commit three merges old). GITHUB_SHA stands in where the
+    tree has no .git at all."""
+    if os.environ.get("DQ_GIT_COMMIT"):
+        return os.environ["DQ_GIT_COMMIT"], None
     root = root or Path(__file__).resolve().parents[1]
     git = shutil.which("git")
     if git is not None:
@@ -87,8 +92,7 @@ def git_state(root: Path | None = None) -> tuple[str | None, bool | None]:
             return commit, bool(status.strip())
         except (OSError, subprocess.SubprocessError):
             pass
-    commit = os.environ.get("DQ_GIT_COMMIT") or os.environ.get("GITHUB_SHA")
-    return (commit or None), None
+    return os.environ.get("GITHUB_SHA") or None, None
 
 
 def cpu_name() -> str:

@@ -39,7 +39,7 @@ def w4a4_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, sm
     down = None
     if lora_down is not None:
         factor = lora_down.float() * inverse_smooth(smooth) if smooth is not None else lora_down.float()
-        down = (x.to(lora_down.dtype) @ factor.to(lora_down.dtype).T).float()
+        down = x.to(lora_down.dtype) @ factor.to(lora_down.dtype).T  # the GEMM reads it in this dtype
     acts = delta_quantize(x, smooth, None, batch, tuple(grid) if cube else None, tuple(cube) if cube else None)
     w, w_scale = expand_int4_pow2(qweight, scales)
     core_out = None

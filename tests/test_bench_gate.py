@@ -187,3 +187,13 @@ def test_merge_joins_reports_of_one_device(report, tmp_path):
     elsewhere = _variant(other, tmp_path / "gpu.json", lambda d: d["environment"].update(gpu="NVIDIA H200"))
     result = run_dq("bench", "merge", report, elsewhere, "-o", tmp_path / "mixed", code=2)
     assert "measured on NVIDIA H200" in result.output
+
+
+def test_an_explicit_commit_wins_over_the_trees_git(monkeypatch, tmp_path):
+    from dq_cli.bench_report import git_state
+
+    monkeypatch.setenv("DQ_GIT_COMMIT", "abc1234")
+    assert git_state() == ("abc1234", None)  # this checkout has a .git of its own
+    monkeypatch.delenv("DQ_GIT_COMMIT")
+    monkeypatch.setenv("GITHUB_SHA", "def5678")
+    assert git_state(tmp_path) == ("def5678", None)  # no checkout there: the CI's commit
