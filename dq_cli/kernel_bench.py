@@ -4,7 +4,8 @@ measured in one run on the GPU at hand, with random weights and activations.
 Per shape (K → N at M tokens), medians of `triton.testing.do_bench`:
 - cuBLAS BF16 `torch.matmul`, FP8 `torch._scaled_mm` (rowwise scales) and INT8 `torch._int_mm`
   on operands quantized beforehand (their GEMM alone: the peers' floor);
-- dq W4A4 (DeltaQuant: smoothing, cubes, FP8 core tokens, rank-32 low-rank branch): the whole
+- dq W4A4 (DeltaQuant: smoothing, cubes, FP8 core tokens, a low-rank branch; rank 32 and 4×2×8 cubes
+  unless `--rank` / `--cube` say otherwise — the Wan recipe's 128 and early 4×1×4 cost more): the whole
   `dq::w4a4_linear` (quantizer, weight expansion, core GEMM, GEMM with its epilogue) and the delta
   GEMM alone;
 - dq W8A8 (the INT8 route): `dq::w8a8_linear` whole and its GEMM alone.
@@ -62,7 +63,8 @@ def _time(fn) -> float:
     return triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median")
 
 
-def bench_shape(model: str, layer: str, m: int, k: int, n: int, count: int, grid) -> KernelRow:
+def bench_shape(model: str, layer: str, m: int, k: int, n: int, count: int, grid, rank: int = RANK,
+                cube: tuple[int, int, int] = CUBE) -> KernelRow:
     import dq_kernels.linear_ops  # noqa: F401  (registers torch.ops.dq)
     from dq_kernels.delta_quantize import delta_quantize
     from dq_kernels.expand_int4 import expand_int4_pow2
@@ -76,8 +78,8 @@ def bench_shape(model: str, layer: str, m: int, k: int, n: int, count: int, grid
     x = torch.randn(m, k, device=dev, generator=gen, dtype=torch.bfloat16)
     w = torch.randn(n, k, device=dev, generator=gen, dtype=torch.bfloat16) / k**0.5
     smooth = torch.rand(k, device=dev, generator=gen) + 0.5
-    down = (torch.randn(RANK, k, device=dev, generator=gen) / k**0.5).bfloat16()
-    up = (torch.randn(n, RANK, device=dev, generator=gen) / RANK**0.5).bfloat16()
+    down = (torch.randn(rank, k, device=dev, generator=gen) / k**0.5).bfloat16()
+    up = (torch.randn(n, rank, device=dev, generator=gen) / rank**0.5).bfloat16()
     bias = torch.randn(n, device=dev, generator=gen, dtype=torch.bfloat16)
 
     bf16_ms = _time(lambda: x @ w.T)
@@ -92,9 +94,9 @@ def bench_shape(model: str, layer: str, m: int, k: int, n: int, count: int, grid
 
     codes, scales = quantize_int4(w.float() * smooth, 64, pow2_scales=True)
     packed = pack_int4(codes)
-    args = (x, packed, scales, smooth, down, up, bias, 1, list(grid), list(CUBE))
+    args = (x, packed, scales, smooth, down, up, bias, 1, list(grid), list(cube))
     w4a4_ms = _time(lambda: torch.ops.dq.w4a4_linear(*args))
-    acts = delta_quantize(x, smooth, down, 1, grid, CUBE)
+    acts = delta_quantize(x, smooth, down, 1, grid, cube)
     wq, wscale = expand_int4_pow2(packed, scales)
     core = torch.zeros(acts.core.shape[0], n, device=dev)
     gemm_ms = _time(lambda: scaled_gemm(acts.delta, wq, acts.scale, wscale, core=core, cube_of_row=acts.cube_of_row,
@@ -102,10 +104,10 @@ def bench_shape(model: str, layer: str, m: int, k: int, n: int, count: int, grid
     w8a8_ms = _time(lambda: torch.ops.dq.w8a8_linear(x, wi8, swi, None, bias))
     w8a8_gemm_ms = _time(lambda: scaled_gemm(xi8, wi8, sxi.reshape(-1), swi.reshape(-1), bias=bias))
     return KernelRow(model, layer, m, k, n, count, bf16_ms, fp8_ms, int8_ms, w4a4_ms, gemm_ms, w8a8_ms, w8a8_gemm_ms,
-                     _w4a4_error(x, packed, scales, smooth, down, up, bias, grid, n))
+                     _w4a4_error(x, packed, scales, smooth, down, up, bias, grid, n, cube))
 
 
-def _w4a4_error(x, packed, scales, smooth, down, up, bias, grid, n) -> float:
+def _w4a4_error(x, packed, scales, smooth, down, up, bias, grid, n, cube) -> float:
     """The kernel against QuantLinear's reference math on a slice of the tokens (whole cubes)."""
     from dq_cli.models.base import ForwardState
     from dq_cli.quant.linear import QuantLinear
@@ -114,21 +116,21 @@ def _w4a4_error(x, packed, scales, smooth, down, up, bias, grid, n) -> float:
     t, h, w = grid
     frames = min(t, 4)
     xs = x[: frames * h * w]
-    plan = LayerPlan(method="deltaquant", weight="int4_pow2", activation="int4_pow2", group_size=64, rank=RANK,
-                     smoothing=None, cubes=((1.0, CUBE),), core="fp8")
+    plan = LayerPlan(method="deltaquant", weight="int4_pow2", activation="int4_pow2", group_size=64, rank=down.shape[0],
+                     smoothing=None, cubes=((1.0, tuple(cube)),), core="fp8")
     layer = QuantLinear(x.shape[1], n, plan, "bench", {"qweight": packed, "scales": scales}, bias, smooth, up, down)
     layer.forward_state = ForwardState(step=1, num_steps=2, grid=(frames, h, w), in_forward=True)
-    got = torch.ops.dq.w4a4_linear(xs, packed, scales, smooth, down, up, bias, 1, [frames, h, w], list(CUBE)).float()
+    got = torch.ops.dq.w4a4_linear(xs, packed, scales, smooth, down, up, bias, 1, [frames, h, w], list(cube)).float()
     ref = layer.reference_forward(xs[None].float())[0]
     return ((got - ref).norm() / ref.norm()).item()
 
 
-def run(models: list[str], on_shape=None) -> list[KernelRow]:
+def run(models: list[str], on_shape=None, rank: int = RANK, cube: tuple[int, int, int] = CUBE) -> list[KernelRow]:
     rows = []
     for model in models:
         m, grid, layers = SHAPES[model]
         for layer, k, n, count in layers:
-            rows.append(bench_shape(model, layer, m, k, n, count, grid))
+            rows.append(bench_shape(model, layer, m, k, n, count, grid, rank, cube))
             torch.cuda.empty_cache()
             if on_shape:
                 on_shape(rows[-1])
@@ -149,10 +151,10 @@ def summary(rows: list[KernelRow]) -> dict[str, dict[str, float]]:
     return out
 
 
-def report(rows: list[KernelRow], env: dict) -> dict:
+def report(rows: list[KernelRow], env: dict, rank: int = RANK, cube: tuple[int, int, int] = CUBE) -> dict:
     from dq_cli.bench_report import new_report
 
-    return new_report("kernels", env, {}, [asdict(r) | {"tflops": {c: r.tflops(getattr(r, c)) for c in
+    return new_report("kernels", env, {"rank": rank, "cube": list(cube)}, [asdict(r) | {"tflops": {c: r.tflops(getattr(r, c)) for c in
                                                                   ("bf16_ms", "fp8_cublas_ms", "w4a4_ms", "w4a4_gemm_ms", "w8a8_ms")}}
                                            for r in rows], summary=summary(rows))
 
@@ -170,7 +172,8 @@ def markdown(doc: dict) -> str:
     for model, s in doc["summary"].items():
         lines.append(f"| {model} | {s['bf16_ms']:.2f} | {s['w4a4_ms']:.2f} | {s['w4a4_speedup']:.2f}× | "
                      f"{s['w4a4_min_shape_speedup']:.2f}× | {s['w8a8_ms']:.2f} | {s['w8a8_speedup']:.2f}× |")
-    env = doc["environment"]
+    env, settings = doc["environment"], doc.get("settings", {})
     lines += ["", f"Device: {env.get('gpu', env['device'])}; torch {env['torch']}; triton {env.get('triton')}; "
-              f"random weights and activations; medians of triton.testing.do_bench."]
+              f"random weights and activations; W4A4 low-rank rank {settings.get('rank', RANK)}, cubes "
+              f"{'×'.join(map(str, settings.get('cube', CUBE)))} tokens; medians of triton.testing.do_bench."]
     return "\n".join(lines) + "\n"

@@ -34,6 +34,10 @@ def command(
                                "report from several (-o)."),
     files: list[Path] = typer.Argument(None, help="compare: the new report; merge: the reports to merge.",
                                        show_default=False),
+    kernel_rank: int = typer.Option(32, "--rank", min=1, help="With `kernels`: the W4A4 low-rank branch's rank "
+                                    "(the Wan 2.2 recipe uses 128)."),
+    kernel_cube: str = typer.Option("4,2,8", "--cube", help="With `kernels`: DeltaQuant's cube, t,h,w in tokens "
+                                    "(the Wan 2.2 recipe's early steps use 4,1,4)."),
     kernel_models: list[str] = typer.Option([], "--shapes", help="With `kernels`: which models' linear shapes "
                                             "(repeatable; default wan-a14b-480p). One of: wan-a14b-480p, "
                                             "wan-a14b-720p, wan-ti2v-5b, ltx-video, cogvideox-5b."),
@@ -132,7 +136,7 @@ def command(
     device = pick_device(device)
     if what == "kernels":
         return _kernels(kernel_models or ["wan-a14b-480p"], device, out, as_json, quiet, baseline, limits,
-                        command_line)
+                        command_line, kernel_rank, _cube(kernel_cube))
     for path in checkpoints:
         if not path.is_file():
             raise DQError(f"--checkpoint {path}: no such file")
@@ -294,8 +298,18 @@ def _attention_variants(adapter, name: str, extra: list[str], skip_sdpa: bool = 
         adapter.attention = None
 
 
+def _cube(text: str) -> tuple[int, int, int]:
+    try:
+        cube = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        cube = ()
+    if len(cube) != 3 or min(cube) < 1:
+        raise DQError(f"--cube {text}: expected three positive integers t,h,w (e.g. 4,2,8)")
+    return cube
+
+
 def _kernels(models: list[str], device: str, out, as_json: bool, quiet: bool, baseline, limits,
-             command_line: str) -> None:
+             command_line: str, rank: int = 32, cube: tuple[int, int, int] = (4, 2, 8)) -> None:
     from dq_cli import bench as lib
     from dq_cli import kernel_bench as kb
 
@@ -308,8 +322,8 @@ def _kernels(models: list[str], device: str, out, as_json: bool, quiet: bool, ba
 
     total = sum(len(kb.SHAPES[m][2]) for m in models)
     with progress_bar(quiet, "timing kernels", total) as advance:
-        rows = kb.run(models, on_shape=lambda r: advance())
-    doc = kb.report(rows, lib.environment(device, command_line) | {"triton": triton.__version__})
+        rows = kb.run(models, on_shape=lambda r: advance(), rank=rank, cube=cube)
+    doc = kb.report(rows, lib.environment(device, command_line) | {"triton": triton.__version__}, rank, cube)
     _finish(doc, out, as_json, quiet, baseline, limits)
 
 
