@@ -67,8 +67,9 @@ def _configs() -> list[triton.Config]:
     # Hopper, M in the tens of thousands and N, K in the thousands: wide tiles, deep pipelines. The
     # best of a wider sweep at Wan A14B shapes on an H100 (tools/kernel_probe.py): 128×256×128 with
     # 8 warps and 4 stages reached 1,518–1,621 TFLOP/s in FP8 and ~1,150 in INT8.
-    # PREFETCH issues the epilogue's loads before the K loop: 2.28 against 2.54 ms with the full
-    # DeltaQuant epilogue at 128×256 (before the fused epilogue), so both are tried.
+    # PREFETCH issues the epilogue's loads before the K loop. With the fused epilogue it lost at
+    # 128×256 (2.02 against 1.83 ms) and 256×128 (1.86 / 1.76) and won at 128×128 (1.51 / 1.55) at
+    # 32,760×5,120×5,120 on an H200 (tools/kernel_probe.py), so the autotuner tries both.
     tiles = [({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8}, 4),
              ({"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8}, 3),
              ({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8}, 4)]
