@@ -7,10 +7,10 @@ PyTorch reference.
                          + bias[n]
 
 A's rows come in cube order (dq_kernels.delta_quantize): a tile's rows belong to a few
-consecutive cubes, so the core term is a small matrix product — one-hot(cube of row) [BM, 16]
-times 16 rows of `core` — rather than a gather of a [BM, BN] fp32 block, which cost as much as
-a third of the GEMM on an H100 (register pressure in the epilogue). Each row is then stored to
-its token.
+consecutive cubes, so the core term is a small matrix product — one-hot(cube of row) [BM, NC]
+times NC rows of `core` — rather than a gather of a [BM, BN] fp32 block, which cost as much as
+a third of the GEMM on an H100 (register pressure in the epilogue). With a low-rank branch of
+rank ≥ 32 both share one bf16 MMA (`_fused_extra`). Each row is then stored to its token.
 
 The scales are applied once, after the K loop: group scales inside the loop cost the FP8 rate
 (FACTS.md: 272–355 TFLOP/s against 1,108–1,236), which is why the W4A4 path uses power-of-two
