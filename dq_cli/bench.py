@@ -28,11 +28,9 @@ class BenchRow:
 
 def weights_bytes(adapter: Adapter) -> int:
     """Bytes of every parameter and buffer of the transformers, as held in memory."""
-    total = 0
-    for model in adapter.transformers().values():
-        for t in list(model.parameters()) + list(model.buffers()):
-            total += t.numel() * t.element_size()
-    return total
+    from dq_cli.bench_report import module_bytes
+
+    return sum(module_bytes(model) for model in adapter.transformers().values())
 
 
 def run_config(name: str, adapter: Adapter, prompt: str, run, checkpoint_bytes: int | None,

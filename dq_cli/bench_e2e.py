@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from dq_cli import bench_report as br
+from dq_cli.bench import weights_bytes
 from dq_cli.bench_configs import CONFIGS, DEFAULT_CONFIGS, DQ_RECIPES, Skip, apply_config
 from dq_cli.bench_models import VAE_ATTRS, BenchModel
 from dq_cli.bench_timing import Clock, Compiled, ForwardTimer, run_breakdown, timed_run
@@ -427,7 +428,7 @@ def run(model: str, resolution: str, make_workload: Callable[[], Workload], conf
                 else:
                     row.notes += list(notes)
                     try:
-                        row.weights_bytes = sum(br.module_bytes(m) for m in workload.adapter.transformers().values())
+                        row.weights_bytes = weights_bytes(workload.adapter)
                         row.checkpoint_bytes = br.state_dict_bytes(workload.adapter.transformers())
                         out = measure(workload, row, options, log)
                         if out is not None and not workload.random_weights:

@@ -154,9 +154,9 @@ def summary(rows: list[KernelRow]) -> dict[str, dict[str, float]]:
 def report(rows: list[KernelRow], env: dict, rank: int = RANK, cube: tuple[int, int, int] = CUBE) -> dict:
     from dq_cli.bench_report import new_report
 
-    return new_report("kernels", env, {"rank": rank, "cube": list(cube)}, [asdict(r) | {"tflops": {c: r.tflops(getattr(r, c)) for c in
-                                                                  ("bf16_ms", "fp8_cublas_ms", "w4a4_ms", "w4a4_gemm_ms", "w8a8_ms")}}
-                                           for r in rows], summary=summary(rows))
+    timed = ("bf16_ms", "fp8_cublas_ms", "w4a4_ms", "w4a4_gemm_ms", "w8a8_ms")
+    rows_out = [asdict(r) | {"tflops": {c: r.tflops(getattr(r, c)) for c in timed}} for r in rows]
+    return new_report("kernels", env, {"rank": rank, "cube": list(cube)}, rows_out, summary=summary(rows))
 
 
 def markdown(doc: dict) -> str:

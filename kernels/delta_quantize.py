@@ -150,7 +150,7 @@ def _load_chunk(x_ptr, inv_smooth_ptr, tokens, valid, cols, K, stride_x, HAS_SMO
 
 @triton.jit
 def delta_stats_kernel(
-    x_ptr, smooth_ptr, down_w_ptr, row_start_ptr,    # X [M, K], 1/λ [K], L₂ [R, K], first row of each cube
+    x_ptr, inv_smooth_ptr, down_w_ptr, row_start_ptr,  # X [M, K], 1/λ [K], L₂ [R, K], first row of each cube
     core_ptr, part_max_ptr, down_part_ptr,           # core [B·n_cubes, KP]; per slice: max |d| [M, S], (X/λ)L₂ᵀ [S, M, R]
     K, KP, stride_x, T, H, W, tokens_per_batch, M, n_splits,
     CT: tl.constexpr, CH: tl.constexpr, CW: tl.constexpr, CUBE_TOKENS: tl.constexpr, HAS_CUBES: tl.constexpr,
@@ -167,7 +167,7 @@ def delta_stats_kernel(
     down = tl.zeros((CUBE_TOKENS, R), dtype=tl.float32)
     for k0 in range(split * SPLIT_K, min(split * SPLIT_K + SPLIT_K, KP), GROUP_K):
         cols = k0 + tl.arange(0, GROUP_K)
-        xt = _load_chunk(x_ptr, smooth_ptr, tokens, valid, cols, K, stride_x, HAS_SMOOTH)
+        xt = _load_chunk(x_ptr, inv_smooth_ptr, tokens, valid, cols, K, stride_x, HAS_SMOOTH)
         if HAS_DOWN:
             lw = tl.load(down_w_ptr + r[:, None] * K + cols[None, :], mask=cols[None, :] < K, other=0.0)
             if DOWN_IEEE:  # accumulate in place: no second register tile
@@ -186,7 +186,7 @@ def delta_stats_kernel(
 
 @triton.jit
 def delta_round_kernel(
-    x_ptr, smooth_ptr, row_start_ptr, core_ptr, part_max_ptr,   # inputs (core, part_max: delta_stats_kernel)
+    x_ptr, inv_smooth_ptr, row_start_ptr, core_ptr, part_max_ptr,   # inputs (core, part_max: delta_stats_kernel)
     delta_ptr, scale_ptr,                                       # outputs: E4M3 carriers [M, KP], scales [M]
     K, KP, stride_x, T, H, W, tokens_per_batch, n_splits,
     CT: tl.constexpr, CH: tl.constexpr, CW: tl.constexpr, CUBE_TOKENS: tl.constexpr, HAS_CUBES: tl.constexpr,
@@ -205,7 +205,7 @@ def delta_round_kernel(
     e_tok = tl.where(nonzero, _ceil_exp(tl.where(nonzero, row_max, 1.0)), 0)
     for k0 in range(split * SPLIT_K, min(split * SPLIT_K + SPLIT_K, KP), GROUP_K):
         cols = k0 + tl.arange(0, GROUP_K)
-        xt = _load_chunk(x_ptr, smooth_ptr, tokens, valid, cols, K, stride_x, HAS_SMOOTH)
+        xt = _load_chunk(x_ptr, inv_smooth_ptr, tokens, valid, cols, K, stride_x, HAS_SMOOTH)
         if HAS_CUBES:
             mean = tl.load(core_ptr + cube_row * KP + cols, mask=cols < KP, other=0.0)
             xt = tl.where(valid[:, None], xt - mean[None, :], 0.0)

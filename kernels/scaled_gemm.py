@@ -54,13 +54,6 @@ def scaled_gemm_reference(a, b, a_scale, b_scale, *, a_group_scales=None, core=N
     return y.to(out_dtype)
 
 
-FUSE_EPILOGUE = True  # core term and low-rank branch in one MMA (_fused_extra)
-# The core term added row by row where a tile holds few cubes (SELECT in the kernel) instead of by
-# the fused MMA: slower on an H200 (2.18 against 1.83 ms at 32,760×5,120×5,120 with 128×256 tiles,
-# 1.96 against 1.76 with 256×128; tools/kernel_probe.py), so off; kept for GPUs where it may win.
-CORE_SELECT = False
-
-
 def _configs() -> list[triton.Config]:
     if interpreting():  # the interpreter runs every config: one small one
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 64, "GROUP_M": 4}, num_warps=4)]
@@ -87,18 +80,15 @@ def _grouped_configs() -> list[triton.Config]:
 @triton.jit
 def _epilogue_operands(pid_m, rm, rn, M, N, core_ptr, cube_of_row_ptr, row_token_ptr, down_ptr, up_ptr, bias_ptr,
                        HAS_CORE: tl.constexpr, ROW_MAP: tl.constexpr, NC: tl.constexpr, HAS_LORA: tl.constexpr,
-                       HAS_BIAS: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr, SELECT: tl.constexpr):
+                       HAS_BIAS: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr):
     """What the epilogue reads besides the accumulator (unused ones are compiled away)."""
     if HAS_CORE:
         cube = tl.load(cube_of_row_ptr + rm, mask=rm < M, other=-1)
         first = tl.load(cube_of_row_ptr + pid_m * BLOCK_M)
         last = tl.load(cube_of_row_ptr + min(pid_m * BLOCK_M + BLOCK_M, M) - 1)
-        if SELECT:  # loaded only if the tile falls back to the one-hot loop
-            slab = tl.zeros((NC, rn.shape[0]), dtype=tl.float32)
-        else:
-            ids = first + tl.arange(0, NC)
-            slab = tl.load(core_ptr + ids[:, None] * N + rn[None, :],
-                           mask=(ids[:, None] <= last) & (rn[None, :] < N), other=0.0)
+        ids = first + tl.arange(0, NC)
+        slab = tl.load(core_ptr + ids[:, None] * N + rn[None, :], mask=(ids[:, None] <= last) & (rn[None, :] < N),
+                       other=0.0)
     else:
         cube, first, last = rm, 0, 0
         slab = tl.zeros((NC, rn.shape[0]), dtype=tl.float32)
@@ -130,7 +120,9 @@ def _fused_extra(y, cube, first, slab, down, up, IEEE_DOTS: tl.constexpr, BLOCK_
     one bf16 MMA with K = 2R does both. The halves are interleaved by tl.join on both sides (a
     permutation of K that leaves the product unchanged), and the core values are split into
     bf16 hi + lo (the one-hot columns repeated for each), which keeps them to ~2**-17 relative —
-    near fp32, where bf16 alone would add an output-sized rounding. R = 2·NC."""
+    near fp32, where bf16 alone would add an output-sized rounding. R = 2·NC. (Adding the core
+    term row by row where a tile holds few cubes, an elementwise select, measured slower still:
+    2.18 ms at 128×256 tiles; docs/measurements/kernel_probe_select_5120_h200.txt.)"""
     ids = first + tl.arange(0, NC)
     if IEEE_DOTS:  # tests and the interpreter (whose bf16 dot is inexact): fp32 all through
         hi = slab
@@ -159,7 +151,7 @@ def _scaled_gemm_body(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, core_ptr, c
                       HAS_LORA: tl.constexpr, HAS_BIAS: tl.constexpr, R: tl.constexpr, IEEE_DOTS: tl.constexpr, ACC_INT: tl.constexpr,
                       PROMOTE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                       BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, PREFETCH: tl.constexpr = False,
-                      FUSE: tl.constexpr = False, SELECT: tl.constexpr = False, SELECT_MAX: tl.constexpr = 4):
+                      FUSE: tl.constexpr = False):
     # Grouped launch order: neighbouring programs share B tiles in L2.
     pid = tl.program_id(0)
     num_m, num_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
@@ -175,7 +167,7 @@ def _scaled_gemm_body(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, core_ptr, c
     if PREFETCH:  # issue the epilogue's loads before the K loop, so their latency hides behind it
         cube, first, last, slab, down, up, bias, out_rows = _epilogue_operands(
             pid_m, rm, rn, M, N, core_ptr, cube_of_row_ptr, row_token_ptr, down_ptr, up_ptr, bias_ptr,
-            HAS_CORE, ROW_MAP, NC, HAS_LORA, HAS_BIAS, R, BLOCK_M, SELECT)
+            HAS_CORE, ROW_MAP, NC, HAS_LORA, HAS_BIAS, R, BLOCK_M)
     a_ptrs = a_ptr + rm[:, None] * stride_am + rk[None, :]
     b_ptrs = b_ptr + rn[:, None] * stride_bn + rk[None, :]
     if ACC_INT:
@@ -202,29 +194,21 @@ def _scaled_gemm_body(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, core_ptr, c
     if not PREFETCH:
         cube, first, last, slab, down, up, bias, out_rows = _epilogue_operands(
             pid_m, rm, rn, M, N, core_ptr, cube_of_row_ptr, row_token_ptr, down_ptr, up_ptr, bias_ptr,
-            HAS_CORE, ROW_MAP, NC, HAS_LORA, HAS_BIAS, R, BLOCK_M, SELECT)
+            HAS_CORE, ROW_MAP, NC, HAS_LORA, HAS_BIAS, R, BLOCK_M)
     y = acc.to(tl.float32)
     if HAS_A_SCALE:
         y *= tl.load(a_scale_ptr + rm, mask=rm < M, other=0.0)[:, None]
     y *= tl.load(b_scale_ptr + rn, mask=rn < N, other=0.0)[None, :]
     mask = (rm[:, None] < M) & (rn[None, :] < N)
     c_next = first
-    if HAS_CORE and SELECT:
-        # A tile of big cubes (the common case: 64-token cubes, 2 per 128-row tile) adds each cube's
-        # row where it applies: elementwise, exact, no MMA. Many small cubes take the one-hot loop.
-        if last - first < SELECT_MAX:
-            for c in range(first, last + 1):
-                row = tl.load(core_ptr + c * N + rn, mask=rn < N, other=0.0)
-                y += tl.where(cube[:, None] == c, row[None, :], 0.0)
-            c_next = last + 1
-    if FUSE and not SELECT:  # the low-rank branch and the first NC cubes' core term in one MMA
+    if FUSE:  # the low-rank branch and the first NC cubes' core term in one MMA
         y = _fused_extra(y, cube, first, slab, down, up, IEEE_DOTS, BLOCK_M, BLOCK_N, NC)
         c_next = first + NC
     if HAS_CORE:  # the core term: one row per cube, broadcast to the cube's tokens
         for c0 in range(c_next, last + 1, NC):  # one step unless the tile spans many small cubes
             ids = c0 + tl.arange(0, NC)
             onehot = (cube[:, None] == ids[None, :]).to(tl.float32)
-            if SELECT or c0 != first:
+            if c0 != first:
                 slab = tl.load(core_ptr + ids[:, None] * N + rn[None, :],
                                mask=(ids[:, None] <= last) & (rn[None, :] < N), other=0.0)
             # Accumulate into y itself: a second [BM, BN] fp32 tile would spill registers.
@@ -232,7 +216,7 @@ def _scaled_gemm_body(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, core_ptr, c
                 y = tl.dot(onehot, slab, y, input_precision="ieee")
             else:  # one-hot rows are exact; tf32x3 keeps the core values to ~fp32
                 y = tl.dot(onehot, slab, y, input_precision="tf32x3")
-    if HAS_LORA and (SELECT or not FUSE):
+    if HAS_LORA and not FUSE:
         if IEEE_DOTS:  # fp32 factors (tests) or the interpreter: no TF32 rounding
             y = tl.dot(down.to(up.dtype), tl.trans(up), y, input_precision="ieee")
         else:
@@ -249,7 +233,7 @@ def _prune(configs, named_args, **kwargs):
     return configs
 
 
-_KEY = ["M", "N", "K", "A_GROUPED", "ACC_INT", "HAS_CORE", "HAS_LORA", "SELECT"]
+_KEY = ["M", "N", "K", "A_GROUPED", "ACC_INT", "HAS_CORE", "HAS_LORA"]
 scaled_gemm_kernel = triton.autotune(_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune}
                                      )(_scaled_gemm_body)
 grouped_gemm_kernel = triton.autotune(_grouped_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune}
@@ -261,11 +245,9 @@ def scaled_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor | None, 
                 cube_of_row: torch.Tensor | None = None, row_token: torch.Tensor | None = None,
                 down: torch.Tensor | None = None,
                 up: torch.Tensor | None = None, bias: torch.Tensor | None = None,
-                out_dtype: torch.dtype = torch.bfloat16, promote: bool = False,
-                core_select: bool | None = None) -> torch.Tensor:
+                out_dtype: torch.dtype = torch.bfloat16, promote: bool = False) -> torch.Tensor:
     """A [M, K] and B [N, K], both E4M3 or both INT8 (K-major), → Y [M, N] in `out_dtype`.
-    `core` [n_cubes, N] fp32 with `cube_of_row` (non-decreasing); `row_token` scatters the rows.
-    `core_select` (default CORE_SELECT): how the epilogue adds the core term (see the kernel)."""
+    `core` [n_cubes, N] fp32 with `cube_of_row` (non-decreasing); `row_token` scatters the rows."""
     m, k = a.shape
     n = b.shape[0]
     if b.shape[1] != k or a.dtype != b.dtype:
@@ -281,7 +263,7 @@ def scaled_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor | None, 
     c = torch.empty(m, n, dtype=out_dtype, device=a.device)
     # The fused epilogue splits K = 2R into R low-rank and 2·NC core columns; NC = R/2 must be >= 16
     # (tl.dot's smallest K) for the core steps after the first.
-    fuse = core is not None and up is not None and r >= 32 and FUSE_EPILOGUE
+    fuse = core is not None and up is not None and r >= 32
     grouped = a_group_scales is not None
     scale_a = a_group_scales if grouped else a_scale
     dummy = b_scale
@@ -295,7 +277,6 @@ def scaled_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor | None, 
         bias if bias is not None else dummy, m, n, k, a.stride(0), b.stride(0), c.stride(0),
         A_GROUPED=grouped, HAS_A_SCALE=scale_a is not None and not grouped, HAS_CORE=core is not None,
         ROW_MAP=row_token is not None, NC=r // 2 if fuse else 16, FUSE=fuse,
-        SELECT=core is not None and (CORE_SELECT if core_select is None else core_select),
         HAS_LORA=up is not None, HAS_BIAS=bias is not None, R=r,
         IEEE_DOTS=interpreting() or (up is not None and up.dtype == torch.float32), ACC_INT=a.dtype == torch.int8,
         PROMOTE=promote and a.dtype == torch.float8_e4m3fn)

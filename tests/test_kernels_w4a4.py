@@ -88,9 +88,8 @@ def fp32_sum_bound(a, b, a_scale, b_scale, device="cpu"):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", ["fp8", "int8"])
 @pytest.mark.parametrize("rank", [8, 32])  # 32: the low-rank branch and core term share one MMA
-@pytest.mark.parametrize("select", [False, True])  # the core term by one-hot MMA or row by row
 @pytest.mark.parametrize("cubes", [40, 3])
-def test_scaled_gemm_matches_reference(device, dtype, rank, select, cubes):
+def test_scaled_gemm_matches_reference(device, dtype, rank, cubes):
     m, n, k = 70, 48, 192
     gen = torch.Generator().manual_seed(5)
     xa, xb = torch.randn(m, k, generator=gen), torch.randn(n, k, generator=gen)
@@ -99,14 +98,14 @@ def test_scaled_gemm_matches_reference(device, dtype, rank, select, cubes):
     else:
         (a, sa), (b, sb) = quantize_int8_rowwise(xa), quantize_int8_rowwise(xb)
     sa, sb = sa.reshape(-1), sb.reshape(-1)
-    # 40 cubes of 1-3 rows: a 32-row tile spans more than the 16 cubes of one one-hot step (and
-    # more than row-by-row selection takes); 3 cubes of ~23 rows: a tile spans one or two.
+    # 40 cubes of 1-3 rows: a 32-row tile spans more than the 16 cubes of one one-hot step;
+    # 3 cubes of ~23 rows: a tile spans one or two.
     core = torch.randn(cubes, n, generator=gen)
     index = torch.sort(torch.randint(0, cubes, (m,), generator=gen)).values.to(torch.int32)
     row_token = torch.randperm(m, generator=gen).to(torch.int32)
     down, up, bias = torch.randn(m, rank, generator=gen), torch.randn(n, rank, generator=gen), torch.randn(n, generator=gen)
     extra = dict(core=core, cube_of_row=index, row_token=row_token, down=down, up=up, bias=bias, out_dtype=torch.float32)
-    got = scaled_gemm(*(t.to(device) for t in (a, b, sa, sb)), core_select=select,
+    got = scaled_gemm(*(t.to(device) for t in (a, b, sa, sb)),
                       **{key: v.to(device) if torch.is_tensor(v) else v for key, v in extra.items()})
     ref = scaled_gemm_reference(a, b, sa, sb, **extra)
     tol = fp32_sum_bound(a, b, sa, sb, device)[torch.argsort(row_token.long())] + 1e-4 * (1 + ref.abs())  # + the small dots, adds

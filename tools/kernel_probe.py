@@ -2,7 +2,7 @@
 choose the autotune list and see where the time goes (a development probe; `dq bench kernels`
 is the user-facing measurement).
 
-    python -P tools/kernel_probe.py --m 32760 --k 5120 --n 5120
+    python -P tools/kernel_probe.py --m 32760 --k 5120 --n 5120 [--sweep-quantizer]
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from dq_kernels.delta_quantize import delta_quantize
 from dq_kernels.expand_int4 import expand_int4_pow2
 from dq_kernels.int4 import pack_int4, quantize_int4
 from dq_kernels.int8_quantize import quantize_int8_tokens
+from dq_kernels.smoothing import inverse_smooth
 from dq_kernels.scaled_gemm import _configs, _scaled_gemm_body
 
 
@@ -30,6 +31,8 @@ def main() -> None:
     ap.add_argument("--m", type=int, default=32760)
     ap.add_argument("--k", type=int, default=5120)
     ap.add_argument("--n", type=int, default=5120)
+    ap.add_argument("--sweep-quantizer", action="store_true",
+                    help="also time delta_quantize at each columns-per-program × warps setting")
     a = ap.parse_args()
     m, k, n = a.m, a.k, a.n
     flop = 2 * m * n * k / 1e9
@@ -44,7 +47,7 @@ def main() -> None:
     print(f"delta_quantize {t(lambda: delta_quantize(x, smooth, down, 1, grid, cube)):.3f} ms")
     print(f"delta_quantize without L2 {t(lambda: delta_quantize(x, smooth, None, 1, grid, cube)):.3f} ms")
     print(f"delta_quantize no cubes {t(lambda: delta_quantize(x, smooth, down, 1, None, None)):.3f} ms")
-    factor = (down.float() / smooth).bfloat16()
+    factor = (down.float() * inverse_smooth(smooth)).bfloat16()
     print(f"low-rank input by cuBLAS {t(lambda: x @ factor.T):.3f} ms")
     print(f"int8 tokens {t(lambda: quantize_int8_tokens(x, smooth)):.3f} ms")
     codes, scales = quantize_int4(w.float(), 64, pow2_scales=True)
@@ -62,10 +65,8 @@ def main() -> None:
                 ("fp8 +core", dict(off, HAS_CORE=cube is not None), (acts.delta, wq)),
                 ("fp8 +lora", dict(off, HAS_LORA=True), (acts.delta, wq)),
                 ("fp8 +rowmap", dict(off, ROW_MAP=cube is not None), (acts.delta, wq)),
-                ("fp8 full select", dict(HAS_CORE=cube is not None, HAS_LORA=True, HAS_BIAS=True,
-                                         ROW_MAP=cube is not None, SELECT=True), (acts.delta, wq)),
-                ("fp8 full sel pf", dict(HAS_CORE=cube is not None, HAS_LORA=True, HAS_BIAS=True,
-                                         ROW_MAP=cube is not None, SELECT=True, PREFETCH=True), (acts.delta, wq)),
+                ("fp8 full unfused", dict(HAS_CORE=cube is not None, HAS_LORA=True, HAS_BIAS=True,
+                                          ROW_MAP=cube is not None), (acts.delta, wq)),
                 ("fp8 full", dict(HAS_CORE=cube is not None, HAS_LORA=True, HAS_BIAS=True, ROW_MAP=cube is not None,
                                   FUSE=cube is not None), (acts.delta, wq)),
                 ("fp8 full pf", dict(HAS_CORE=cube is not None, HAS_LORA=True, HAS_BIAS=True, ROW_MAP=cube is not None,
@@ -86,6 +87,22 @@ def main() -> None:
                 print(f"{label:12s} {kw} {ms:.3f} ms {flop / ms:.0f} TFLOP/s", flush=True)
             except Exception as e:  # a config that does not fit (shared memory, registers)
                 print(f"{label:12s} {kw} failed: {type(e).__name__}: {str(e)[:80]}", flush=True)
+    if a.sweep_quantizer:
+        sweep_quantizer(x, smooth, grid, cube)
+
+
+def sweep_quantizer(x, smooth, grid, cube) -> None:
+    import dq_kernels.delta_quantize as dq
+
+    saved = dq.SPLIT_K, dq.NUM_WARPS, dq.MIN_PROGRAMS
+    dq.MIN_PROGRAMS = 0  # time each split as set, not as the adaptive rule would change it
+    for split_k in (1024, 2048, 4096):
+        for warps in (1, 2, 4):
+            dq.SPLIT_K, dq.NUM_WARPS = split_k, warps
+            ms = t(lambda: delta_quantize(x, smooth, None, 1, grid, cube))
+            print(f"delta_quantize split {split_k} warps {warps}: {ms:.3f} ms", flush=True)
+    dq.SPLIT_K, dq.NUM_WARPS, dq.MIN_PROGRAMS = saved
+
 
 if __name__ == "__main__":
     main()

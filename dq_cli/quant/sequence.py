@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from dq_calib.trajectories import EPS
 from dq_calib.trajectories import outlier_ratio as single_outlier_ratio
 from dq_kernels.delta_cubes import cube_ids
 
@@ -102,12 +103,12 @@ def outlier_ratio(x: torch.Tensor, shard: SequenceShard | None) -> float:
     a = x.detach().float().abs()
     top = shard.all_max(a.max())
     total = shard.all_sum(torch.stack([a.sum(), torch.tensor(float(a.numel()), device=a.device)]))
-    return float(top / (total[0] / total[1]).clamp_min(1e-12))
+    return float(top / (total[0] / total[1]).clamp_min(EPS))
 
 
-def row_ratio(num: torch.Tensor, den: torch.Tensor, shard: SequenceShard | None, eps: float = 1e-12) -> torch.Tensor:
-    """num / den per batch row, both summed over the whole sequence first."""
+def row_ratio(num: torch.Tensor, den: torch.Tensor, shard: SequenceShard | None) -> torch.Tensor:
+    """num / den per batch row, both summed over the whole sequence first (`gamma`, `rel_l1_change`)."""
     if shard is not None:
         both = shard.all_sum(torch.stack([num.float(), den.float()]))
         num, den = both[0], both[1]
-    return num / den.clamp_min(eps)
+    return num / den.clamp_min(EPS)
