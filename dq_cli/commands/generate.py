@@ -66,7 +66,7 @@ def command(
     check_attention(attention)
     from dq_cli.parallel import enable_context_parallel, launched
     from dq_cli.parallel import world as process_world
-    from dq_cli.session import load_quantized, load_recipe_model, sampling
+    from dq_cli.session import sampling
     from dq_cli.video import save_frames, upscale, write_mp4
 
     if context_parallel and context_parallel > 1 and not launched():
@@ -80,17 +80,7 @@ def command(
             device = world.device
             quiet = quiet or not world.is_main  # one voice: process 0's
         spec = recipes.load(recipe) if recipe else None
-        if (predictor is not None or tdc is not None) and checkpoint is None:
-            raise DQError("--predictor/--tdc: need a quantized checkpoint (--checkpoint)")
-        if checkpoint is not None:
-            adapter, info = load_quantized(checkpoint, device, model=model, predictor=predictor, tdc=tdc)
-            note(quiet, f"checkpoint {checkpoint}: {len(info.layers)} quantized layers")
-        elif spec is not None and model is None:
-            adapter = load_recipe_model(spec.model, device)
-        else:
-            from dq_cli.models import load_model
-
-            adapter = load_model(model or "dq-tiny", device=device)
+        adapter = _load_adapter(checkpoint, spec, model, predictor, tdc, device, quiet)
         if image is not None and not adapter.supports_image:
             raise DQError(f"--image: the {adapter.family} model generates from text only; it cannot use an image")
         if image is None and adapter.needs_image:
@@ -128,3 +118,20 @@ def command(
         if split is not None:
             note(quiet, split.line())
         console.print(f"wrote {out}") if not quiet else typer.echo(str(out))
+
+
+def _load_adapter(checkpoint, spec, model, predictor, tdc, device: str, quiet: bool):
+    """The model to sample: a quantized checkpoint, the recipe's model, or --model (dq-tiny)."""
+    from dq_cli.session import load_quantized, load_recipe_model
+
+    if (predictor is not None or tdc is not None) and checkpoint is None:
+        raise DQError("--predictor/--tdc: need a quantized checkpoint (--checkpoint)")
+    if checkpoint is not None:
+        adapter, info = load_quantized(checkpoint, device, model=model, predictor=predictor, tdc=tdc)
+        note(quiet, f"checkpoint {checkpoint}: {len(info.layers)} quantized layers")
+        return adapter
+    if spec is not None and model is None:
+        return load_recipe_model(spec.model, device)
+    from dq_cli.models import load_model
+
+    return load_model(model or "dq-tiny", device=device)
