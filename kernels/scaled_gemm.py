@@ -144,6 +144,38 @@ def _fused_extra(y, cube, first, slab, down, up, IEEE_DOTS: tl.constexpr, BLOCK_
 
 
 @triton.jit
+def _split_extra(y, rm, rn, M, N, cube, first, last, core_ptr, down_ptr, up_ptr, HAS_CORE: tl.constexpr,
+                 HAS_LORA: tl.constexpr, R: tl.constexpr, RC: tl.constexpr, NC: tl.constexpr,
+                 IEEE_DOTS: tl.constexpr):
+    """y + down·upᵀ + one-hot(cube)·core as small bf16 MMAs into y, each operand loaded just before
+    its MMA: the low-rank branch in chunks of RC ranks, the core term NC cubes at a time (bf16 hi
+    + lo, ~2**-17 relative). Nothing of the epilogue is live across the K loop or held whole, so a
+    rank-128 branch does not take a [BM, 128] + [BN, 128] block of registers at once."""
+    if HAS_LORA:
+        for r0 in tl.static_range(0, R, RC):
+            r = r0 + tl.arange(0, RC)
+            down = tl.load(down_ptr + rm[:, None] * R + r[None, :], mask=rm[:, None] < M, other=0.0)
+            up_t = tl.load(up_ptr + rn[None, :] * R + r[:, None], mask=rn[None, :] < N, other=0.0)  # [RC, BN]
+            if IEEE_DOTS:
+                y = tl.dot(down.to(tl.float32), up_t.to(tl.float32), y, input_precision="ieee")
+            else:
+                y = tl.dot(down.to(tl.bfloat16), up_t.to(tl.bfloat16), y)
+    if HAS_CORE:
+        for c0 in range(first, last + 1, NC):  # one step unless the tile spans more than NC cubes
+            ids = c0 + tl.arange(0, NC)
+            slab = tl.load(core_ptr + ids[:, None] * N + rn[None, :],
+                           mask=(ids[:, None] <= last) & (rn[None, :] < N), other=0.0)
+            if IEEE_DOTS:
+                y = tl.dot((cube[:, None] == ids[None, :]).to(tl.float32), slab, y, input_precision="ieee")
+            else:
+                onehot = (cube[:, None] == ids[None, :]).to(tl.bfloat16)
+                hi = slab.to(tl.bfloat16)
+                y = tl.dot(onehot, hi, y)
+                y = tl.dot(onehot, (slab - hi.to(tl.float32)).to(tl.bfloat16), y)
+    return y
+
+
+@triton.jit
 def _scaled_gemm_body(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, core_ptr, cube_of_row_ptr, row_token_ptr,
                       down_ptr, up_ptr, bias_ptr, M, N, K, stride_am, stride_bn, stride_cm,
                       A_GROUPED: tl.constexpr, HAS_A_SCALE: tl.constexpr, HAS_CORE: tl.constexpr,
@@ -151,7 +183,7 @@ def _scaled_gemm_body(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, core_ptr, c
                       HAS_LORA: tl.constexpr, HAS_BIAS: tl.constexpr, R: tl.constexpr, IEEE_DOTS: tl.constexpr, ACC_INT: tl.constexpr,
                       PROMOTE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                       BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, PREFETCH: tl.constexpr = False,
-                      FUSE: tl.constexpr = False):
+                      FUSE: tl.constexpr = False, SPLIT: tl.constexpr = False, RC: tl.constexpr = 32):
     # Grouped launch order: neighbouring programs share B tiles in L2.
     pid = tl.program_id(0)
     num_m, num_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
@@ -164,7 +196,7 @@ def _scaled_gemm_body(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, core_ptr, c
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
-    if PREFETCH:  # issue the epilogue's loads before the K loop, so their latency hides behind it
+    if PREFETCH and not SPLIT:  # issue the epilogue's loads before the K loop, so their latency hides behind it
         cube, first, last, slab, down, up, bias, out_rows = _epilogue_operands(
             pid_m, rm, rn, M, N, core_ptr, cube_of_row_ptr, row_token_ptr, down_ptr, up_ptr, bias_ptr,
             HAS_CORE, ROW_MAP, NC, HAS_LORA, HAS_BIAS, R, BLOCK_M)
@@ -191,39 +223,63 @@ def _scaled_gemm_body(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, core_ptr, c
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K
 
-    if not PREFETCH:
-        cube, first, last, slab, down, up, bias, out_rows = _epilogue_operands(
-            pid_m, rm, rn, M, N, core_ptr, cube_of_row_ptr, row_token_ptr, down_ptr, up_ptr, bias_ptr,
-            HAS_CORE, ROW_MAP, NC, HAS_LORA, HAS_BIAS, R, BLOCK_M)
-    y = acc.to(tl.float32)
-    if HAS_A_SCALE:
-        y *= tl.load(a_scale_ptr + rm, mask=rm < M, other=0.0)[:, None]
-    y *= tl.load(b_scale_ptr + rn, mask=rn < N, other=0.0)[None, :]
-    mask = (rm[:, None] < M) & (rn[None, :] < N)
-    c_next = first
-    if FUSE:  # the low-rank branch and the first NC cubes' core term in one MMA
-        y = _fused_extra(y, cube, first, slab, down, up, IEEE_DOTS, BLOCK_M, BLOCK_N, NC)
-        c_next = first + NC
-    if HAS_CORE:  # the core term: one row per cube, broadcast to the cube's tokens
-        for c0 in range(c_next, last + 1, NC):  # one step unless the tile spans many small cubes
-            ids = c0 + tl.arange(0, NC)
-            onehot = (cube[:, None] == ids[None, :]).to(tl.float32)
-            if c0 != first:
-                slab = tl.load(core_ptr + ids[:, None] * N + rn[None, :],
-                               mask=(ids[:, None] <= last) & (rn[None, :] < N), other=0.0)
-            # Accumulate into y itself: a second [BM, BN] fp32 tile would spill registers.
-            if IEEE_DOTS:
-                y = tl.dot(onehot, slab, y, input_precision="ieee")
-            else:  # one-hot rows are exact; tf32x3 keeps the core values to ~fp32
-                y = tl.dot(onehot, slab, y, input_precision="tf32x3")
-    if HAS_LORA and not FUSE:
-        if IEEE_DOTS:  # fp32 factors (tests) or the interpreter: no TF32 rounding
-            y = tl.dot(down.to(up.dtype), tl.trans(up), y, input_precision="ieee")
+    if SPLIT:
+        y = acc.to(tl.float32)
+        if HAS_A_SCALE:
+            y *= tl.load(a_scale_ptr + rm, mask=rm < M, other=0.0)[:, None]
+        y *= tl.load(b_scale_ptr + rn, mask=rn < N, other=0.0)[None, :]
+        if HAS_CORE:
+            cube = tl.load(cube_of_row_ptr + rm, mask=rm < M, other=-1)
+            first = tl.load(cube_of_row_ptr + pid_m * BLOCK_M)
+            last = tl.load(cube_of_row_ptr + min(pid_m * BLOCK_M + BLOCK_M, M) - 1)
         else:
-            y = tl.dot(down.to(up.dtype), tl.trans(up), y)
-    if HAS_BIAS:
-        y += bias[None, :]
-    tl.store(c_ptr + out_rows[:, None] * stride_cm + rn[None, :], y.to(c_ptr.dtype.element_ty), mask=mask)
+            cube, first, last = rm, 0, -1
+        y = _split_extra(y, rm, rn, M, N, cube, first, last, core_ptr, down_ptr, up_ptr, HAS_CORE, HAS_LORA,
+                         R, RC, NC, IEEE_DOTS)
+        if HAS_BIAS:
+            y += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+        out_rows = tl.load(row_token_ptr + rm, mask=rm < M, other=0) if ROW_MAP else rm
+        mask = (rm[:, None] < M) & (rn[None, :] < N)
+        tl.store(c_ptr + out_rows[:, None] * stride_cm + rn[None, :], y.to(c_ptr.dtype.element_ty), mask=mask)
+    else:
+        if not PREFETCH:
+            cube, first, last, slab, down, up, bias, out_rows = _epilogue_operands(
+                pid_m, rm, rn, M, N, core_ptr, cube_of_row_ptr, row_token_ptr, down_ptr, up_ptr, bias_ptr,
+                HAS_CORE, ROW_MAP, NC, HAS_LORA, HAS_BIAS, R, BLOCK_M)
+        y = acc.to(tl.float32)
+        if HAS_A_SCALE:
+            y *= tl.load(a_scale_ptr + rm, mask=rm < M, other=0.0)[:, None]
+        y *= tl.load(b_scale_ptr + rn, mask=rn < N, other=0.0)[None, :]
+        mask = (rm[:, None] < M) & (rn[None, :] < N)
+        c_next = first
+        if FUSE:  # the low-rank branch and the first NC cubes' core term in one MMA
+            y = _fused_extra(y, cube, first, slab, down, up, IEEE_DOTS, BLOCK_M, BLOCK_N, NC)
+            c_next = first + NC
+        if HAS_CORE:  # the core term: one row per cube, broadcast to the cube's tokens
+            for c0 in range(c_next, last + 1, NC):  # one step unless the tile spans many small cubes
+                ids = c0 + tl.arange(0, NC)
+                onehot = (cube[:, None] == ids[None, :]).to(tl.float32)
+                if c0 != first:
+                    slab = tl.load(core_ptr + ids[:, None] * N + rn[None, :],
+                                   mask=(ids[:, None] <= last) & (rn[None, :] < N), other=0.0)
+                # Accumulate into y itself: a second [BM, BN] fp32 tile would spill registers.
+                if IEEE_DOTS:
+                    y = tl.dot(onehot, slab, y, input_precision="ieee")
+                else:  # one-hot rows are exact; tf32x3 keeps the core values to ~fp32
+                    y = tl.dot(onehot, slab, y, input_precision="tf32x3")
+        if HAS_LORA and not FUSE:
+            if IEEE_DOTS:  # fp32 factors (tests) or the interpreter: no TF32 rounding
+                y = tl.dot(down.to(up.dtype), tl.trans(up), y, input_precision="ieee")
+            else:
+                y = tl.dot(down.to(up.dtype), tl.trans(up), y)
+        if HAS_BIAS:
+            y += bias[None, :]
+        tl.store(c_ptr + out_rows[:, None] * stride_cm + rn[None, :], y.to(c_ptr.dtype.element_ty), mask=mask)
+
+
+# How the epilogue adds the core term and the low-rank branch: "joined" = one MMA over
+# [down | one-hot] (`_fused_extra`), "split" = chunked small MMAs (`_split_extra`).
+EPILOGUE = "joined"
 
 
 def _prune(configs, named_args, **kwargs):
@@ -233,7 +289,7 @@ def _prune(configs, named_args, **kwargs):
     return configs
 
 
-_KEY = ["M", "N", "K", "A_GROUPED", "ACC_INT", "HAS_CORE", "HAS_LORA"]
+_KEY = ["M", "N", "K", "A_GROUPED", "ACC_INT", "HAS_CORE", "HAS_LORA", "SPLIT"]
 scaled_gemm_kernel = triton.autotune(_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune}
                                      )(_scaled_gemm_body)
 grouped_gemm_kernel = triton.autotune(_grouped_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune}
@@ -263,7 +319,8 @@ def scaled_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor | None, 
     c = torch.empty(m, n, dtype=out_dtype, device=a.device)
     # The fused epilogue splits K = 2R into R low-rank and 2·NC core columns; NC = R/2 must be >= 16
     # (tl.dot's smallest K) for the core steps after the first.
-    fuse = core is not None and up is not None and r >= 32
+    split = EPILOGUE == "split"
+    fuse = core is not None and up is not None and r >= 32 and not split
     grouped = a_group_scales is not None
     scale_a = a_group_scales if grouped else a_scale
     dummy = b_scale
@@ -276,7 +333,7 @@ def scaled_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor | None, 
         down.contiguous() if down is not None else dummy, up.contiguous() if up is not None else dummy,
         bias if bias is not None else dummy, m, n, k, a.stride(0), b.stride(0), c.stride(0),
         A_GROUPED=grouped, HAS_A_SCALE=scale_a is not None and not grouped, HAS_CORE=core is not None,
-        ROW_MAP=row_token is not None, NC=r // 2 if fuse else 16, FUSE=fuse,
+        ROW_MAP=row_token is not None, NC=r // 2 if fuse else 16, FUSE=fuse, SPLIT=split, RC=min(32, r),
         HAS_LORA=up is not None, HAS_BIAS=bias is not None, R=r,
         IEEE_DOTS=interpreting() or (up is not None and up.dtype == torch.float32), ACC_INT=a.dtype == torch.int8,
         PROMOTE=promote and a.dtype == torch.float8_e4m3fn)

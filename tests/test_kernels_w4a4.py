@@ -20,6 +20,7 @@ from dq_kernels.fp8 import quantize_fp8
 from dq_kernels.int4 import dequantize_int4, pack_int4, quantize_int4
 from dq_kernels.int8 import quantize_int8_rowwise
 from dq_kernels.scaled_gemm import scaled_gemm, scaled_gemm_reference
+import dq_kernels.scaled_gemm as scaled_gemm_module
 from dq_kernels.smoothing import apply_smooth
 
 # The CPU runs the kernels in Triton's interpreter (conftest sets TRITON_INTERPRET=1 without CUDA);
@@ -89,7 +90,9 @@ def fp32_sum_bound(a, b, a_scale, b_scale, device="cpu"):
 @pytest.mark.parametrize("dtype", ["fp8", "int8"])
 @pytest.mark.parametrize("rank", [8, 32])  # 32: the low-rank branch and core term share one MMA
 @pytest.mark.parametrize("cubes", [40, 3])
-def test_scaled_gemm_matches_reference(device, dtype, rank, cubes):
+@pytest.mark.parametrize("epilogue", ["joined", "split"])
+def test_scaled_gemm_matches_reference(device, dtype, rank, cubes, epilogue, monkeypatch):
+    monkeypatch.setattr(scaled_gemm_module, "EPILOGUE", epilogue)
     m, n, k = 70, 48, 192
     gen = torch.Generator().manual_seed(5)
     xa, xb = torch.randn(m, k, generator=gen), torch.randn(n, k, generator=gen)

@@ -13,6 +13,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import dq_kernels.linear_ops  # noqa: F401  (registers torch.ops.dq)
+import dq_kernels.scaled_gemm as scaled_gemm
 from dq_cli.kernel_bench import CUBE, RANK, SHAPES
 from dq_kernels.int4 import pack_int4, quantize_int4
 from dq_kernels.int8 import quantize_int8_rowwise
@@ -41,7 +42,11 @@ def main() -> None:
     ap.add_argument("--cube", default=",".join(map(str, CUBE)), help="t,h,w")
     ap.add_argument("--only", default=None, help="profile only this layer name")
     ap.add_argument("--no-w8a8", action="store_true")
+    ap.add_argument("--epilogue", choices=["joined", "split"], default=None,
+                    help="the GEMM epilogue (dq_kernels.scaled_gemm.EPILOGUE); default: the module's")
     a = ap.parse_args()
+    if a.epilogue:
+        scaled_gemm.EPILOGUE = a.epilogue
     rank, cube = a.rank, [int(v) for v in a.cube.split(",")]
     m, grid, layers = SHAPES[a.shapes]
     layers = [entry for entry in layers if a.only is None or entry[0] == a.only]
@@ -68,7 +73,8 @@ def main() -> None:
             times = kernel_times(fn)
             import triton.testing
             wall = triton.testing.do_bench(fn, warmup=5, rep=30, return_mode="median")
-            print(f"== {a.shapes} {layer} {m}x{k}->{n} {name} rank {rank} cube {cube}: "
+            print(f"== {a.shapes} {layer} {m}x{k}->{n} {name} rank {rank} cube {cube} "
+                  f"epilogue {scaled_gemm.EPILOGUE}: "
                   f"{sum(times.values()):.3f} ms in kernels, {wall:.3f} ms per call", flush=True)
             for kname, ms in list(times.items())[:8]:
                 print(f"   {ms:8.3f} ms  {kname}")
