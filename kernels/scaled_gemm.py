@@ -10,7 +10,8 @@ A's rows come in cube order (dq_kernels.delta_quantize): a tile's rows belong to
 consecutive cubes, so the core term is a small matrix product — one-hot(cube of row) [BM, NC]
 times NC rows of `core` — rather than a gather of a [BM, BN] fp32 block, which cost as much as
 a third of the GEMM on an H100 (register pressure in the epilogue). With a low-rank branch of
-rank ≥ 32 both share one bf16 MMA (`_fused_extra`). Each row is then stored to its token.
+rank 32 both share one bf16 MMA (`_fused_extra`); from rank 64 they are small MMAs one after the
+other (`_split_extra`, see EPILOGUE). Each row is then stored to its token.
 
 The scales are applied once, after the K loop: group scales inside the loop cost the FP8 rate
 (FACTS.md: 272–355 TFLOP/s against 1,108–1,236), which is why the W4A4 path uses power-of-two
@@ -278,8 +279,14 @@ def _scaled_gemm_body(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, core_ptr, c
 
 
 # How the epilogue adds the core term and the low-rank branch: "joined" = one MMA over
-# [down | one-hot] (`_fused_extra`), "split" = chunked small MMAs (`_split_extra`).
-EPILOGUE = "joined"
+# [down | one-hot] (`_fused_extra`), "split" = chunked small MMAs (`_split_extra`), "auto" = split
+# from rank 64 up. Compiled offline for sm_90a (tools/gemm_sass.py) the joined epilogue spills
+# 784 bytes a thread at rank 32 and 1,800 at rank 128 (128×256 tiles), the split one none; timed on
+# an H200 at 32,760×5,120→5,120 (docs/measurements/profile_epilogues_h200.txt) the GEMM took
+# 1.58 (joined) / 1.78 (split) ms at rank 32 and 2.09 / 1.94 ms at rank 128: the spills cost
+# less than the split's extra MMAs until the rank grows.
+EPILOGUE = "auto"
+SPLIT_FROM_RANK = 64
 
 
 def _prune(configs, named_args, **kwargs):
@@ -319,7 +326,7 @@ def scaled_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor | None, 
     c = torch.empty(m, n, dtype=out_dtype, device=a.device)
     # The fused epilogue splits K = 2R into R low-rank and 2·NC core columns; NC = R/2 must be >= 16
     # (tl.dot's smallest K) for the core steps after the first.
-    split = EPILOGUE == "split"
+    split = EPILOGUE == "split" or (EPILOGUE == "auto" and rank >= SPLIT_FROM_RANK)
     fuse = core is not None and up is not None and r >= 32 and not split
     grouped = a_group_scales is not None
     scale_a = a_group_scales if grouped else a_scale

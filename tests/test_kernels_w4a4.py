@@ -90,7 +90,7 @@ def fp32_sum_bound(a, b, a_scale, b_scale, device="cpu"):
 @pytest.mark.parametrize("dtype", ["fp8", "int8"])
 @pytest.mark.parametrize("rank", [8, 32])  # 32: the low-rank branch and core term share one MMA
 @pytest.mark.parametrize("cubes", [40, 3])
-@pytest.mark.parametrize("epilogue", ["joined", "split"])
+@pytest.mark.parametrize("epilogue", ["joined", "split"])  # "auto" picks one of them by rank
 def test_scaled_gemm_matches_reference(device, dtype, rank, cubes, epilogue, monkeypatch):
     monkeypatch.setattr(scaled_gemm_module, "EPILOGUE", epilogue)
     m, n, k = 70, 48, 192

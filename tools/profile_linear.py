@@ -42,7 +42,7 @@ def main() -> None:
     ap.add_argument("--cube", default=",".join(map(str, CUBE)), help="t,h,w")
     ap.add_argument("--only", default=None, help="profile only this layer name")
     ap.add_argument("--no-w8a8", action="store_true")
-    ap.add_argument("--epilogue", choices=["joined", "split"], default=None,
+    ap.add_argument("--epilogue", choices=["joined", "split", "auto"], default=None,
                     help="the GEMM epilogue (dq_kernels.scaled_gemm.EPILOGUE); default: the module's")
     a = ap.parse_args()
     if a.epilogue:
