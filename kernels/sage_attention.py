@@ -16,10 +16,16 @@ The pipeline (see `sage_quant.py` for the pre-pass and its layouts):
 
 Choices, and why:
 - Hopper's FP8 wgmma accumulates in reduced precision (about 22 bits, truncating). A running
-  accumulator fed through it over a 32k-token loop drifts; PV_ACC=1 (default) asks Triton for
-  promotion (`max_num_imprecise_acc=BLOCK_N`): each tile's P·V goes into a fresh accumulator that
-  is added to acc in FP32. PV_ACC=0 writes the same as `acc·α + dot(p, v)` and leaves the choice
-  to the compiler; PV_ACC=2 chains acc through the wgmma (the fastest, the least exact).
+  accumulator fed through it over a 32k-token loop drifts, so each tile's P·V goes into a fresh
+  accumulator that is added to acc in FP32: PV_ACC=0 (default) writes that as `acc·α + dot(p, v)`.
+  PV_ACC=1 asks Triton for the same promotion (`max_num_imprecise_acc=BLOCK_N`), but its code reads
+  the accumulator before the wgmma wait and ptxas then serializes every wgmma in the kernel (note
+  C7514, `tools/attention_sass.py` column `serial`): 31.5 against 29.5 ms at Wan 480p on an H200,
+  the same output error. PV_ACC=2 chains acc through the wgmma (no faster, least exact).
+  Also measured there and dropped: half the exponentials by a polynomial on the FMA pipe (FA4's
+  trick; 33.1 ms) and a hand-pipelined loop issuing the next tile's QKᵀ or the previous tile's P·V
+  around the softmax (FA3's overlap; 31.8 / 35.9 ms) — Triton 3.6 waits on each wgmma right after
+  issuing it (tools/bench_attention_notes.md).
 - int32 → fp32 conversion runs at a quarter of the FP32 rate on Hopper and costs one instruction
   per score. FAST_I2F adds 0x4B400000 to the int32 (|qk| ≤ 127²·128 < 2²² holds for D ≤ 128),
   which is the bit pattern of 1.5·2²³ + qk as a float; the constant is folded into the one FMA
@@ -117,6 +123,43 @@ def round_to_e4m3(x: torch.Tensor) -> torch.Tensor:
 if triton is not None:
 
     @triton.jit
+    def _softmax_tile(qk, sc, m_i, l_i, start_n, S_K, offs_n, MASKED: tl.constexpr, FAST_I2F: tl.constexpr,
+                      INTERPRET: tl.constexpr):
+        """Online-softmax step on one tile of int32 scores (sc: log2 units per unit of qk):
+        P8 = E4M3(exp2(s - m_new + log2 448)), the rescale α of the old state, the new m and l."""
+        if MASKED:
+            valid = (start_n + offs_n)[None, :] < S_K
+            qk_max = tl.max(tl.where(valid, qk, -2147483647), 1)
+        else:
+            qk_max = tl.max(qk, 1)
+        m_new = tl.maximum(m_i, qk_max.to(tl.float32) * sc)
+        shift = m_new - 8.807354922057604  # log2(448): P lands in [0, 448]
+        if FAST_I2F:
+            f = (qk + 0x4B400000).to(tl.float32, bitcast=True)  # = 1.5·2**23 + qk exactly
+            s = f * sc - (12582912.0 * sc + shift)[:, None]
+        else:
+            s = qk.to(tl.float32) * sc - shift[:, None]
+        if MASKED:
+            s = tl.where(valid, s, -float("inf"))
+        p = tl.math.exp2(s)
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)  # the same p that becomes P8
+        if INTERPRET:
+            p = _round_to_e4m3(p)
+        return p.to(tl.float8e4nv), alpha, m_new, l_i
+
+    @triton.jit
+    def _pv_tile(acc, alpha, p8, desc_v, v_row, start_n, BLOCK_N: tl.constexpr, PV_ACC: tl.constexpr):
+        v = desc_v.load([v_row, start_n]).T  # fp8 [BLOCK_N, D], tokens contiguous in shared memory
+        if PV_ACC == 0:
+            acc = acc * alpha[:, None] + tl.dot(p8, v)
+        elif PV_ACC == 1:
+            acc = tl.dot(p8, v, acc * alpha[:, None], max_num_imprecise_acc=BLOCK_N)
+        else:
+            acc = tl.dot(p8, v, acc * alpha[:, None])
+        return acc
+
+    @triton.jit
     def _sage8_attn_inner(acc, l_i, m_i, q, qs, desc_k, desc_v, KS, k_row, v_row, start, stop, S_K,
                           offs_n, BLOCK_N: tl.constexpr, QUANT_BLOCK: tl.constexpr, MASKED: tl.constexpr,
                           FAST_I2F: tl.constexpr, PV_ACC: tl.constexpr, INTERPRET: tl.constexpr):
@@ -125,35 +168,9 @@ if triton is not None:
             k = desc_k.load([k_row + start_n, 0]).T  # int8 [D, BLOCK_N]
             ks = tl.load(KS + start_n // QUANT_BLOCK)
             qk = tl.dot(q, k)  # int32 [BLOCK_M, BLOCK_N], exact
-            sc = qs * ks  # log2 units per unit of qk
-            if MASKED:
-                valid = (start_n + offs_n)[None, :] < S_K
-                qk_max = tl.max(tl.where(valid, qk, -2147483647), 1)
-            else:
-                qk_max = tl.max(qk, 1)
-            m_new = tl.maximum(m_i, qk_max.to(tl.float32) * sc)
-            shift = m_new - 8.807354922057604  # log2(448): P lands in [0, 448]
-            if FAST_I2F:
-                f = (qk + 0x4B400000).to(tl.float32, bitcast=True)  # = 1.5·2**23 + qk exactly
-                s = f * sc - (12582912.0 * sc + shift)[:, None]
-            else:
-                s = qk.to(tl.float32) * sc - shift[:, None]
-            if MASKED:
-                s = tl.where(valid, s, -float("inf"))
-            p = tl.math.exp2(s)
-            alpha = tl.math.exp2(m_i - m_new)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            if INTERPRET:
-                p = _round_to_e4m3(p)
-            p8 = p.to(tl.float8e4nv)
-            v = desc_v.load([v_row, start_n]).T  # fp8 [BLOCK_N, D], tokens contiguous in shared memory
-            if PV_ACC == 0:
-                acc = acc * alpha[:, None] + tl.dot(p8, v)
-            elif PV_ACC == 1:
-                acc = tl.dot(p8, v, acc * alpha[:, None], max_num_imprecise_acc=BLOCK_N)
-            else:
-                acc = tl.dot(p8, v, acc * alpha[:, None])
-            m_i = m_new
+            p8, alpha, m_i, l_i = _softmax_tile(qk, qs * ks, m_i, l_i, start_n, S_K, offs_n, MASKED, FAST_I2F,
+                                                INTERPRET)
+            acc = _pv_tile(acc, alpha, p8, desc_v, v_row, start_n, BLOCK_N, PV_ACC)
         return acc, l_i, m_i
 
     @triton.jit
@@ -243,7 +260,7 @@ def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str | None:
 
 def sage_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None, *,
                           config: dict | None = None, quant_block: int = QUANT_BLOCK, fast_i2f: bool = True,
-                          pv_acc: int = 1, quantized: SageInputs | None = None) -> torch.Tensor:
+                          pv_acc: int = 0, quantized: SageInputs | None = None) -> torch.Tensor:
     """Launch the pre-pass and the attention kernel. `config` (BLOCK_M, BLOCK_N, num_warps,
     num_stages) pins a tile; without one CUDA autotunes and the interpreter takes DEFAULT_CONFIG."""
     if triton is None:

@@ -4,7 +4,13 @@ of the instructions that matter (IGMMA/QGMMA tensor-core ops, MUFU.EX2, conversi
 traffic). Uses the ptxas/cuobjdump/nvdisasm that ship inside the triton wheel.
 
     python -P tools/attention_sass.py                      # the autotune configs, D = 128 and 64
+    python -P tools/attention_sass.py --variant all        # each kernel variant of bench_attention.py
     python -P tools/attention_sass.py --dump /tmp/sass     # also write PTX and SASS per config
+
+Besides the counts: `cvt` is the number of ttg.convert_layout ops left in the TTGIR (each one may
+move a tile through shared memory), `DEPBAR` the WARPGROUP.DEPBAR (wgmma waits) in the SASS, and
+`serial` says whether ptxas serialized the wgmmas (its C7514 note: a wait after every wgmma, so
+none overlaps anything — what reading an accumulator before its wait costs).
 """
 
 from __future__ import annotations
@@ -28,62 +34,88 @@ from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: E402
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/ (python -P leaves it out)
-from repo_kernels import import_dq_kernels  # noqa: E402
-
-import_dq_kernels()
+from bench_attention import VARIANTS  # noqa: E402  (it imports dq_kernels)
 
 from dq_kernels.sage_attention import AUTOTUNE_CONFIGS, QUANT_BLOCK, _sage8_attn_fwd  # noqa: E402
 
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
-SASS_OPS = ("IGMMA", "QGMMA", "HGMMA", "MUFU.EX2", "I2F", "F2FP", "FFMA", "FMUL", "FADD", "VIADD", "LDL", "STL",
-            "UTMALDG")
+SASS_OPS = ("IGMMA", "QGMMA", "HGMMA", "WARPGROUP.DEPBAR", "MUFU.EX2", "I2F", "F2FP", "FFMA", "FMUL", "FADD",
+            "VIADD", "LDL", "STL", "UTMALDG")
+# sage_attention_triton's keyword → the kernel's constexpr
+SWITCHES = dict(pv_acc="PV_ACC", fast_i2f="FAST_I2F")
 
 
 def desc(dtype, block):
     return mangle_type(TensorDescriptor.from_tensor(torch.empty(256, 256, dtype=dtype), block))
 
 
-def compile_one(bm, bn, warps, stages, d, pv_acc=1, fast_i2f=True):
+def compile_one(bm, bn, warps, stages, d, **switches):
     sig = dict(desc_q=desc(torch.int8, [bm, d]), QS="*fp32", desc_k=desc(torch.int8, [bn, d]), KS="*fp32",
                desc_v=desc(torch.float8_e4m3fn, [d, bn]), VS="*fp32", VM="*fp32", Out="*bf16",
                so_b="i32", so_h="i32", so_s="i32", so_d="i32", H="i32", S_Q="i32", S_K="i32", SQ_PAD="i32",
                SK_PAD="i32", SK_BUCKET="i32")
-    const = dict(HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, QUANT_BLOCK=QUANT_BLOCK, FAST_I2F=fast_i2f, PV_ACC=pv_acc,
+    const = dict(HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, QUANT_BLOCK=QUANT_BLOCK, FAST_I2F=True, PV_ACC=0,
                  INTERPRET=False)
+    const.update({SWITCHES[k]: v for k, v in switches.items()})
     sig.update({k: "constexpr" for k in const})
     src = ASTSource(fn=_sage8_attn_fwd, signature=sig, constexprs=const)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=stages))
 
 
+def ptxas_serialized(ptx: str) -> bool:
+    """Whether ptxas serializes the wgmmas (note C7514), which Triton's own ptxas call keeps quiet."""
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "k.ptx").write_text(ptx)
+        out = subprocess.run([BIN / "ptxas", "-arch=sm_90a", "-v", "k.ptx", "-o", "k.cubin"], cwd=tmp,
+                             capture_output=True, text=True)
+    return "C7514" in out.stdout + out.stderr
+
+
+def report(k, d, bm, bn, warps, stages, variant, dump: Path | None) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = Path(tmp) / "k.cubin"
+        cubin.write_bytes(k.asm["cubin"])
+        usage = subprocess.run([BIN / "cuobjdump", "--dump-resource-usage", cubin], capture_output=True,
+                               text=True).stdout
+        sass = subprocess.run([BIN / "nvdisasm", "-c", cubin], capture_output=True, text=True).stdout
+    regs = re.search(r"REG:(\d+)", usage).group(1)
+    stack = re.search(r"STACK:(\d+)", usage).group(1)
+    cvt = k.asm["ttgir"].count("ttg.convert_layout")
+    serial = "yes" if ptxas_serialized(k.asm["ptx"]) else "no"
+    counts = [len(re.findall(rf"\b{re.escape(o)}\b", sass)) for o in SASS_OPS]
+    print(f"{variant:>22} {d:>3} {bm:>4} {bn:>4} {warps:>5} {stages:>6} {regs:>5} {stack:>5} "
+          f"{k.metadata.shared / 1024:>7.1f} {cvt:>4} {serial:>6}  " + " ".join(f"{n:>8}" for n in counts), flush=True)
+    if dump:
+        dump.mkdir(parents=True, exist_ok=True)
+        stem = f"sage8_{variant}_d{d}_m{bm}_n{bn}_w{warps}_s{stages}"
+        (dump / f"{stem}.ptx").write_text(k.asm["ptx"])
+        (dump / f"{stem}.ttgir").write_text(k.asm["ttgir"])
+        (dump / f"{stem}.sass").write_text(sass)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--head-dims", default="128,64")
-    p.add_argument("--pv-acc", type=int, default=1)
-    p.add_argument("--plain-i2f", action="store_true")
-    p.add_argument("--dump", type=Path, default=None, help="folder for .ptx and .sass per config")
+    p.add_argument("--variant", default="default",
+                   help=f"comma-separated, or 'all': bench_attention.py's variants ({', '.join(VARIANTS)})")
+    p.add_argument("--configs", default=None, help="only these tiles, e.g. '128x128,128x64' (BLOCK_M x BLOCK_N)")
+    p.add_argument("--dump", type=Path, default=None, help="folder for .ptx, .ttgir and .sass per config")
     args = p.parse_args()
-    print(f"{'D':>3} {'BM':>4} {'BN':>4} {'warps':>5} {'stages':>6} {'regs':>5} {'stack':>5} {'smem KB':>7}  "
-          + " ".join(f"{o:>8}" for o in SASS_OPS))
-    for d in (int(x) for x in args.head_dims.split(",")):
-        for c in AUTOTUNE_CONFIGS:
-            bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
-            k = compile_one(bm, bn, c.num_warps, c.num_stages, d, args.pv_acc, not args.plain_i2f)
-            with tempfile.TemporaryDirectory() as tmp:
-                cubin = Path(tmp) / "k.cubin"
-                cubin.write_bytes(k.asm["cubin"])
-                usage = subprocess.run([BIN / "cuobjdump", "--dump-resource-usage", cubin], capture_output=True,
-                                       text=True).stdout
-                sass = subprocess.run([BIN / "nvdisasm", "-c", cubin], capture_output=True, text=True).stdout
-            regs = re.search(r"REG:(\d+)", usage).group(1)
-            stack = re.search(r"STACK:(\d+)", usage).group(1)
-            counts = [len(re.findall(rf"\b{re.escape(o)}\b", sass)) for o in SASS_OPS]
-            print(f"{d:>3} {bm:>4} {bn:>4} {c.num_warps:>5} {c.num_stages:>6} {regs:>5} {stack:>5} "
-                  f"{k.metadata.shared / 1024:>7.1f}  " + " ".join(f"{n:>8}" for n in counts))
-            if args.dump:
-                args.dump.mkdir(parents=True, exist_ok=True)
-                stem = f"sage8_d{d}_m{bm}_n{bn}_w{c.num_warps}_s{c.num_stages}"
-                (args.dump / f"{stem}.ptx").write_text(k.asm["ptx"])
-                (args.dump / f"{stem}.sass").write_text(sass)
+    variants = list(VARIANTS) if args.variant == "all" else [v.strip() for v in args.variant.split(",")]
+    for v in variants:
+        if v not in VARIANTS:
+            raise SystemExit(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
+    tiles = None if args.configs is None else {tuple(int(x) for x in t.split("x")) for t in args.configs.split(",")}
+    print(f"{'variant':>22} {'D':>3} {'BM':>4} {'BN':>4} {'warps':>5} {'stages':>6} {'regs':>5} {'stack':>5} "
+          f"{'smem KB':>7} {'cvt':>4} {'serial':>6}  " + " ".join(f"{o.split('.')[-1]:>8}" for o in SASS_OPS))
+    for variant in variants:
+        for d in (int(x) for x in args.head_dims.split(",")):
+            for c in AUTOTUNE_CONFIGS:
+                bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
+                if tiles is not None and (bm, bn) not in tiles:
+                    continue
+                k = compile_one(bm, bn, c.num_warps, c.num_stages, d, **VARIANTS[variant])
+                report(k, d, bm, bn, c.num_warps, c.num_stages, variant, args.dump)
 
 
 if __name__ == "__main__":

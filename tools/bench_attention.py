@@ -44,10 +44,10 @@ SHAPES = {  # name: (batch, heads, tokens, head_dim)
     "cogvideox": (1, 48, 17776, 64),  # CogVideoX-5B, 720×480 49 frames: 17,550 video + 226 text
 }
 VARIANTS = {  # name: kwargs of sage_attention_triton
-    "default": dict(pv_acc=1, fast_i2f=True),
-    "pv-acc0": dict(pv_acc=0, fast_i2f=True),      # acc·α + dot(p, v): promotion left to the compiler
+    "default": dict(pv_acc=0, fast_i2f=True),
+    "pv-acc1": dict(pv_acc=1, fast_i2f=True),      # Triton's promotion: ptxas serializes the wgmmas
     "pv-acc2": dict(pv_acc=2, fast_i2f=True),      # acc chained through the FP8 wgmma (imprecise)
-    "plain-i2f": dict(pv_acc=1, fast_i2f=False),   # int32→fp32 with cvt instead of the magic add
+    "plain-i2f": dict(pv_acc=0, fast_i2f=False),   # int32→fp32 with cvt instead of the magic add
 }
 
 
