@@ -81,7 +81,7 @@ def _scatter(rows: list[dict], metric: str, ylabel: str, many: bool, path: Path,
         marker = "s" if r["compile"] else "o"
         ax.scatter([x], [y], marker=marker, s=40)
         ax.annotate(_label(r, many), (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
-    ax.set_xlabel("forward speed-up vs BF16 (same attention and compile; ○ eager, □ compiled)")
+    ax.set_xlabel("forward speed-up vs BF16 with SDPA (same compile mode; ○ eager, □ compiled)")
     ax.set_ylabel(ylabel)
     ax.axvline(1.0, color="#999", lw=0.8, ls="--")
     ax.set_title(_title(doc, "speed vs " + ("quality" if metric == "psnr_db" else "size")), fontsize=10)

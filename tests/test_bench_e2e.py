@@ -129,6 +129,10 @@ def test_e2e_on_each_family_from_its_folder(family, family_dir, tmp_path):
         assert all(r["attention_stats"]["fallback"] for r in sage)
         w4a4 = next(r for r in rows if r["config"] == "w4a4" and r["compile"])
         assert "dq modules run eagerly inside" in " ".join(w4a4["notes"])
+        # speed-ups against bf16 with SDPA in the same compile mode, whatever the row's attention
+        base = {r["compile"]: r["forward_ms"] for r in rows if r["config"] == "bf16" and r["attention"] == "sdpa"}
+        for r in rows:
+            assert r["vs_bf16"] == pytest.approx(base[r["compile"]] / r["forward_ms"])
 
 
 def test_6bit_is_not_compiled_and_torchao_without_torchao_is_skipped(monkeypatch):
