@@ -53,6 +53,8 @@ __all__ = [
     "e2m1_to_float",
     "float_to_e2m1",
     "nvfp4_tensor_scale",
+    "nvfp4_carrier",
+    "weight_carrier",
 ]
 
 E2M1_MAX = 6.0
@@ -131,6 +133,24 @@ def fake_quantize_nvfp4(x: torch.Tensor, block_size: int = NVFP4_BLOCK, amax: to
     step = torch.where(m < 2.0, 0.5, torch.where(m < 4.0, 1.0, 2.0))  # as in float_to_e2m1
     q = torch.round(m / step).mul_(step).copysign_(v)
     return (q * dq_scale).reshape(x.shape)
+
+
+def nvfp4_carrier(x: torch.Tensor, block_size: int = NVFP4_BLOCK, amax: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """NVFP4 rounding of x with the tensor scale factored out: (e2m1 · float(block_scale), ts), so
+    that carrier · ts is fake_quantize_nvfp4(x) up to fp32 rounding order. The carrier is the
+    product of a 2-bit and a 4-bit significand: exact in BF16 (and fp32), which lets a BF16 GEMM
+    with fp32 accumulation do the reference's NVFP4 arithmetic (dq_cli/quant/carrier_path.py)."""
+    check_last_dim_multiple(x, block_size, "nvfp4_carrier")
+    ts = nvfp4_tensor_scale(x, amax)
+    codes, s8, ts = quantize_nvfp4(x, tensor_scale=ts, block_size=block_size)
+    return weight_carrier(codes, s8, block_size), ts
+
+
+def weight_carrier(codes: torch.Tensor, block_scales: torch.Tensor, block_size: int = NVFP4_BLOCK) -> torch.Tensor:
+    """e2m1(codes) · float(block_scale), fp32 [..., K]: exact (see nvfp4_carrier)."""
+    values = e2m1_to_float(codes).reshape(*codes.shape[:-1], codes.shape[-1] // block_size, block_size)
+    return (values * block_scales.float().unsqueeze(-1)).reshape(codes.shape)
 
 
 def dequantize_nvfp4(

@@ -3,10 +3,12 @@ reference math: on CUDA, for the formats the Hopper kernels implement exactly â€
 
 - `int4_pow2` weights and activations (RTN, SmoothQuant, SVDQuant, DeltaQuant with FP8 core
   tokens when every token of the sequence is a video token): `dq::w4a4_linear`;
-- `int8` weights and activations: `dq::w8a8_linear`.
+- `int8` weights and activations: `dq::w8a8_linear`;
+- NVFP4 weights (6Bit-Diffusion) on their NVFP4 / INT8 / 16-bit routes, Hadamard rotation
+  included: exact BF16 carriers on cuBLAS (dq_cli/quant/carrier_path.py).
 
-Everything else (free group scales, NVFP4, 6Bit-Diffusion's per-step routes and Hadamard
-rotation, CogVideoX's joint text+video sequence under DeltaQuant) keeps the reference path. `DQ_KERNELS=triton` forces the kernels on the CPU (under
+Everything else (free group scales, DeltaQuant's cube route with NVFP4 deltas, CogVideoX's joint
+text+video sequence under DeltaQuant) keeps the reference path. `DQ_KERNELS=triton` forces the kernels on the CPU (under
 TRITON_INTERPRET=1, for tests); `DQ_KERNELS=reference` keeps the reference everywhere.
 """
 
@@ -18,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from dq_cli.quant.activations import cube_at
+from dq_cli.quant.carrier_path import carrier_forward
 
 W4A4_METHODS = ("rtn", "smoothquant", "svdquant", "deltaquant")
 
@@ -32,6 +35,8 @@ def kernel_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
     import dq_kernels.linear_ops  # noqa: F401  (registers torch.ops.dq.*; imports triton)
 
     plan = layer.plan
+    if plan.weight == "nvfp4":
+        return carrier_forward(layer, x)
     if plan.hadamard or layer.route is not None or layer.refresh_ratio is not None:
         return None  # 6Bit-Diffusion's per-step routes and rotations run on the reference
     if plan.weight == plan.activation == "int8" and plan.method in ("rtn", "smoothquant"):

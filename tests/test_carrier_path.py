@@ -1,0 +1,107 @@
+"""6Bit-Diffusion's NVFP4-weight layers on exact BF16 carriers (dq_cli/quant/carrier_path.py) against
+QuantLinear's reference math, on each activation route, with and without the Hadamard rotation,
+smoothing and a low-rank branch. On the CPU the carriers are multiplied in fp32 (the same values a
+BF16 GEMM with fp32 accumulation sees), so the two paths differ only in fp32 summation order."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from dq_cli.quant.linear import QuantLinear
+from dq_cli.quant.plan import LayerPlan
+from dq_kernels.nvfp4 import fake_quantize_nvfp4, nvfp4_carrier, unpack_fp4, weight_carrier, dequantize_nvfp4
+
+
+def nvfp4_layer(hadamard: int, low_rank: bool, k: int = 150, n: int = 40) -> QuantLinear:
+    gen = torch.Generator().manual_seed(21)
+    linear = nn.Linear(k, n)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(n, k, generator=gen) / k**0.5)
+    plan = LayerPlan(method="svdquant" if low_rank else "rtn", weight="nvfp4", activation="nvfp4", group_size=16,
+                     rank=4 if low_rank else 0, smoothing=None, cubes=None, core="fp8", hadamard=hadamard)
+    extra = {}
+    if low_rank:
+        extra = dict(smooth=torch.rand(k, generator=gen) + 0.5, lora_up=torch.randn(n, 4, generator=gen) / 4,
+                     lora_down=torch.randn(4, k, generator=gen) / 8)
+    return QuantLinear.from_linear(linear, plan, "blocks.0.attn1.to_q", **extra)
+
+
+def inputs(k: int = 150) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(22)
+    x = torch.randn(2, 33, k, generator=gen) * torch.exp(torch.randn(k, generator=gen))  # outlier channels
+    return x.to(torch.bfloat16)
+
+
+def test_carriers_are_exact():
+    """carrier · tensor scale = the fake-quantized values, and the carriers are BF16 numbers."""
+    x = inputs().float().reshape(-1, 150)[:, :144]
+    a, ts = nvfp4_carrier(x)
+    torch.testing.assert_close(a * ts, fake_quantize_nvfp4(x), rtol=2**-23, atol=0)
+    assert torch.equal(a.to(torch.bfloat16).float(), a)
+    layer = nvfp4_layer(0, False)
+    w = weight_carrier(unpack_fp4(layer.qweight), layer.block_scales)
+    assert torch.equal(w.to(torch.bfloat16).float(), w)
+    torch.testing.assert_close(w * layer.tensor_scale, dequantize_nvfp4(unpack_fp4(layer.qweight),
+                                                                       layer.block_scales, layer.tensor_scale),
+                               rtol=2**-23, atol=0)
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA")])]
+
+
+@pytest.mark.parametrize("device", DEVICES)  # cuda: one BF16 cuBLAS GEMM with fp32 output
+@pytest.mark.parametrize("route", ["nvfp4", "int8", "none"])
+@pytest.mark.parametrize("hadamard", [0, 16])
+@pytest.mark.parametrize("low_rank", [False, True])
+def test_carrier_path_matches_reference(route, hadamard, low_rank, device, monkeypatch):
+    layer = nvfp4_layer(hadamard, low_rank).to(device)
+    layer.route = route
+    x = inputs().to(device)
+    ref = layer.reference_forward(x.float())
+    assert layer.last_route == route
+    monkeypatch.setenv("DQ_KERNELS", "triton")
+    import dq_cli.quant.carrier_path as carrier_path
+
+    calls = []
+    real = carrier_path.carrier_forward
+    monkeypatch.setattr("dq_cli.quant.kernel_path.carrier_forward", lambda *a: calls.append(1) or real(*a))
+    layer.last_route = None
+    got = layer(x.float())
+    assert calls and layer.last_route == route
+    # fp32 sums of the same products in another order (the scales applied after the sum instead of
+    # before): |error| <= 2·K·2**-24·Σ|x̂_k·ŵ_k|; for the 16-bit route also the lo half rounded to
+    # BF16, 2**-9 of a part itself under 2**-8 of x.
+    xq = quantized_input(layer, x.float())
+    w = layer.stored_weight()
+    k = w.shape[1]
+    terms = (xq[:, :k].abs() @ w.abs().T).reshape(ref.shape)
+    bound = terms * (2 * k * 2**-24 + (2**-17 if route == "none" else 0)) + 1e-7
+    assert ((got - ref).abs() <= bound).all(), ((got - ref).abs() / bound).max()
+
+
+def quantized_input(layer: QuantLinear, x: torch.Tensor) -> torch.Tensor:
+    """The reference's rounded (and rotated) input to the 4-bit GEMM, [tokens, K padded]."""
+    from dq_cli.quant.activations import quantize_input
+    from dq_cli.quant.linear import k_multiple_of
+    from dq_kernels.formats import pad_k
+    from dq_kernels.hadamard import block_hadamard
+    from dq_kernels.smoothing import apply_smooth
+
+    xs = apply_smooth(x, layer.smooth)
+    plan = layer.active_plan(xs)
+    xin = pad_k(xs, k_multiple_of(layer.plan))
+    if layer.plan.hadamard:
+        xin = block_hadamard(xin, layer.plan.hadamard)
+    xq = quantize_input(pad_k(xin, k_multiple_of(plan)), plan, None, True)
+    return xq.reshape(-1, xq.shape[-1])
+
+
+def test_cube_route_keeps_the_reference(monkeypatch):
+    layer = nvfp4_layer(0, False)
+    layer.route = "deltaquant"
+    from dq_cli.quant import carrier_path
+
+    assert carrier_path.carrier_forward(layer, inputs().float()) is None
