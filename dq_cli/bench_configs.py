@@ -34,7 +34,8 @@ CONFIGS = {
     "w4a4-recipe": "dq DeltaQuant W4A4 exactly as the recipe says (INT4 g64 weights, NVFP4 deltas): "
                    "PyTorch reference path (no Hopper kernel for these formats)",
     "6bit": "dq 6Bit-Diffusion: NVFP4 weights, per-step NVFP4/INT8 activation routing and the Temporal Delta "
-            "Cache (PyTorch reference path: no NVFP4 kernel on Hopper)",
+            "Cache (no NVFP4 tensor cores on Hopper: on CUDA the reference math on exact BF16 carriers, one cuBLAS "
+            "BF16 GEMM per layer; 16-bit speed at best, 4-bit weights at rest)",
     "w8a8": "dq W8A8: INT8 weights per channel, INT8 activations per token (dq::w8a8_linear on CUDA)",
     "torchao-fp8": "torchao Float8DynamicActivationFloat8WeightConfig, rowwise scales",
     "torchao-int8": "torchao Int8DynamicActivationInt8WeightConfig",
