@@ -145,6 +145,15 @@ def _fused_extra(y, cube, first, slab, down, up, IEEE_DOTS: tl.constexpr, BLOCK_
 
 
 @triton.jit
+def _scaled(acc, rm, rn, M, N, a_scale_ptr, b_scale_ptr, HAS_A_SCALE: tl.constexpr):
+    """The accumulator in fp32 times the per-row and per-column scales (once, after the K loop)."""
+    y = acc.to(tl.float32)
+    if HAS_A_SCALE:
+        y *= tl.load(a_scale_ptr + rm, mask=rm < M, other=0.0)[:, None]
+    return y * tl.load(b_scale_ptr + rn, mask=rn < N, other=0.0)[None, :]
+
+
+@triton.jit
 def _split_extra(y, rm, rn, M, N, cube, first, last, core_ptr, down_ptr, up_ptr, HAS_CORE: tl.constexpr,
                  HAS_LORA: tl.constexpr, R: tl.constexpr, RC: tl.constexpr, NC: tl.constexpr,
                  IEEE_DOTS: tl.constexpr):
@@ -225,10 +234,7 @@ def _scaled_gemm_body(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, core_ptr, c
         b_ptrs += BLOCK_K
 
     if SPLIT:
-        y = acc.to(tl.float32)
-        if HAS_A_SCALE:
-            y *= tl.load(a_scale_ptr + rm, mask=rm < M, other=0.0)[:, None]
-        y *= tl.load(b_scale_ptr + rn, mask=rn < N, other=0.0)[None, :]
+        y = _scaled(acc, rm, rn, M, N, a_scale_ptr, b_scale_ptr, HAS_A_SCALE)
         if HAS_CORE:
             cube = tl.load(cube_of_row_ptr + rm, mask=rm < M, other=-1)
             first = tl.load(cube_of_row_ptr + pid_m * BLOCK_M)
@@ -247,10 +253,7 @@ def _scaled_gemm_body(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, core_ptr, c
             cube, first, last, slab, down, up, bias, out_rows = _epilogue_operands(
                 pid_m, rm, rn, M, N, core_ptr, cube_of_row_ptr, row_token_ptr, down_ptr, up_ptr, bias_ptr,
                 HAS_CORE, ROW_MAP, NC, HAS_LORA, HAS_BIAS, R, BLOCK_M)
-        y = acc.to(tl.float32)
-        if HAS_A_SCALE:
-            y *= tl.load(a_scale_ptr + rm, mask=rm < M, other=0.0)[:, None]
-        y *= tl.load(b_scale_ptr + rn, mask=rn < N, other=0.0)[None, :]
+        y = _scaled(acc, rm, rn, M, N, a_scale_ptr, b_scale_ptr, HAS_A_SCALE)
         mask = (rm[:, None] < M) & (rn[None, :] < N)
         c_next = first
         if FUSE:  # the low-rank branch and the first NC cubes' core term in one MMA
