@@ -88,7 +88,7 @@ def fp32_sum_bound(a, b, a_scale, b_scale, device="cpu"):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", ["fp8", "int8"])
-@pytest.mark.parametrize("rank", [8, 32])  # 32: the low-rank branch and core term share one MMA
+@pytest.mark.parametrize("rank", [8, 32, 64])  # 32: one joined MMA; 64: the split epilogue in two chunks
 @pytest.mark.parametrize("cubes", [40, 3])
 @pytest.mark.parametrize("epilogue", ["joined", "split"])  # "auto" picks one of them by rank
 def test_scaled_gemm_matches_reference(device, dtype, rank, cubes, epilogue, monkeypatch):
