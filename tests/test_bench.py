@@ -91,3 +91,12 @@ def test_kernel_report_says_which_rank_and_cube_it_timed():
     doc = report([row], {"device": "cuda", "torch": "x"}, rank=128, cube=(4, 1, 4))
     assert doc["settings"] == {"rank": 128, "cube": [4, 1, 4]}
     assert "rank 128, cubes 4×1×4 tokens" in markdown(doc)
+
+
+def test_bench_quality_takes_the_guidance(checkpoints, tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle moving right on a blue background\n")
+    common = ["bench", "--quality", "-c", checkpoints["passthrough"], "--prompts", prompts, *SMALL, "--json"]
+    default = json.loads(run_dq(*common).stdout)["settings"]
+    chosen = json.loads(run_dq(*common, "--guidance", "1.5").stdout)["settings"]
+    assert default["guidance"] == 4.0 and chosen["guidance"] == 1.5  # dq-tiny's default, then the flag's

@@ -76,7 +76,7 @@ def command(
                               "the CPU)."),
     recipe_overrides: list[str] = typer.Option([], "--recipe", help="e2e: CONFIG=RECIPE, a recipe for one of dq's "
                                                "configurations (default: the family's built-in one). Repeatable."),
-    guidance: float = typer.Option(None, "--guidance", min=0.0, help="e2e: CFG scale (default: the model's)."),
+    guidance: float = typer.Option(None, "--guidance", min=0.0, help="CFG scale (default: the model's)."),
     num_layers: int = typer.Option(None, "--num-layers", min=1, help="e2e: build only the first N blocks of each "
                                    "transformer (a quick check of the full-width path; rows are named MODEL-NL)."),
     smoke: bool = typer.Option(False, "--smoke", help="A seconds-long e2e run on dq-tiny (bf16, w4a4, w8a8, 6bit, "
@@ -147,7 +147,8 @@ def command(
         spec = read_info(checkpoints[0]).model
         baseline_name = spec.get("path") or spec["name"]
     base_model = load_model(baseline_name or "dq-tiny", device=device)
-    run = sampling(base_model, None, steps=steps, seed=seed, frames=frames, height=height, width=width)
+    run = sampling(base_model, None, steps=steps, guidance=guidance, seed=seed, frames=frames, height=height,
+                   width=width)
     if quality:
         doc = _quality(base_model, checkpoints, model, run, prompts, num_prompts, device, quiet, extra, command_line)
         return _finish(doc, out, as_json, quiet, baseline, limits, print_table=_print_quality)
