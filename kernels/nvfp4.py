@@ -116,23 +116,31 @@ def quantize_nvfp4(
     return float_to_e2m1(v).reshape(x.shape), s8, ts
 
 
+def _round_nvfp4(x: torch.Tensor, block_size: int, amax: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """NVFP4 rounding without forming the codes: (e2m1 values [..., blocks, block_size] fp32,
+    float(block scale) [..., blocks, 1], tensor scale)."""
+    xf = x.float()
+    ts = nvfp4_tensor_scale(xf, amax)
+    xb = xf.reshape(*x.shape[:-1], x.shape[-1] // block_size, block_size)
+    s = xb.abs().amax(dim=-1, keepdim=True) / (E2M1_MAX * ts)
+    s = torch.where(s == 0, torch.ones_like(s), s)
+    s8 = s.clamp(E4M3_MIN_SUBNORMAL, E4M3_MAX).to(torch.float8_e4m3fn).float()
+    dq_scale = s8 * ts
+    v = torch.where(dq_scale > 0, xb / dq_scale, torch.zeros_like(xb))
+    m = v.abs().clamp_(max=E2M1_MAX)
+    step = torch.where(m < 2.0, 0.5, torch.where(m < 4.0, 1.0, 2.0))  # as in float_to_e2m1
+    return torch.round(m / step).mul_(step).copysign_(v), s8, ts
+
+
 def fake_quantize_nvfp4(x: torch.Tensor, block_size: int = NVFP4_BLOCK, amax: torch.Tensor | None = None
                         ) -> torch.Tensor:
     """dequantize_nvfp4(*quantize_nvfp4(x)) in fp32, bit for bit, without forming the codes: about
     twice as fast on the CPU, where activations are rounded on every forward of the reference path.
     `amax`: the per-tensor absmax to scale by, when x is a shard of the tensor (sequence parallelism)."""
     check_last_dim_multiple(x, block_size, "fake_quantize_nvfp4")
-    xf = x.float()
-    ts = nvfp4_tensor_scale(xf, amax)
-    xb = xf.reshape(*x.shape[:-1], x.shape[-1] // block_size, block_size)
-    s = xb.abs().amax(dim=-1, keepdim=True) / (E2M1_MAX * ts)
-    s = torch.where(s == 0, torch.ones_like(s), s)
-    dq_scale = s.clamp(E4M3_MIN_SUBNORMAL, E4M3_MAX).to(torch.float8_e4m3fn).float() * ts
-    v = torch.where(dq_scale > 0, xb / dq_scale, torch.zeros_like(xb))
-    m = v.abs().clamp_(max=E2M1_MAX)
-    step = torch.where(m < 2.0, 0.5, torch.where(m < 4.0, 1.0, 2.0))  # as in float_to_e2m1
-    q = torch.round(m / step).mul_(step).copysign_(v)
-    return (q * dq_scale).reshape(x.shape)
+    q, s8, ts = _round_nvfp4(x, block_size, amax)
+    return (q * (s8 * ts)).reshape(x.shape)
 
 
 def nvfp4_carrier(x: torch.Tensor, block_size: int = NVFP4_BLOCK, amax: torch.Tensor | None = None
@@ -142,9 +150,8 @@ def nvfp4_carrier(x: torch.Tensor, block_size: int = NVFP4_BLOCK, amax: torch.Te
     product of a 2-bit and a 4-bit significand: exact in BF16 (and fp32), which lets a BF16 GEMM
     with fp32 accumulation do the reference's NVFP4 arithmetic (dq_cli/quant/carrier_path.py)."""
     check_last_dim_multiple(x, block_size, "nvfp4_carrier")
-    ts = nvfp4_tensor_scale(x, amax)
-    codes, s8, ts = quantize_nvfp4(x, tensor_scale=ts, block_size=block_size)
-    return weight_carrier(codes, s8, block_size), ts
+    q, s8, ts = _round_nvfp4(x, block_size, amax)
+    return (q * s8).reshape(x.shape), ts
 
 
 def weight_carrier(codes: torch.Tensor, block_scales: torch.Tensor, block_size: int = NVFP4_BLOCK) -> torch.Tensor:
