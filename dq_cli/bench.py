@@ -63,13 +63,6 @@ def psnr_db(video: torch.Tensor, reference: torch.Tensor) -> float:
     return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
-def environment(device: str, command: str | None = None) -> dict:
-    """Where the numbers come from (the schema shared by every `dq bench` report: dq_cli/bench_report.py)."""
-    from dq_cli.bench_report import environment as env
-
-    return env(device, command)
-
-
 def report(rows: list[BenchRow], env: dict, settings: dict) -> dict:
     from dq_cli.bench_report import new_report
 

@@ -8,6 +8,7 @@ ones cost; 6Bit gets a synthetic predictor. A configuration that cannot run here
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -74,11 +75,11 @@ def kernel_format(plan):
     return replace(plan, weight=fmt.get(plan.weight, plan.weight), activation=fmt.get(plan.activation, plan.activation))
 
 
-def data_free_fit(linear: nn.Linear, plan):
+def data_free_fit(info, linear: nn.Linear, plan):
     """What calibration would give SmoothQuant/SVDQuant/DeltaQuant, without data: smoothing λ = 1 and
     the low-rank branch from a randomized SVD of the weight (no refinement). Costs at inference what a
-    calibrated fit costs. Returns (smooth, up, down, plan)."""
-    from dq_calib.weights import low_rank
+    calibrated fit costs. Returns (WeightFit, plan with the rank used): `quantize_model`'s `fit_layer`."""
+    from dq_calib.weights import WeightFit, low_rank
     from dq_cli.quant.linear import uses_low_rank, uses_smoothing
 
     w = linear.weight.detach().float()
@@ -88,13 +89,12 @@ def data_free_fit(linear: nn.Linear, plan):
         rank = min(plan.rank, max(1, min(w.shape) // 4))
         plan = replace(plan, rank=rank)
         up, down, _ = low_rank(w, rank, plan.weight, plan.group_size, iters=0)
-    return smooth, up, down, plan
+    return WeightFit(smooth, up, down, alpha=None, error=math.nan), plan
 
 
 def _apply_dq(workload: Workload, config: str, recipe_name: str) -> list[str]:
     from dq_cli import recipe as recipes
-    from dq_cli.quant.apply import attach_state, set_submodule
-    from dq_cli.quant.linear import QuantLinear
+    from dq_cli.quant.apply import quantize_model
     from dq_cli.quant.plan import CALIBRATED_METHODS, plan_layers
 
     adapter = workload.adapter
@@ -105,22 +105,8 @@ def _apply_dq(workload: Workload, config: str, recipe_name: str) -> list[str]:
                         hadamard=recipe.predictor.hadamard_block if recipe.predictor else 0)
     if config == "w4a4":
         plans = {n: kernel_format(p) for n, p in plans.items()}
-    fitted = 0
-    for info in layers:
-        plan = plans.get(info.name)
-        if plan is None:
-            continue
-        linear = adapter.module(info)
-        smooth = up = down = None
-        if plan.method in CALIBRATED_METHODS:
-            smooth, up, down, plan = data_free_fit(linear, plan)
-            plans[info.name] = plan
-            fitted += 1
-        quantized = QuantLinear.from_linear(linear, plan, info.name, sees_video=info.sees_video, smooth=smooth,
-                                            lora_up=up, lora_down=down)
-        set_submodule(adapter.transformers()[info.component], info.module_name, quantized)
-        del linear
-    attach_state(adapter)
+    quantize_model(adapter, plans, fit_layer=data_free_fit)
+    fitted = sum(p.method in CALIBRATED_METHODS for p in plans.values())
     formats = sorted({f"{p.method} W {p.weight} / A {p.activation}" for p in plans.values()})
     notes = [f"{len(plans)} of {len(layers)} linears quantized by {source.removeprefix('builtin:')} "
              f"({'; '.join(formats)})"]

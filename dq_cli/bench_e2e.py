@@ -106,9 +106,7 @@ def row_key(model: str, resolution: str, config: str, attention: str, compiled: 
 @dataclass
 class Workload:
     adapter: object                     # dq_cli.models.base.Adapter
-    name: str
     random_weights: bool
-    resolution: str
     frames: int
     height: int
     width: int
@@ -184,7 +182,7 @@ def random_workload(spec: BenchModel, resolution: str | None, device: str, dtype
                     guidance: float | None = None) -> Workload:
     from dq_cli.models import ADAPTERS
 
-    label, (f, h, w) = spec.resolution(resolution)
+    _, (f, h, w) = spec.resolution(resolution)
     pipe = build_pipeline(spec, device, dtype, seed)
     adapter = ADAPTERS[spec.family](pipe, f"{spec.name} (random weights)")
     gen = torch.Generator("cpu").manual_seed(seed)
@@ -202,7 +200,7 @@ def random_workload(spec: BenchModel, resolution: str | None, device: str, dtype
             call.update(prompt_attention_mask=mask, negative_prompt_attention_mask=mask)
         return sample(adapter, call, steps, on_step)
 
-    return Workload(adapter, spec.name, True, label, f, h, w, g, 2 if spec.family == "ltx" else 1, run)
+    return Workload(adapter, True, f, h, w, g, 2 if spec.family == "ltx" else 1, run)
 
 
 def sample(adapter, call: dict, steps: int, on_step=None) -> torch.Tensor:
@@ -239,8 +237,7 @@ def tiny_workload(device: str, dtype: str, seed: int, prompt: str, frames: int, 
         return adapter.generate(prompt, steps=steps, guidance=g, seed=seed, frames=frames, height=height,
                                 width=width, on_step=(lambda s: on_step(s.step)) if on_step else None)
 
-    return Workload(adapter, "dq-tiny", not adapter.trained, f"{frames}x{height}x{width}", frames, height, width,
-                    g, 1, run)
+    return Workload(adapter, not adapter.trained, frames, height, width, g, 1, run)
 
 
 # ---- measuring -------------------------------------------------------------------------------------------
@@ -269,7 +266,7 @@ def measure(workload: Workload, row: Row, options: Options, log: Callable[[str],
             if cuda:
                 torch.cuda.reset_peak_memory_stats(workload.device)
             with ForwardTimer(adapter, clock) as timer:
-                output, step_ms, row.e2e_s, _ = timed_run(workload, options.steps, clock)
+                output, step_ms, row.e2e_s = timed_run(workload, options.steps, clock)
             if cuda:
                 peak = torch.cuda.max_memory_allocated(workload.device)
                 row.peak_memory_gib = peak / 2**30
@@ -400,7 +397,7 @@ def run(model: str, resolution: str, make_workload: Callable[[], Workload], conf
     info: dict = {}
     for config in configs:
         t0 = time.perf_counter()
-        workload = notes = error = None
+        workload = notes = error = sizes = None
         try:
             workload = make_workload()
             info = {"frames": workload.frames, "height": workload.height, "width": workload.width,
@@ -408,6 +405,8 @@ def run(model: str, resolution: str, make_workload: Callable[[], Workload], conf
                     "family": workload.adapter.family, "source": workload.adapter.source,
                     "dtype": str(next(iter(workload.adapter.transformers().values())).dtype).removeprefix("torch.")}
             notes = apply_config(workload, config, recipe_overrides)
+            # the configuration's sizes, the same for each attention and compile row
+            sizes = weights_bytes(workload.adapter), br.state_dict_bytes(workload.adapter.transformers())
             _sync(workload.device)
             log(f"{config}: built and configured in {time.perf_counter() - t0:.1f} s")
         except Skip as e:
@@ -428,8 +427,7 @@ def run(model: str, resolution: str, make_workload: Callable[[], Workload], conf
                 else:
                     row.notes += list(notes)
                     try:
-                        row.weights_bytes = weights_bytes(workload.adapter)
-                        row.checkpoint_bytes = br.state_dict_bytes(workload.adapter.transformers())
+                        row.weights_bytes, row.checkpoint_bytes = sizes
                         out = measure(workload, row, options, log)
                         if out is not None and not workload.random_weights:
                             outputs[row.key] = out
@@ -449,7 +447,6 @@ def run(model: str, resolution: str, make_workload: Callable[[], Workload], conf
         del workload
         _free()
     _quality(rows, outputs)
-    _ratios(rows)
     return rows, info
 
 

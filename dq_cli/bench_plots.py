@@ -44,8 +44,9 @@ def write(doc: dict, out: Path) -> list[Path]:
 
 
 def _title(doc: dict, what: str) -> str:
-    env = doc["environment"]
-    device = env.get("gpu") or env.get("cpu") or env.get("device")
+    from dq_cli.bench_report import device_label
+
+    device = device_label(doc["environment"])
     random = any(r.get("random_weights") for r in doc["rows"])
     return f"dq bench e2e — {what}\n{device}" + (" — random weights" if random else "")
 

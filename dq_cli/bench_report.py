@@ -24,12 +24,17 @@ import platform
 import shutil
 import subprocess
 from importlib import metadata
+from functools import cache
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from dq_cli import __version__
 from dq_cli.errors import DQError
+
+# torch is imported where it is used: loading, comparing and gating reports (`dq bench compare`, the
+# CI gate) read JSON only and should not wait seconds for torch.
+if TYPE_CHECKING:
+    import torch
 
 SCHEMA = "dq-bench"
 REPORT_VERSION = 2
@@ -39,6 +44,8 @@ _PACKAGES = ("torch", "triton", "diffusers", "torchao", "transformers")
 
 def versions() -> dict[str, str | None]:
     """Installed versions, read from package metadata (importing torchao just to ask is slow and loud)."""
+    import torch
+
     out: dict[str, str | None] = {"dq": __version__, "python": platform.python_version()}
     for name in _PACKAGES:
         try:
@@ -108,6 +115,8 @@ def cpu_name() -> str:
 def environment(device: str, command: str | None = None) -> dict:
     """Where a report's numbers come from. Keeps version 1's keys (dq, torch, python, machine, device,
     gpu, cuda, cpu_threads) beside the version 2 ones."""
+    import torch
+
     env: dict = {"dq": __version__, "torch": torch.__version__, "python": platform.python_version(),
                  "machine": platform.machine(), "device": device, "cuda": torch.version.cuda}
     if str(device).startswith("cuda"):
@@ -250,16 +259,20 @@ def row_key(kind: str, row: dict) -> str:
 
 
 # ---- sizes --------------------------------------------------------------------------------------------
-_SAFETENSORS_DTYPES = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-    torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
-}
+@cache
+def _safetensors_dtypes() -> dict:
+    import torch
+
+    return {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+            torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+            torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2"}
 
 
 def plain_tensors(t: torch.Tensor) -> list[torch.Tensor]:
     """The plain tensors behind `t`: itself, or the inner tensors of a wrapper subclass (torchao's
     quantized weights hold FP8/INT8 data and scales behind a bf16-looking outer tensor)."""
+    import torch
+
     if hasattr(t, "__tensor_flatten__") and type(t) not in (torch.Tensor, torch.nn.Parameter):
         names, _ = t.__tensor_flatten__()
         out = []
@@ -295,7 +308,7 @@ def safetensors_bytes(tensors: dict[str, torch.Tensor]) -> int:
         for i, p in enumerate(parts):
             n = p.numel() * p.element_size()
             key = name if len(parts) == 1 else f"{name}.{i}"
-            header[key] = {"dtype": _SAFETENSORS_DTYPES.get(p.dtype, "U8"), "shape": list(p.shape),
+            header[key] = {"dtype": _safetensors_dtypes().get(p.dtype, "U8"), "shape": list(p.shape),
                            "data_offsets": [offset, offset + n]}
             offset += n
     text = json.dumps(header, separators=(",", ":"))

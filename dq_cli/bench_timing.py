@@ -133,8 +133,8 @@ class Breakdown:
         return lin, attn - lin_in_attn
 
 
-def timed_run(workload: Workload, steps: int, clock: Clock) -> tuple[torch.Tensor, list[float], float, object]:
-    """(output, per-step ms, end-to-end s, start mark)."""
+def timed_run(workload: Workload, steps: int, clock: Clock) -> tuple[torch.Tensor, list[float], float]:
+    """(output, per-step ms, end-to-end s)."""
     marks = []
     clock.sync()
     t0 = time.perf_counter()
@@ -142,7 +142,7 @@ def timed_run(workload: Workload, steps: int, clock: Clock) -> tuple[torch.Tenso
     out = workload.run(steps, on_step=lambda i: marks.append(clock.mark()))
     clock.sync()
     total = time.perf_counter() - t0
-    return out, [clock.ms(a, b) for a, b in zip([start] + marks, marks)], total, start
+    return out, [clock.ms(a, b) for a, b in zip([start] + marks, marks)], total
 
 
 class Compiled:
@@ -201,7 +201,7 @@ class Compiled:
 
 def run_breakdown(workload: Workload, clock: Clock, steps: int) -> dict:
     with Breakdown(workload.adapter, clock) as marks:
-        _, step_ms, _, _ = timed_run(workload, steps, clock)
+        _, step_ms, _ = timed_run(workload, steps, clock)
     linears, attention = marks.totals_ms()
     total = sum(step_ms)
     n = max(len(step_ms), 1)

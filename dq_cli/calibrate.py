@@ -35,6 +35,12 @@ class CalibrationResult:
     trajectories: Trajectories | None = None  # 6Bit-Diffusion's Γ, E_rel and Δ (when the recipe asks)
 
 
+def owned_prompts(n: int, shard: tuple[int, int]) -> range:
+    """The indices of the prompts that process `rank` of `processes` (shard) runs: every processes-th."""
+    rank, processes = shard
+    return range(rank, n, processes)
+
+
 def token_meta(adapter: Adapter, batch: int, seq: int) -> torch.Tensor:
     """[batch*seq, 5] (step, branch, t, h, w) for the tokens of the current forward."""
     state = adapter.state
@@ -98,11 +104,9 @@ def calibrate(adapter: Adapter, layers: list[LinearInfo], prompts: list[str], *,
         result.trajectories, more, remove_block_hooks = _trajectory_hooks(
             adapter, layers, plans or {}, routes, len(prompts), steps, prompt_index)
         handles += more
-    rank, processes = shard
     try:
-        for i, prompt in enumerate(prompts):
-            if i % processes != rank:
-                continue
+        for i in owned_prompts(len(prompts), shard):
+            prompt = prompts[i]
             prompt_index[0] = i
             for stats in result.stats.values():
                 stats.reservoir.begin_stream(i)
@@ -126,8 +130,7 @@ def reduce_result(result: CalibrationResult, layers: list[LinearInfo], prompts: 
 
     reduce_layer_stats([result.stats[info.name] for info in layers], group, dst)
     if result.trajectories is not None:
-        rank, processes = shard
-        reduce_trajectories(result.trajectories, [i for i in range(prompts) if i % processes == rank], group, dst)
+        reduce_trajectories(result.trajectories, list(owned_prompts(prompts, shard)), group, dst)
     gathered = [None] * dist.get_world_size(group)
     dist.all_gather_object(gathered, (result.forwards, sorted(result.branches_seen), result.steps_seen), group=group)
     result.forwards = sum(g[0] for g in gathered)

@@ -36,7 +36,6 @@ from dq_cli.quant.sequence import SequenceShard
 class World:
     rank: int
     size: int
-    local_rank: int
     device: str
 
     @property
@@ -82,7 +81,7 @@ def world(device: str):
         except (ValueError, RuntimeError) as e:
             raise DQError(f"cannot join the process group ({e}); start dq with torchrun") from None
     try:
-        yield World(dist.get_rank(), dist.get_world_size(), local_rank, device)
+        yield World(dist.get_rank(), dist.get_world_size(), device)
     finally:
         if owned and dist.is_initialized():
             dist.destroy_process_group()
@@ -113,20 +112,21 @@ class SequenceCheck(ModelHook):
 
     def __init__(self, adapter, stats: SplitStats):
         super().__init__()
-        self.adapter, self.stats, self.degree = adapter, stats, stats.degree
+        self.adapter, self.stats = adapter, stats
 
     def pre_forward(self, module, *args, **kwargs):
         (t, h, w), _ = self.adapter.grid_of(module, args, kwargs)
         video = self.stats.video_tokens = t * h * w
         text = kwargs.get("encoder_hidden_states")
         split_text = "encoder_hidden_states" in (getattr(module, "_cp_plan", None) or {}).get("", {})
-        if video % self.degree:
+        degree = self.stats.degree
+        if video % degree:
             what = f"{video} video tokens ({t}×{h}×{w})"
-        elif split_text and text is not None and text.shape[1] % self.degree:
+        elif split_text and text is not None and text.shape[1] % degree:
             what = f"{text.shape[1]} text tokens"
         else:
             return args, kwargs
-        raise DQError(f"--context-parallel {self.degree}: the sequence splits into {self.degree} equal slices "
+        raise DQError(f"--context-parallel {degree}: the sequence splits into {degree} equal slices "
                       f"only, and this one has {what}; change --frames/--height/--width or the number of processes")
 
 
@@ -186,9 +186,9 @@ class _MaskHeadsMode(torch.overrides.TorchFunctionMode):
         self.rank, self.degree = rank, degree
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = dict(kwargs or {})
+        kwargs = kwargs or {}
         if func is F.scaled_dot_product_attention:
-            args = list(args)
+            args, kwargs = list(args), dict(kwargs)
             query = args[0] if args else kwargs["query"]
             in_args = len(args) > 3
             mask = args[3] if in_args else kwargs.get("attn_mask")
@@ -210,6 +210,10 @@ class MaskHeads(ModelHook):
         self.rank, self.degree = rank, degree
 
     def new_forward(self, module, *args, **kwargs):
+        # (hidden_states, encoder_hidden_states, attention_mask, ...) in diffusers' attention modules
+        mask = kwargs.get("attention_mask", args[2] if len(args) > 2 else None)
+        if mask is None:  # nothing to split (Wan; LTX's self-attention): skip the mode's per-op Python hook
+            return self.fn_ref.original_forward(*args, **kwargs)
         with _MaskHeadsMode(self.rank, self.degree):
             return self.fn_ref.original_forward(*args, **kwargs)
 

@@ -293,7 +293,10 @@ SPLIT_FROM_RANK = 64
 
 
 def _prune(configs, named_args, **kwargs):
-    """Small problems (tests, dq-tiny) take the smallest tile at once: tuning them costs compiles, not time."""
+    """Small problems (tests, dq-tiny) take the smallest tile at once: tuning them costs compiles, not time.
+    The split epilogue ignores PREFETCH: its PREFETCH configs would be compiled and timed twice."""
+    if kwargs.get("SPLIT"):
+        configs = [c for c in configs if not c.kwargs.get("PREFETCH")]
     if named_args["M"] * named_args["N"] < 2**22:
         return [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
     return configs

@@ -85,17 +85,11 @@ def test_carrier_path_matches_reference(route, hadamard, low_rank, device, monke
 def quantized_input(layer: QuantLinear, x: torch.Tensor) -> torch.Tensor:
     """The reference's rounded (and rotated) input to the 4-bit GEMM, [tokens, K padded]."""
     from dq_cli.quant.activations import quantize_input
-    from dq_cli.quant.linear import k_multiple_of
-    from dq_kernels.formats import pad_k
-    from dq_kernels.hadamard import block_hadamard
     from dq_kernels.smoothing import apply_smooth
 
     xs = apply_smooth(x, layer.smooth)
     plan = layer.active_plan(xs)
-    xin = pad_k(xs, k_multiple_of(layer.plan))
-    if layer.plan.hadamard:
-        xin = block_hadamard(xin, layer.plan.hadamard)
-    xq = quantize_input(pad_k(xin, k_multiple_of(plan)), plan, None, True)
+    xq = quantize_input(layer.gemm_input(xs, plan)[1], plan, None, True)
     return xq.reshape(-1, xq.shape[-1])
 
 

@@ -339,12 +339,12 @@ def test_context_parallel_refuses_what_it_cannot_split(family_dir):
 
     cog = load_model("cogvideox", str(family_dir("cogvideox")))
     with pytest.raises(DQError, match="CogVideoXTransformer3DModel .* no context-parallel plan"):
-        enable_context_parallel(cog, World(0, 2, 0, "cpu"), 2)
+        enable_context_parallel(cog, World(0, 2, "cpu"), 2)
     wan = load_model("wan", str(family_dir("wan")))
     with pytest.raises(DQError, match="dq runs 2 processes; give --context-parallel 2"):
-        enable_context_parallel(wan, World(0, 2, 0, "cpu"), 4)
+        enable_context_parallel(wan, World(0, 2, "cpu"), 4)
     with pytest.raises(DQError, match="transformer has 2"):  # 2 heads cannot go to 3 processes
-        enable_context_parallel(wan, World(0, 3, 0, "cpu"), 3)
+        enable_context_parallel(wan, World(0, 3, "cpu"), 3)
     check = SequenceCheck(wan, SplitStats(5))
     hidden = torch.zeros(1, 16, 3, 8, 8)  # 3×4×4 = 48 tokens
     with pytest.raises(DQError, match="48 video tokens .*change --frames/--height/--width"):

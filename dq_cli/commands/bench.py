@@ -123,7 +123,7 @@ def command(
     command_line = _command_line(ctx)
     # Imported here: `dq --help` must not wait for torch and diffusers.
     from dq_cli import bench as lib
-    from dq_cli import quality_bench as qb
+    from dq_cli import bench_report as br
     from dq_cli.models import load_model
     from dq_cli.session import load_quantized, sampling
     set_threads()
@@ -174,7 +174,7 @@ def command(
             del adapter
     settings = {"prompt": prompt, "attention": ["sdpa", *extra], "steps": run.steps, "seed": run.seed,
                 "frames": run.frames, "height": run.height, "width": run.width}
-    doc = lib.report(rows, lib.environment(device, command_line), settings)
+    doc = lib.report(rows, br.environment(device, command_line), settings)
     _finish(doc, out, as_json, quiet, baseline, limits, print_table=_print_table)
 
 
@@ -310,8 +310,8 @@ def _cube(text: str) -> tuple[int, int, int]:
 
 
 def _kernels(models: list[str], device: str, out, as_json: bool, quiet: bool, baseline, limits,
-             command_line: str, rank: int = 32, cube: tuple[int, int, int] = (4, 2, 8)) -> None:
-    from dq_cli import bench as lib
+             command_line: str, rank: int, cube: tuple[int, int, int]) -> None:
+    from dq_cli import bench_report as br
     from dq_cli import kernel_bench as kb
 
     unknown = [m for m in models if m not in kb.SHAPES]
@@ -324,14 +324,14 @@ def _kernels(models: list[str], device: str, out, as_json: bool, quiet: bool, ba
     total = sum(len(kb.SHAPES[m][2]) for m in models)
     with progress_bar(quiet, "timing kernels", total) as advance:
         rows = kb.run(models, on_shape=lambda r: advance(), rank=rank, cube=cube)
-    doc = kb.report(rows, lib.environment(device, command_line) | {"triton": triton.__version__}, rank, cube)
+    doc = kb.report(rows, br.environment(device, command_line) | {"triton": triton.__version__}, rank, cube)
     _finish(doc, out, as_json, quiet, baseline, limits)
 
 
 def _quality(baseline, checkpoints, model, run, prompts, num_prompts, device, quiet, extra=(), command_line=None
              ) -> dict:
     from dq_calib.prompts import PromptSourceError, load_prompts
-    from dq_cli import bench as lib
+    from dq_cli import bench_report as br
     from dq_cli import quality_bench as qb
     from dq_cli.commands.calibrate import builtin_prompts
     from dq_cli.session import load_quantized
@@ -367,7 +367,7 @@ def _quality(baseline, checkpoints, model, run, prompts, num_prompts, device, qu
     settings = {"prompts": len(prompt_list), "prompt_source": str(source), "attention": ["sdpa", *extra],
                 "steps": run.steps, "guidance": run.guidance, "seed": run.seed, "frames": run.frames, "height": run.height,
                 "width": run.width}
-    return qb.report(rows, lib.environment(device, command_line), settings)
+    return qb.report(rows, br.environment(device, command_line), settings)
 
 
 def _print_quality(doc: dict) -> None:

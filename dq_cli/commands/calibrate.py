@@ -47,7 +47,7 @@ def command(
     """
     # Imported here: `dq --help` must not wait for torch and diffusers.
     from dq_calib.prompts import PromptSourceError, load_prompts
-    from dq_cli.calibrate import calibrate, reduce_result, save_artifact
+    from dq_cli.calibrate import calibrate, owned_prompts, reduce_result, save_artifact
     from dq_cli.parallel import world as process_world
     from dq_cli.quant import plan_layers
     from dq_cli.session import load_recipe_model, sampling
@@ -86,7 +86,7 @@ def command(
                         f"{-(-len(prompt_list) // world.size)} or fewer per process")
         # 6Bit-Diffusion (a predictor section or TDC): also Γ, Δ per block and E_rel per route.
         routes = tuple(spec.predictor.routes) if spec.predictor else (() if spec.tdc.enabled else None)
-        mine = len(range(shard[0], len(prompt_list), shard[1]))
+        mine = len(owned_prompts(len(prompt_list), shard))
         with progress_bar(quiet, f"calibrating {len(layers)} layers", mine * run.steps) as advance:
             result = calibrate(adapter, layers, prompt_list, steps=run.steps, guidance=run.guidance,
                                frames=run.frames, height=run.height, width=run.width, seed=cal.seed,

@@ -23,16 +23,27 @@ def needs_calibration(plans: dict[str, LayerPlan]) -> bool:
     return any(p.method in CALIBRATED_METHODS for p in plans.values())
 
 
+Fit = Callable[[LinearInfo, nn.Linear, LayerPlan], tuple[WeightFit, LayerPlan]]
+
+
 def quantize_model(adapter: Adapter, plans: dict[str, LayerPlan], calibration: Calibration | None = None,
-                   on_layer: Callable[[str, WeightFit | None], None] | None = None) -> int:
-    """Replace every planned layer in place; returns how many were replaced."""
+                   on_layer: Callable[[str, WeightFit | None], None] | None = None, fit_layer: Fit | None = None
+                   ) -> int:
+    """Replace every planned layer in place; returns how many were replaced. The calibrated methods'
+    layers are fitted from `calibration`, or by `fit_layer` (e.g. `dq bench e2e`'s data-free fit on
+    random weights), which may also change the layer's plan (in `plans`)."""
     count = 0
     for info in adapter.linears():
         plan = plans.get(info.name)
         if plan is None:
             continue
         linear = adapter.module(info)
-        fit = _fit(info, linear, plan, calibration) if plan.method in CALIBRATED_METHODS else None
+        fit = None
+        if plan.method in CALIBRATED_METHODS and fit_layer is not None:
+            fit, plan = fit_layer(info, linear, plan)
+            plans[info.name] = plan
+        elif plan.method in CALIBRATED_METHODS:
+            fit = _fit(info, linear, plan, calibration)
         quantized = QuantLinear.from_linear(
             linear, plan, info.name, sees_video=info.sees_video,
             smooth=fit.smooth if fit else None,

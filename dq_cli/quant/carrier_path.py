@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import torch
 
-from dq_kernels.formats import pad_k
-from dq_kernels.hadamard import block_hadamard
 from dq_kernels.int8 import quantize_int8_rowwise
 from dq_kernels.nvfp4 import nvfp4_carrier, unpack_fp4, weight_carrier
 from dq_kernels.smoothing import apply_smooth
@@ -27,21 +25,13 @@ from dq_kernels.smoothing import apply_smooth
 def carrier_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
     """y [B, S, N] fp32 for an NVFP4-weight layer on its current route, or None (reference)."""
     state = layer.forward_state
-    if layer.plan.weight != "nvfp4" or (state is not None and state.shard is not None):
+    if state is not None and state.shard is not None:
         return None
-    from dq_cli.quant.linear import k_multiple_of
-
     xs = apply_smooth(x.float(), layer.smooth)
     plan = layer.active_plan(xs)
     if plan.activation not in ("nvfp4", "int8", "none") or plan.method == "deltaquant":
         return None
-    y = torch.zeros(*xs.shape[:-1], layer.out_features, dtype=torch.float32, device=x.device)
-    if layer.lora_up is not None:  # as the reference: the 16-bit branch sees the smoothed input
-        y += (xs.to(layer.lora_down.dtype) @ layer.lora_down.T).float() @ layer.lora_up.float().T
-    xin = pad_k(xs, k_multiple_of(layer.plan))
-    if layer.plan.hadamard:
-        xin = block_hadamard(xin, layer.plan.hadamard)
-    xin = pad_k(xin, k_multiple_of(plan))
+    y, xin = layer.gemm_input(xs, plan)
     xin = xin.reshape(-1, xin.shape[-1])
     w = weight_carrier(unpack_fp4(layer.qweight), layer.block_scales)
     k = w.shape[1]  # the route's padding may exceed the weight's: scales see it, the GEMM does not
@@ -53,17 +43,17 @@ def carrier_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
         out = _carrier_mm(q[:, :k].float(), w) * a_scale
     else:
         hi = xin[:, :k].to(torch.bfloat16).float()
-        out = _carrier_mm(hi, w) + _carrier_mm(xin[:, :k] - hi, w, exact=False)
+        out = _carrier_mm(hi, w) + _carrier_mm(xin[:, :k] - hi, w)
     y += (out * layer.tensor_scale).reshape(y.shape)
     if layer.bias is not None:
         y += layer.bias.float()
     return y
 
 
-def _carrier_mm(a: torch.Tensor, w: torch.Tensor, exact: bool = True) -> torch.Tensor:
-    """a [M, K] · w [N, K]ᵀ in fp32, both BF16-exact (`exact`; else a is rounded to BF16 here). On
-    CUDA one BF16 GEMM with fp32 output; elsewhere the fp32 product of the same values (the CPU
-    has no fp32-output BF16 GEMM, and this path only runs there in tests)."""
+def _carrier_mm(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """a [M, K] rounded to BF16 (exact for a carrier) · w [N, K]ᵀ (a carrier), in fp32. On CUDA one
+    BF16 GEMM with fp32 output; elsewhere the fp32 product of the same values (the CPU has no
+    fp32-output BF16 GEMM, and this path only runs there in tests)."""
     if a.is_cuda:
         return torch.mm(a.to(torch.bfloat16), w.to(torch.bfloat16).T, out_dtype=torch.float32)
-    return a.to(torch.bfloat16).float() @ w.T if not exact else a @ w.T
+    return a.to(torch.bfloat16).float() @ w.T

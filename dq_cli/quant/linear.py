@@ -121,21 +121,28 @@ class QuantLinear(nn.Module):
         shape = x.shape
         xs = x.reshape(-1, shape[-2] if x.dim() > 2 else shape[0], self.in_features).float()
         xs = apply_smooth(xs, self.smooth)  # X·(1/λ), as the kernels (dq_kernels.smoothing)
-        y = torch.zeros(*xs.shape[:-1], self.out_features, dtype=torch.float32, device=x.device)
-        if self.lora_up is not None:  # the 16-bit branch sees the unquantized (smoothed) input
-            y += (xs.to(self.lora_down.dtype) @ self.lora_down.T).float() @ self.lora_up.float().T
         plan = self.active_plan(xs)
+        y, xin = self.gemm_input(xs, plan)
         w = self.stored_weight()
-        xin = pad_k(xs, k_multiple_of(self.plan))
-        if self.plan.hadamard:
-            xin = block_hadamard(xin, self.plan.hadamard)
         # The weight is the same packed tensors whatever the route: the INT8 route multiplies 8-bit
         # activations by the 4-bit weight unpacked on the fly (no second copy of the weight).
-        xq = quantize_input(pad_k(xin, k_multiple_of(plan)), plan, self.forward_state, self.sees_video)
+        xq = quantize_input(xin, plan, self.forward_state, self.sees_video)
         y += xq[..., : w.shape[1]] @ w.T
         if self.bias is not None:
             y += self.bias.float()
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
+
+    def gemm_input(self, xs: torch.Tensor, plan: LayerPlan) -> tuple[torch.Tensor, torch.Tensor]:
+        """From the smoothed input xs [B, S, K] (fp32) and the step's plan: (y [B, S, N] fp32 holding
+        the 16-bit low-rank branch, the 4/8-bit GEMM's input padded for the route and rotated, not
+        yet rounded). Shared by the reference and dq_cli/quant/carrier_path.py."""
+        y = torch.zeros(*xs.shape[:-1], self.out_features, dtype=torch.float32, device=xs.device)
+        if self.lora_up is not None:  # the 16-bit branch sees the unquantized (smoothed) input
+            y += (xs.to(self.lora_down.dtype) @ self.lora_down.T).float() @ self.lora_up.float().T
+        xin = pad_k(xs, k_multiple_of(self.plan))
+        if self.plan.hadamard:
+            xin = block_hadamard(xin, self.plan.hadamard)
+        return y, pad_k(xin, k_multiple_of(plan))
 
     def active_plan(self, xs: torch.Tensor) -> LayerPlan:
         route = self.route

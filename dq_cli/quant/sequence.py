@@ -41,17 +41,16 @@ class SequenceShard:
     size: int
 
     def all_max(self, t: torch.Tensor) -> torch.Tensor:
-        import torch.distributed as dist
-
-        t = t.clone()
-        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
-        return t
+        return self._all_reduce(t, "MAX")
 
     def all_sum(self, t: torch.Tensor) -> torch.Tensor:
+        return self._all_reduce(t, "SUM")
+
+    def _all_reduce(self, t: torch.Tensor, op: str) -> torch.Tensor:
         import torch.distributed as dist
 
         t = t.clone()
-        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group)
+        dist.all_reduce(t, op=getattr(dist.ReduceOp, op), group=self.group)
         return t
 
     def holds_slice_of(self, local_tokens: int, total_tokens: int) -> bool:
@@ -60,10 +59,12 @@ class SequenceShard:
 
 
 @functools.lru_cache(maxsize=64)
-def _layout(grid: tuple[int, int, int], cube: tuple[int, int, int], size: int, rank: int):
+def _layout(grid: tuple[int, int, int], cube: tuple[int, int, int], size: int, rank: int,
+            device: torch.device = torch.device("cpu")):
     """Which cubes this rank's tokens fall in (compact numbering), their token counts over the whole
     grid, and the cubes that straddle a shard boundary (global ids, the same list on every rank)
-    with where each sits in this rank's compact numbering (or is absent)."""
+    with where each sits in this rank's compact numbering (or is absent). Cached on `device`: every
+    DeltaQuant layer of a step asks for the same layout."""
     ids, n = cube_ids(grid, cube)
     per = ids.numel() // size
     owner = torch.arange(ids.numel()) // per
@@ -75,7 +76,7 @@ def _layout(grid: tuple[int, int, int], cube: tuple[int, int, int], size: int, r
     counts = torch.bincount(ids, minlength=n)[touched].to(torch.float32)
     at = torch.searchsorted(touched, shared).clamp(max=touched.numel() - 1)
     here = touched[at] == shared
-    return compact, counts, touched.numel(), at[here], here
+    return compact.to(device), counts.to(device), touched.numel(), at[here].to(device), here.to(device)
 
 
 def split_deltas_sharded(x: torch.Tensor, grid: tuple[int, int, int], cube: tuple[int, int, int],
@@ -83,8 +84,7 @@ def split_deltas_sharded(x: torch.Tensor, grid: tuple[int, int, int], cube: tupl
     """`dq_kernels.delta_cubes.split_deltas` for this process's slice x [B, n, K] of the grid's tokens:
     (core tokens of the cubes it touches [B, m, K], deltas [B, n, K], index of each token's cube in
     the core tokens [n]). Cube means are over whole cubes, whatever the boundaries cut."""
-    compact, counts, m, at, here = _layout(tuple(grid), tuple(cube), shard.size, shard.rank)
-    compact, counts, at, here = (t.to(x.device) for t in (compact, counts, at, here))
+    compact, counts, m, at, here = _layout(tuple(grid), tuple(cube), shard.size, shard.rank, x.device)
     b, _, k = x.shape
     sums = torch.zeros(b, m, k, dtype=torch.float32, device=x.device)
     sums.index_add_(1, compact, x.float())
@@ -102,8 +102,8 @@ def outlier_ratio(x: torch.Tensor, shard: SequenceShard | None) -> float:
         return single_outlier_ratio(x)
     a = x.detach().float().abs()
     top = shard.all_max(a.max())
-    total = shard.all_sum(torch.stack([a.sum(), torch.tensor(float(a.numel()), device=a.device)]))
-    return float(top / (total[0] / total[1]).clamp_min(EPS))
+    mean = shard.all_sum(a.sum()) / (a.numel() * shard.size)  # the slices are equal (SequenceCheck)
+    return float(top / mean.clamp_min(EPS))
 
 
 def row_ratio(num: torch.Tensor, den: torch.Tensor, shard: SequenceShard | None) -> torch.Tensor:
