@@ -34,15 +34,19 @@ test: $(STAMP)
 test-gpu: $(STAMP)
 	$(BIN)/python -P -m pytest -m gpu -q
 
-# Train dq-tiny (on a GPU): one time-boxed session that resumes from runs/dq-tiny, then export
-# the EMA weights, model card and loss curve into the package. On a machine with torch already
-# installed: `make train TRAIN_PY=python3`.
+# Train dq-tiny (on a GPU): one time-boxed session on TRAIN_GPUS GPUs (data-parallel under torchrun)
+# that resumes from runs/dq-tiny, then export the EMA weights, model card and loss curve into the
+# package. On a machine with torch already installed: `make train TRAIN_PY=python3`.
 TRAIN_PY ?= $(BIN)/python
 TRAIN_MINUTES ?= 9
-# -P keeps the repo root off sys.path: its kernels/ folder would shadow the PyPI `kernels` package
-# that transformers probes for.
+TRAIN_GPUS ?= 1
+TRAIN_STEPS ?= 10000
+# -P (PYTHONSAFEPATH for torchrun's processes) keeps the repo root off sys.path: its kernels/ folder
+# would shadow the PyPI `kernels` package that transformers probes for.
 train:
-	$(TRAIN_PY) -P -m dq_cli.tiny.train --state runs/dq-tiny --minutes $(TRAIN_MINUTES) --init dq_cli/tiny/weights
+	PYTHONSAFEPATH=1 $(TRAIN_PY) -P -m torch.distributed.run --standalone --nproc-per-node $(TRAIN_GPUS) \
+		-m dq_cli.tiny.train --state runs/dq-tiny --minutes $(TRAIN_MINUTES) --total-steps $(TRAIN_STEPS) \
+		--init dq_cli/tiny/weights
 	$(TRAIN_PY) -P -m dq_cli.tiny.train --state runs/dq-tiny --export dq_cli/tiny/weights
 
 clean:

@@ -49,3 +49,89 @@ def test_a_new_state_starts_from_the_shipped_weights_and_keeps_their_history(tmp
     assert json.loads((export / "training.json").read_text())["step"] == history["step"] + 1
     card = (export / "MODEL_CARD.md").read_text()
     assert f"{history['step'] + 1:,} steps" in card and "No loss logged yet" in card
+
+
+# ------------------------------------------------------------------ data-parallel training
+def _batch(n: int = 4):
+    """A fixed small batch (2 frames of 8×8: 32 tokens) with real captions, one dropped."""
+    from dq_cli.tiny.world import make_batch
+
+    videos, captions = make_batch(n, seed=3, frames=2, size=8)
+    g = torch.Generator().manual_seed(1)
+    pipe = tr.DqTinyPipeline.random(seed=0)
+    ids, mask = pipe.tokenizer(captions)
+    mask[1] = False
+    return pipe, videos.float(), ids, mask, torch.randn(videos.shape, generator=g), torch.rand(n, generator=g)
+
+
+def _gradients(pipe, *batch) -> list[torch.Tensor]:
+    params = [p for m in tr.modules(pipe).values() for p in m.parameters()]
+    for p in params:
+        p.grad = None
+    tr.flow_loss(pipe, *batch).backward()
+    return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params], params
+
+
+def _average_worker(rank: int, size: int, init_file: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=size)
+    try:
+        pipe, *batch = _batch()
+        whole, _ = _gradients(pipe, *batch)
+        share = len(batch[0]) // size
+        mine, params = _gradients(pipe, *(t[rank * share:(rank + 1) * share] for t in batch))
+        scale = max(g.abs().max().item() for g in whole)
+        close = lambda a, b: all(torch.allclose(x, y, rtol=1e-4, atol=1e-6 * scale) for x, y in zip(a, b))  # noqa: E731
+        assert not close(mine, whole)  # a half batch alone is not the whole batch's gradient
+        tr.average_gradients(params, size)
+        # the mean of the two half-batch means is the whole batch's mean: equal up to fp32 summation order
+        assert close([p.grad for p in params], whole)
+        tr._check_in_sync(params)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_average_to_the_gradient_of_the_whole_batch(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_average_worker, args=(2, str(tmp_path / "init")), nprocs=2, join=True)
+
+
+@pytest.mark.slow
+def test_torchrun_training_takes_a_step_and_writes_one_state(tmp_path):
+    """`torchrun --nproc-per-node 2 -m dq_cli.tiny.train` from the shipped weights: one step of a
+    global batch of 2 (one clip per process); process 0 writes the state, which records 2 processes,
+    and the processes end with the same weights (the script checks, and would exit non-zero)."""
+    import subprocess
+    import sys
+
+    from test_scale_out import _env
+
+    state = tmp_path / "state"
+    cmd = [sys.executable, "-P", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "dq_cli.tiny.train", "--state", str(state), "--steps", "1", "--batch", "2", "--clips", "2",
+           "--init", str(WEIGHTS), "--device", "cpu"]
+    result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    history = json.loads((WEIGHTS / "training.json").read_text())
+    meta = json.loads((state / "meta.json").read_text())
+    assert meta["step"] == history["step"] + 1 and meta["sessions"][-1]["device"] == "2× cpu"
+    assert sorted(p.name for p in state.iterdir()) == ["adam.safetensors", "ema.safetensors", "loss.tsv",
+                                                        "meta.json", "raw.safetensors"]
+    shipped = tr.flat_state(tr.DqTinyPipeline.from_pretrained(WEIGHTS))
+    raw = tr.load_file(state / "raw.safetensors")
+    assert any(not torch.equal(raw[k], shipped[k]) for k in shipped)
+
+
+def test_training_noise_levels_are_shifted_as_the_sampler_shifts_its_steps():
+    """The logit-normal's median σ 0.5 maps to shift·0.5 / (1 + (shift − 1)·0.5) = 2/3 at shift 2;
+    the share above 0.8 is P(z > logit(0.8 / (2 − 0.8))) = P(z > ln 2) = 0.244. 200,000 draws: the
+    standard errors are ~0.001, the tolerances 5 of them."""
+    sigma = tr.sample_sigmas(200_000, torch.Generator().manual_seed(0), "cpu", shift=2.0)
+    assert 0 < sigma.min() and sigma.max() < 1
+    assert sigma.median().item() == pytest.approx(2 / 3, abs=5e-3)
+    assert (sigma > 0.8).float().mean().item() == pytest.approx(0.2441, abs=5e-3)
+    plain = tr.sample_sigmas(200_000, torch.Generator().manual_seed(0), "cpu", shift=1.0)
+    assert (plain > 0.8).float().mean().item() == pytest.approx(0.0828, abs=5e-3)  # P(z > ln 4)
