@@ -11,7 +11,7 @@ MIN=${MIN:-8}
 STEPS=${STEPS:-10000}
 L=$OUT/train.log
 { nvidia-smi --query-gpu=name,driver_version --format=csv; python -c "import torch;print(torch.__version__)"; } > $L 2>&1
-timeout -s KILL $((MIN * 60 + 100)) python -P -m torch.distributed.run --standalone --nproc-per-node $GPUS \
+timeout -s KILL $(python -c "print(int($MIN * 60 + 100))") python -P -m torch.distributed.run --standalone --nproc-per-node $GPUS \
   -m dq_cli.tiny.train --state runs/dq-tiny --minutes $MIN --total-steps $STEPS --init dq_cli/tiny/weights >> $L 2>&1
 echo "== training exit $? $(date +%T)" >> $L
 cp runs/dq-tiny/{raw,ema,adam}.safetensors runs/dq-tiny/meta.json runs/dq-tiny/loss.tsv $OUT/
