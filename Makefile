@@ -40,7 +40,7 @@ test-gpu: $(STAMP)
 TRAIN_PY ?= $(BIN)/python
 TRAIN_MINUTES ?= 9
 TRAIN_GPUS ?= 1
-TRAIN_STEPS ?= 10000
+TRAIN_STEPS ?= 11000
 # -P (PYTHONSAFEPATH for torchrun's processes) keeps the repo root off sys.path: its kernels/ folder
 # would shadow the PyPI `kernels` package that transformers probes for.
 train:

@@ -27,8 +27,8 @@ def test_lr_warms_up_again_from_where_a_fresh_optimizer_starts():
 def test_a_new_state_starts_from_the_shipped_weights_and_keeps_their_history(tmp_path):
     history = json.loads((WEIGHTS / "training.json").read_text())
     state = tmp_path / "state"
-    tr.train(state, minutes=5, total_steps=30000, batch=1, lr=5e-4, clips=2, seed=0, device="cpu",
-             init=WEIGHTS, max_steps=1)
+    tr.train(state, tr.TrainConfig(minutes=5, total_steps=30000, batch=1, clips=2, device="cpu", init=WEIGHTS,
+                                   max_steps=1))
     meta = json.loads((state / "meta.json").read_text())
     assert meta["step"] == history["step"] + 1
     assert meta["sessions"][:-1] == history["sessions"] and meta["warmup_from"] == history["step"]
@@ -49,6 +49,16 @@ def test_a_new_state_starts_from_the_shipped_weights_and_keeps_their_history(tmp
     assert json.loads((export / "training.json").read_text())["step"] == history["step"] + 1
     card = (export / "MODEL_CARD.md").read_text()
     assert f"{history['step'] + 1:,} steps" in card and "No loss logged yet" in card
+    # a second session resumes the folder: raw weights and Adam moments from the first, not the export
+    adam = tr.load_file(state / "adam.safetensors")
+    tr.train(state, tr.TrainConfig(minutes=5, total_steps=30000, batch=1, clips=2, device="cpu", init=WEIGHTS,
+                                   max_steps=1))
+    meta = json.loads((state / "meta.json").read_text())
+    assert meta["step"] == history["step"] + 2 and len(meta["sessions"]) == len(history["sessions"]) + 2
+    again = tr.load_file(state / "adam.safetensors")
+    # Adam's second moment decays by β₂ = 0.99 and adds the new squared gradient: never below 0.99×
+    assert all((again[k] >= 0.99 * adam[k] * (1 - 1e-6)).all() for k in adam if k.endswith("exp_avg_sq"))
+    assert any((again[k] - adam[k]).abs().max() > 0 for k in adam)
 
 
 # ------------------------------------------------------------------ data-parallel training

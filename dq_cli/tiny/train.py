@@ -29,6 +29,7 @@ import math
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -125,104 +126,148 @@ def lr_at(step: int, total: int, peak: float, warmup: int = 500, warmup_from: in
     return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 
-def train(state_dir: Path, minutes: float, total_steps: int, batch: int, lr: float, clips: int,
-          seed: int, device: str, init: Path | None = None, max_steps: int | None = None,
-          group: World | None = None) -> None:
-    """Train (or resume) for `minutes`. `batch` is the global batch; under torchrun (`group`) each
-    process takes batch / processes of it, renders its own `clips` and process 0 writes the state."""
+@dataclass(frozen=True)
+class TrainConfig:
+    """One session's settings (the command's flags)."""
+
+    minutes: float = 9.0  # stop and save after this long
+    total_steps: int = 11_000  # length of the LR schedule
+    batch: int = 128  # global batch, split over torchrun's processes
+    lr: float = 5e-4
+    clips: int = 20_000  # rendered per session and process
+    seed: int = 0
+    device: str = "cpu"
+    init: Path | None = None  # exported weights a new state folder starts from
+    max_steps: int | None = None  # stop after this many steps in this session
+
+
+@dataclass
+class _Models:
+    """What a session trains: the raw and the EMA pipelines, and the optimizer of the raw one."""
+
+    pipe: DqTinyPipeline
+    ema: DqTinyPipeline
+    optimizer: torch.optim.Optimizer
+
+    @property
+    def params(self) -> list[torch.nn.Parameter]:
+        return [p for m in modules(self.pipe).values() for p in m.parameters()]
+
+    @property
+    def ema_params(self) -> list[torch.nn.Parameter]:
+        return [p for m in modules(self.ema).values() for p in m.parameters()]
+
+
+def train(state_dir: Path, config: TrainConfig, group: World | None = None) -> None:
+    """Train (or resume) for `config.minutes`. Under torchrun (`group`) each process takes
+    batch / processes of the global batch and renders its own clips; process 0 writes the state."""
     start = time.time()
     rank, processes = (group.rank, group.size) if group else (0, 1)
-    device = group.device if group else device
-    if batch % processes:
-        raise SystemExit(f"--batch {batch}: not divisible by the {processes} processes")
-    local_batch = batch // processes
-    main = rank == 0
+    device = group.device if group else config.device
+    if config.batch % processes:
+        raise SystemExit(f"--batch {config.batch}: not divisible by the {processes} processes")
+    local_batch, main = config.batch // processes, rank == 0
     state_dir.mkdir(parents=True, exist_ok=True)
-    meta_path = state_dir / "meta.json"
-    fresh = not meta_path.exists()
-    meta = json.loads(meta_path.read_text()) if not fresh else {"step": 0, "sessions": [], "seconds": 0.0}
-    if fresh and init is not None:
-        meta = _history(init)
+    meta = _load_meta(state_dir, config.init)
     session = len(meta["sessions"])
     workers = max(1, min(16, (os.cpu_count() or 2) // processes - 1))
-    videos, captions = build_dataset(clips, seed + 7919 * session + 104_729 * rank, workers)
+    videos, captions = build_dataset(config.clips, config.seed + 7919 * session + 104_729 * rank, workers)
     if main:
         print(f"session {session}: {len(captions)} clips per process rendered in {time.time() - start:.1f} s "
               f"on {workers} workers; {processes} process(es), {local_batch} clips each per step", flush=True)
-    pipe = DqTinyPipeline.random(seed=seed)
-    ema = DqTinyPipeline.random(seed=seed)
-    if fresh and init is not None:
-        weights = flat_state(DqTinyPipeline.from_pretrained(init))
-        load_flat(pipe, weights)
-        load_flat(ema, weights)
-        if main:
-            print(f"initialised from {init} (step {meta['step']}); fresh optimizer, warm-up from there", flush=True)
-    elif meta["step"]:
-        load_flat(pipe, load_file(state_dir / "raw.safetensors"))
-        load_flat(ema, load_file(state_dir / "ema.safetensors"))
-    pipe.to(device)
-    ema.to(device)
-    params = [p for m in modules(pipe).values() for p in m.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.01)
-    if meta["step"] and (state_dir / "adam.safetensors").exists():
-        _load_adam(optimizer, params, load_file(state_dir / "adam.safetensors"), meta["step"])
-    for m in modules(pipe).values():
-        m.train()
+    models = _load_models(state_dir, meta, config, device, main)
+    params, ema_params = models.params, models.ema_params
     if group:
         _check_in_sync(params)
 
     videos = videos.to(device)
-    ids, mask = pipe.tokenizer(captions)
+    ids, mask = models.pipe.tokenizer(captions)
     ids, mask = ids.to(device), mask.to(device)
-    generator = torch.Generator(device).manual_seed(seed * 100 + session + 1_000 * rank)
-    ema_params = [p for m in modules(ema).values() for p in m.parameters()]
+    generator = torch.Generator(device).manual_seed(config.seed * 100 + session + 1_000 * rank)
     log = open(state_dir / "loss.tsv", "a") if main else None
-    deadline = start + minutes * 60
+    deadline = start + config.minutes * 60
     step, session_start, losses = meta["step"], time.time(), []
-    last = min(total_steps, step + max_steps) if max_steps is not None else total_steps
+    last = config.total_steps if config.max_steps is None else min(config.total_steps, step + config.max_steps)
+    save = lambda: _save(state_dir, models, meta, step, time.time() - session_start, config, processes, device)  # noqa: E731
     while step < last and not _time_is_up(step, deadline, device, group):
         idx = torch.randint(0, len(captions), (local_batch,), generator=generator, device=device)
         keep = (torch.rand(local_batch, 1, generator=generator, device=device) > CAPTION_DROPOUT)
         x0 = videos[idx].float()
         noise = torch.randn(x0.shape, generator=generator, device=device)
         sigma = sample_sigmas(local_batch, generator, device)
-        for g in optimizer.param_groups:
-            g["lr"] = lr_at(step, total_steps, lr, warmup_from=meta.get("warmup_from", 0))
+        for g in models.optimizer.param_groups:
+            g["lr"] = lr_at(step, config.total_steps, config.lr, warmup_from=meta.get("warmup_from", 0))
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
-            loss = flow_loss(pipe, x0, ids[idx], mask[idx] & keep, noise, sigma)
-        optimizer.zero_grad(set_to_none=True)
+            loss = flow_loss(models.pipe, x0, ids[idx], mask[idx] & keep, noise, sigma)
+        models.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if group:
             average_gradients(params, processes)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
+        models.optimizer.step()
         with torch.no_grad():
             decay = min(0.999, (1 + step) / (10 + step))
             torch._foreach_lerp_(ema_params, params, 1 - decay)
         losses.append(loss.detach())
         step += 1
         if step % 100 == 0:
-            mean = torch.stack(losses).mean()
+            mean = _mean_over_processes(losses, group)
             losses.clear()
-            if group:
-                dist.all_reduce(mean)
-                mean /= processes
             if main:
-                log.write(f"{step}\t{mean.item():.5f}\t{time.time() - session_start:.1f}\n")
+                log.write(f"{step}\t{mean:.5f}\t{time.time() - session_start:.1f}\n")
                 log.flush()
                 if step % 500 == 0:
-                    print(f"step {step} loss {mean.item():.4f} ({time.time() - session_start:.0f} s)", flush=True)
+                    print(f"step {step} loss {mean:.4f} ({time.time() - session_start:.0f} s)", flush=True)
             if step % 2000 == 0 and main:  # a killed session still leaves a state to resume from
-                _save(state_dir, pipe, ema, optimizer, params, meta, step, time.time() - session_start, device,
-                      batch, clips, lr, total_steps, processes)
-    elapsed = time.time() - session_start
+                save()
     if group:
         _check_in_sync(params)
     if main:
         log.close()
-        _save(state_dir, pipe, ema, optimizer, params, meta, step, elapsed, device, batch, clips, lr, total_steps,
-              processes)
-        print(f"saved step {step} to {state_dir} after {elapsed:.0f} s", flush=True)
+        save()
+        print(f"saved step {step} to {state_dir} after {time.time() - session_start:.0f} s", flush=True)
+
+
+def _load_meta(state_dir: Path, init: Path | None) -> dict:
+    """The state folder's history; a new folder starts from `init`'s (or from nothing)."""
+    path = state_dir / "meta.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    return _history(init) if init is not None else {"step": 0, "sessions": [], "seconds": 0.0}
+
+
+def _load_models(state_dir: Path, meta: dict, config: TrainConfig, device: str, main: bool) -> _Models:
+    """Seeded random weights, the state folder's (resuming), or `init`'s in a new folder (raw and EMA
+    both start from its EMA, with a fresh optimizer)."""
+    pipe, ema = DqTinyPipeline.random(seed=config.seed), DqTinyPipeline.random(seed=config.seed)
+    resuming = (state_dir / "raw.safetensors").exists() and meta["step"]
+    if resuming:
+        load_flat(pipe, load_file(state_dir / "raw.safetensors"))
+        load_flat(ema, load_file(state_dir / "ema.safetensors"))
+    elif config.init is not None:
+        weights = flat_state(DqTinyPipeline.from_pretrained(config.init))
+        load_flat(pipe, weights)
+        load_flat(ema, weights)
+        if main:
+            print(f"initialised from {config.init} (step {meta['step']}); fresh optimizer, warm-up from there",
+                  flush=True)
+    pipe.to(device)
+    ema.to(device)
+    for m in modules(pipe).values():
+        m.train()
+    params = [p for m in modules(pipe).values() for p in m.parameters()]
+    models = _Models(pipe, ema, torch.optim.AdamW(params, lr=config.lr, betas=(0.9, 0.99), weight_decay=0.01))
+    if resuming and (state_dir / "adam.safetensors").exists():
+        _load_adam(models.optimizer, models.params, load_file(state_dir / "adam.safetensors"), meta["step"])
+    return models
+
+
+def _mean_over_processes(losses: list[torch.Tensor], group: World | None) -> float:
+    mean = torch.stack(losses).mean()
+    if group:
+        dist.all_reduce(mean)
+        mean /= group.size
+    return mean.item()
 
 
 def _time_is_up(step: int, deadline: float, device: str, group: World | None) -> bool:
@@ -236,19 +281,19 @@ def _time_is_up(step: int, deadline: float, device: str, group: World | None) ->
     return bool(up.item())
 
 
-def _save(state_dir, pipe, ema, optimizer, params, meta, step, elapsed, device, batch, clips, lr, total_steps,
-          processes=1):
+def _save(state_dir: Path, models: _Models, meta: dict, step: int, elapsed: float, config: TrainConfig,
+          processes: int, device: str) -> None:
     """Write the state; the session's entry is replaced, not appended, by saves within a session."""
     meta = json.loads(json.dumps(meta))
     meta["seconds"] += elapsed
     meta["step"] = step
     name = _device_name(device) if processes == 1 else f"{processes}× {_device_name(device)}"
-    meta["sessions"].append({"steps_to": step, "seconds": round(elapsed, 1), "device": name,
-                             "batch": batch, "clips": clips, "lr": lr, "total_steps": total_steps,
+    meta["sessions"].append({"steps_to": step, "seconds": round(elapsed, 1), "device": name, "batch": config.batch,
+                             "clips": config.clips, "lr": config.lr, "total_steps": config.total_steps,
                              "sigma_shift": FLOW_SHIFT})
-    save_file(flat_state(pipe), str(state_dir / "raw.safetensors"))
-    save_file(flat_state(ema), str(state_dir / "ema.safetensors"))
-    save_file(_adam_state(optimizer, params), str(state_dir / "adam.safetensors"))
+    save_file(flat_state(models.pipe), str(state_dir / "raw.safetensors"))
+    save_file(flat_state(models.ema), str(state_dir / "ema.safetensors"))
+    save_file(_adam_state(models.optimizer, models.params), str(state_dir / "adam.safetensors"))
     (state_dir / "meta.json").write_text(json.dumps(meta, indent=1))
 
 
@@ -317,7 +362,7 @@ def model_card(pipe: DqTinyPipeline, meta: dict, losses: list[tuple[float, ...]]
 
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     sessions = "\n".join(f"| {i} | {s['steps_to']} | {s['seconds']:.0f} | {s['device']} | {s['batch']} | {s['lr']} "
-                         f"| {s.get('sigma_shift', 1.0)} |" for i, s in enumerate(meta["sessions"]))
+                         f"| {s['total_steps']:,} | {s.get('sigma_shift', 1.0)} |" for i, s in enumerate(meta["sessions"]))
     return f"""# dq-tiny
 
 The built-in model of dq: a text-to-video diffusion transformer small enough to run on a CPU,
@@ -345,12 +390,13 @@ AdamW (β 0.9/0.99, wd 0.01), cosine LR after 500 warm-up steps, bf16 autocast, 
 shipped weights are an EMA (0.999). {meta['step']:,} steps in {meta['seconds'] / 60:.1f} minutes of training
 over {len(meta['sessions'])} session(s):
 
-| session | steps reached | seconds | device | batch | peak LR | σ shift |
-|---|---|---|---|---|---|---|
+| session | steps reached | seconds | device | batch | peak LR | LR schedule (steps) | σ shift |
+|---|---|---|---|---|---|---|---|
 {sessions}
 
 {_loss_line(meta, losses)}
-Reproduce: `make train` on a GPU machine (repeat until the schedule's {meta['sessions'][-1]['total_steps']:,} steps are done).
+Reproduce: `make train` on a GPU machine (`TRAIN_GPUS=2` for the sessions on two GPUs; repeat until the
+schedule's {meta['sessions'][-1]['total_steps']:,} steps are done).
 """
 
 
@@ -359,19 +405,20 @@ def _loss_line(meta: dict, losses: list[tuple[float, ...]]) -> str:
         return "No loss logged yet (one line per 100 steps)."
     line = f"Final loss (mean of the last 100 steps): {losses[-1][1]:.4f}. Loss curve: `loss.png`"
     if meta.get("init"):  # the log of the sessions before the export we started from was not kept
-        line += f", from step {int(losses[0][0]) - 100:,} on"
+        line += f", from step {meta['warmup_from']:,} on"
     return line + "."
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--state", type=Path, default=Path("runs/dq-tiny"), help="training state folder")
-    ap.add_argument("--minutes", type=float, default=9.0, help="stop and save after this long")
-    ap.add_argument("--total-steps", type=int, default=30_000, help="length of the LR schedule")
-    ap.add_argument("--batch", type=int, default=128, help="global batch (split over torchrun's processes)")
-    ap.add_argument("--lr", type=float, default=5e-4)
-    ap.add_argument("--clips", type=int, default=20_000, help="clips rendered per session and process")
-    ap.add_argument("--seed", type=int, default=0)
+    d = TrainConfig()
+    ap.add_argument("--minutes", type=float, default=d.minutes, help="stop and save after this long")
+    ap.add_argument("--total-steps", type=int, default=d.total_steps, help="length of the LR schedule")
+    ap.add_argument("--batch", type=int, default=d.batch, help="global batch (split over torchrun's processes)")
+    ap.add_argument("--lr", type=float, default=d.lr)
+    ap.add_argument("--clips", type=int, default=d.clips, help="clips rendered per session and process")
+    ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--export", type=Path, default=None, help="export EMA weights to this folder and exit")
     ap.add_argument("--init", type=Path, default=None,
@@ -382,8 +429,8 @@ def main() -> None:
         export(args.state, args.export)
         return
     with world(args.device) as group:
-        train(args.state, args.minutes, args.total_steps, args.batch, args.lr, args.clips, args.seed, args.device,
-              init=args.init, max_steps=args.steps, group=group)
+        train(args.state, TrainConfig(args.minutes, args.total_steps, args.batch, args.lr, args.clips, args.seed,
+                                      args.device, args.init, args.steps), group)
 
 
 if __name__ == "__main__":
