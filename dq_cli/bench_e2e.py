@@ -204,25 +204,9 @@ def random_workload(spec: BenchModel, resolution: str | None, device: str, dtype
 
 
 def sample(adapter, call: dict, steps: int, on_step=None) -> torch.Tensor:
-    """One pipeline call with dq's forward state kept as Adapter.generate keeps it (the step, for
-    DeltaQuant's cube schedule and 6Bit's routing)."""
-    state = adapter.state
-    state.step, state.num_steps = 0, steps
-
-    def step_end(pipe, i, t, kwargs):
-        if on_step is not None:
-            on_step(i)
-        state.step = i + 1
-        return {}
-
-    call = dict(call, callback_on_step_end=step_end)
+    """One pipeline call through `Adapter.run_pipeline` (dq's per-step state kept); `on_step(i)`."""
     adapter.pipe.set_progress_bar_config(disable=True)
-    with torch.inference_mode():
-        try:
-            out = adapter.pipe(**adapter.pipeline_kwargs(call)).frames
-        except ValueError as e:  # the pipeline's own check of sizes and frames
-            raise DQError(f"{adapter.family}: {e}") from None
-    return out
+    return adapter.run_pipeline(adapter.pipe, call, steps, None if on_step is None else lambda i, t: on_step(i))
 
 
 def tiny_workload(device: str, dtype: str, seed: int, prompt: str, frames: int, height: int, width: int,

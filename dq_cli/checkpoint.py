@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,6 +95,7 @@ def read_info(path: Path) -> CheckpointInfo:
 def build_components(info: CheckpointInfo, device: str, dtype: torch.dtype) -> dict[str, torch.nn.Module]:
     """Rebuild each quantized transformer from its config on the meta device, then fill it."""
     import diffusers
+    from accelerate import init_empty_weights
 
     components = {}
     with safe_open(str(info.path), framework="pt", device="cpu") as f:
@@ -105,7 +105,9 @@ def build_components(info: CheckpointInfo, device: str, dtype: torch.dtype) -> d
             if cls is None:
                 raise CheckpointError(f"{info.path}: model class {class_name} is not in diffusers "
                                       f"{diffusers.__version__}")
-            with parameters_on_meta():
+            # parameters on the meta device, buffers real: non-persistent buffers (RoPE tables) are in
+            # no state dict and must be computed at construction
+            with init_empty_weights():
                 model = cls.from_config(info.configs[component])
             prefix = f"{component}."
             for name, plan in info.layers.items():
@@ -137,25 +139,6 @@ def build_components(info: CheckpointInfo, device: str, dtype: torch.dtype) -> d
             model.load_state_dict(state, assign=True, strict=True)
             components[component] = model.to(device).eval()
     return components
-
-
-@contextmanager
-def parameters_on_meta():
-    """Create parameters on the meta device but buffers for real: non-persistent buffers (RoPE
-    tables) are not in any state dict, so they must be computed at construction."""
-    original = torch.nn.Module.register_parameter
-
-    def register(module, name, param):
-        original(module, name, param)
-        if param is not None:
-            kwargs = {"requires_grad": param.requires_grad}
-            module._parameters[name] = torch.nn.Parameter(module._parameters[name].to("meta"), **kwargs)
-
-    torch.nn.Module.register_parameter = register
-    try:
-        yield
-    finally:
-        torch.nn.Module.register_parameter = original
 
 
 def _jsonable(config: dict) -> dict:

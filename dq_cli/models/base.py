@@ -223,31 +223,37 @@ class Adapter:
                  seed: int, frames: int, height: int, width: int,
                  on_step: StepCallback | None = None, progress: bool = False) -> torch.Tensor:
         """Sample one video; returns uint8 frames [F, H, W, 3]. `on_step` runs after each step."""
-        state = self.state
-        state.step, state.num_steps = 0, steps
-
-        def step_end(pipe, i, t, kwargs):
-            timestep = float(t)
-            if on_step is not None:
-                on_step(StepInfo(i, steps, timestep, self.expert_at(timestep)))
-            state.step = i + 1
-            return {}
-
         pipe = self.pipeline_for(image)
         pipe.set_progress_bar_config(disable=not progress)
         call = dict(prompt=prompt, negative_prompt=negative_prompt or None, num_inference_steps=steps,
                     guidance_scale=guidance, num_frames=frames, height=height, width=width,
-                    generator=torch.Generator("cpu").manual_seed(seed), output_type="pt",
-                    callback_on_step_end=step_end)
+                    generator=torch.Generator("cpu").manual_seed(seed), output_type="pt")
         if image is not None:
             call["image"] = image
-        with torch.inference_mode():
-            try:
-                video = pipe(**self.pipeline_kwargs(call)).frames[0]  # [F, 3, H, W] in [0, 1]
-            except ValueError as e:  # the pipeline's check of the settings (sizes, frames, prompt)
-                raise DQError(f"{self.family}: {e}") from None
+        report = None if on_step is None else (
+            lambda i, t: on_step(StepInfo(i, steps, float(t), self.expert_at(float(t)))))
+        video = self.run_pipeline(pipe, call, steps, report)[0]  # [F, 3, H, W] in [0, 1]
         # Frames come back on the CPU whatever the device: they go to encoders, numpy and metrics.
         return (video.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu()
+
+    def run_pipeline(self, pipe, call: dict, steps: int,
+                     on_step: Callable[[int, torch.Tensor], None] | None = None):
+        """One call of `pipe` (its output's `.frames`) with dq's forward state kept: the step index,
+        which DeltaQuant's cube schedule and 6Bit's routing read; `on_step(i, t)` after each step."""
+        state = self.state
+        state.step, state.num_steps = 0, steps
+
+        def step_end(pipe, i, t, kwargs):
+            if on_step is not None:
+                on_step(i, t)
+            state.step = i + 1
+            return {}
+
+        with torch.inference_mode():
+            try:
+                return pipe(**self.pipeline_kwargs(dict(call, callback_on_step_end=step_end))).frames
+            except ValueError as e:  # the pipeline's check of the settings (sizes, frames, prompt)
+                raise DQError(f"{self.family}: {e}") from None
 
     def pipeline_for(self, image):
         """The pipeline that samples with (or without) a first-frame image."""
