@@ -101,12 +101,6 @@ class TokenReservoir:
         self.tokens[slots], self.meta[slots] = tokens[entering], meta[entering]
         self.filled = keep.numel()
 
-    def merge(self, other: "TokenReservoir") -> None:
-        """The union with a reservoir of the same seed over other streams (another process's prompts)."""
-        g = other.filled
-        self.seen += other.seen
-        self._admit(other.keys[:g], other.tickets[:g], other.tokens[:g], other.meta[:g])
-
     def order(self) -> torch.Tensor:
         """Slots of the kept tokens in (key, ticket) order: the canonical order of the sample."""
         return smallest(self.keys[: self.filled], self.tickets[: self.filled], self.filled)

@@ -7,7 +7,6 @@ import json
 import math
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -158,26 +157,45 @@ def test_reservoir_keeps_the_smallest_keys_of_each_stream():
     assert _kept(r).tolist() == expected and r.seen == 550
 
 
-def test_reservoir_merge_equals_one_pass():
-    """Streams split over several reservoirs (processes) and merged keep exactly the tokens, in the
-    same order, that one reservoir over every stream keeps."""
-    def fill(streams):
-        r = TokenReservoir(2, capacity=24, seed=5)
-        for p in streams:
-            r.begin_stream(p)
-            _stream(r, 100 + 10 * p, [9, 31], start=1000 * p)
-        return r
+def _fill(streams) -> TokenReservoir:
+    r = TokenReservoir(2, capacity=24, seed=5)
+    for p in streams:
+        r.begin_stream(p)
+        _stream(r, 100 + 10 * p, [9, 31], start=1000 * p)
+    return r
 
-    whole = fill(range(5))
-    parts = [fill([0, 3]), fill([1, 4]), fill([2])]
-    merged = parts[0]
-    merged.merge(parts[1])
-    merged.merge(parts[2])
-    assert merged.seen == whole.seen and merged.filled == whole.filled
-    for a, b in zip(merged.sample(), whole.sample()):
-        assert torch.equal(a, b)
-    assert set((_kept(whole) // 1000).tolist()) == set(range(5))  # every stream is represented
-    assert torch.equal(_kept(fill([0, 1])), _kept(fill([1, 0])))  # the order of the streams is irrelevant
+
+PROCESS_STREAMS = ([0, 3], [1, 4], [2])  # uneven on purpose: one process runs a single prompt
+
+
+def _reduce_worker(rank: int, size: int, init_file: str) -> None:
+    import torch.distributed as dist
+
+    from dq_calib.merge import reduce_reservoir
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=size)
+    try:
+        merged = _fill(PROCESS_STREAMS[rank])
+        reduce_reservoir(merged)
+        if rank == 0:
+            whole = _fill(range(5))
+            assert merged.seen == whole.seen and merged.filled == whole.filled
+            for a, b in zip(merged.sample(), whole.sample()):
+                assert torch.equal(a, b)
+            assert set((_kept(whole) // 1000).tolist()) == set(range(5))  # every stream is represented
+    finally:
+        dist.destroy_process_group()
+
+
+def test_reservoirs_reduced_over_processes_equal_one_pass(tmp_path):
+    """Streams split over 3 gloo processes and reduced into process 0 (`reduce_reservoir`, what
+    data-parallel calibration does) keep exactly the tokens, in the same order, that one reservoir
+    over every stream keeps."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_reduce_worker, args=(len(PROCESS_STREAMS), str(tmp_path / "init")), nprocs=len(PROCESS_STREAMS),
+             join=True)
+    assert torch.equal(_kept(_fill([0, 1])), _kept(_fill([1, 0])))  # the order of the streams is irrelevant
 
 
 def test_reservoir_sample_is_uniform():
