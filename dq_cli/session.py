@@ -11,7 +11,7 @@ from dq_cli.errors import CheckpointError
 from dq_cli.models import load_model, resolve_dtype, transformer_configs
 from dq_cli.models.base import Adapter
 from dq_cli.quant.apply import attach_state
-from dq_cli.recipe import ModelSpec, Recipe, SamplingSpec
+from dq_cli.recipe import ModelSpec, SamplingSpec
 
 
 @dataclass(frozen=True)
