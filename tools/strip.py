@@ -12,16 +12,12 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
+from dq_calib.prompts import load_prompts
 from dq_cli.models import load_model
 from dq_cli.session import load_quantized, sampling
 from dq_cli.video import upscale
 
-PROMPTS = (
-    "a red circle moving right on a blue background",
-    "a yellow square moving up on a green background",
-    "a white diamond shrinking on a purple gradient background",
-    "a cyan triangle moving left on a gray striped background",
-)
+DEMO_PROMPTS = Path(__file__).parents[1] / "recipes" / "prompts" / "dq-tiny-demo.txt"
 CAPTION = 14  # pixels of caption band above each row
 
 
@@ -35,7 +31,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--checkpoint", type=Path, default=None)
-    ap.add_argument("--prompts", nargs="*", default=list(PROMPTS))
+    ap.add_argument("--prompts", nargs="*", default=None, help=f"default: {DEMO_PROMPTS.name}")
     ap.add_argument("--frames-shown", type=int, default=8)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -44,7 +40,7 @@ def main() -> None:
     if args.checkpoint:
         models.append((args.checkpoint.stem, load_quantized(args.checkpoint, args.device)[0]))
     rows = []
-    for prompt in args.prompts:
+    for prompt in args.prompts or load_prompts(DEMO_PROMPTS):
         for label, adapter in models:
             run = sampling(adapter)
             video = adapter.generate(prompt, steps=run.steps, guidance=run.guidance, seed=run.seed,
