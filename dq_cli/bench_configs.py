@@ -31,9 +31,11 @@ DQ_RECIPES = {  # family -> recipe, per dq configuration (a recipe's `quantizati
 CONFIGS = {
     "bf16": "unquantized, in the model's dtype (bfloat16 on a GPU)",
     "w4a4": "dq DeltaQuant W4A4 in the Hopper kernel format: the recipe's layers with INT4 weights and "
-            "activations in int4_pow2 (power-of-two group scales), FP8 core tokens (dq::w4a4_linear on CUDA)",
-    "w4a4-recipe": "dq DeltaQuant W4A4 exactly as the recipe says (INT4 g64 weights, NVFP4 deltas): "
-                   "PyTorch reference path (no Hopper kernel for these formats)",
+            "activations in int4_row (one scale per output channel / token), FP8 core tokens (dq::w4a4_linear "
+            "on CUDA)",
+    "w4a4-recipe": "dq DeltaQuant W4A4 exactly as the recipe says: for the built-in Wan and LTX recipes the same as "
+                   "w4a4; the CogVideoX one (NVFP4 deltas) or your own (--recipe w4a4-recipe=FILE) may take "
+                   "formats no Hopper kernel runs, and then the PyTorch reference path",
     "6bit": "dq 6Bit-Diffusion: NVFP4 weights, per-step NVFP4/INT8 activation routing and the Temporal Delta "
             "Cache (no NVFP4 tensor cores on Hopper: on CUDA the reference math on exact BF16 carriers, one cuBLAS "
             "BF16 GEMM per layer; 16-bit speed at best, 4-bit weights at rest)",
@@ -70,8 +72,8 @@ def apply_config(workload: Workload, config: str, recipe_overrides: dict[str, st
 
 
 def kernel_format(plan):
-    """The Hopper kernel's INT4 format for a plan's 4-bit weights and activations."""
-    fmt = {"int4": "int4_pow2", "nvfp4": "int4_pow2"}
+    """The Hopper kernel's INT4 format for a plan's 4-bit weights and activations (int4_pow2 stays)."""
+    fmt = {"int4": "int4_row", "nvfp4": "int4_row"}
     return replace(plan, weight=fmt.get(plan.weight, plan.weight), activation=fmt.get(plan.activation, plan.activation))
 
 

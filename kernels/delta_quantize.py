@@ -5,9 +5,12 @@ In: X [M, K] (M = B·T·H·W tokens, T-major), the smoothing vector λ and the l
 L₂ [r, K]. Out, in one launch:
 
 - core        fp32 [B·n_cubes, K]  the cube means of X/λ (the core tokens; the caller makes them FP8)
-- delta       E4M3 [M, K]          each token's delta d = x/λ − c rounded to INT4 with power-of-two
-                                   group scales (`int4_pow2`), stored as code·s_g/s_tok (exact in E4M3)
-- scale       fp32 [M]             s_tok = (largest group scale of the token) · 2**-6
+- delta       E4M3 [M, K]          each token's delta d = x/λ − c rounded to INT4, in one of two formats:
+                                   `int4_pow2`: power-of-two group scales, stored as code·s_g/s_tok;
+                                   `int4_row`: one scale per token, stored as the code itself
+                                   (both exact in E4M3)
+- scale       fp32 [M]             s_tok = (largest group scale of the token) · 2**-6 (`int4_pow2`),
+                                   the token's scale bf16(max|d| / 7) (`int4_row`)
 - down        fp32 [M, r]          (X/λ)·L₂ᵀ, the input of the 16-bit low-rank branch
 - cube_of_row int32 [M]            the cube of each row (non-decreasing)
 - row_token   int32 [M]            the token (row of X and of the output) each row holds
@@ -21,7 +24,7 @@ are the tokens themselves, in token order (RTN / SVDQuant activations in `int4_p
 
 Two launches over (cube, slice of 1,024 columns): `delta_stats_kernel` writes the core tokens, each
 token's largest |d| per slice and the slice's share of (X/λ)·L₂ᵀ; `delta_round_kernel` takes the
-token's largest group scale from those maxima and rounds. X is read twice; splitting K gives
+token's largest group scale (or its one scale) from those maxima and rounds. X is read twice; splitting K gives
 cubes × slices programs (a first version with one program per cube walking all of K was
 latency-bound). The low-rank input is summed over slices in a fixed order: deterministic.
 Ragged edge cubes mask the tokens they lack and average the ones they hold, like the reference.
@@ -83,10 +86,13 @@ def _cube_order(grid, cube, batch, device):
     return row_token, cube_of_row, row_start, n_cubes
 
 
+FORMATS = ("int4_pow2", "int4_row")
+
+
 def delta_quantize_reference(x: torch.Tensor, smooth: torch.Tensor | None, lora_down: torch.Tensor | None,
-                             batch: int, grid: tuple[int, int, int] | None, cube: tuple[int, int, int] | None
-                             ) -> DeltaActivations:
-    """The same outputs from dq_kernels' PyTorch formats (K a multiple of 64)."""
+                             batch: int, grid: tuple[int, int, int] | None, cube: tuple[int, int, int] | None,
+                             fmt: str = "int4_pow2") -> DeltaActivations:
+    """The same outputs from dq_kernels' PyTorch formats (K a multiple of 64 for `int4_pow2`)."""
     xs = apply_smooth(x, smooth)
     down = (xs.to(lora_down.dtype) @ lora_down.T).float() if lora_down is not None else None
     core = row_token = cube_of_row = None
@@ -98,7 +104,11 @@ def delta_quantize_reference(x: torch.Tensor, smooth: torch.Tensor | None, lora_
                                                   batch, x.device)
         deltas = deltas[row_token.long()]
         down = down[row_token.long()] if down is not None else None
-    delta, s_tok = to_carriers(*quantize_int4(deltas, GROUP, pow2_scales=True))
+    if fmt == "int4_row":
+        codes, s = quantize_int4(deltas, deltas.shape[-1], reciprocal=True)
+        delta, s_tok = codes.to(torch.float8_e4m3fn), s.float().reshape(-1)
+    else:
+        delta, s_tok = to_carriers(*quantize_int4(deltas, GROUP, pow2_scales=True))
     return DeltaActivations(core, delta, s_tok, down, cube_of_row, row_token)
 
 
@@ -110,6 +120,15 @@ def _ceil_exp(amax):
     bits = amax.to(tl.int32, bitcast=True)
     e = ((bits >> 23) & 0xFF) - 127
     return tl.where((bits & 0x7FFFFF) <= 0x600000, e - 2, e - 1)
+
+
+@triton.jit
+def _bf16_rne(v):
+    """A non-negative finite fp32 rounded to the nearest bf16 (ties to even), as fp32. From the
+    bits: the interpreter's fp32→bf16 cast truncates."""
+    bits = v.to(tl.int32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
+    return bits.to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -191,7 +210,7 @@ def delta_round_kernel(
     K, KP, stride_x, T, H, W, tokens_per_batch, n_splits,
     CT: tl.constexpr, CH: tl.constexpr, CW: tl.constexpr, CUBE_TOKENS: tl.constexpr, HAS_CUBES: tl.constexpr,
     HAS_SMOOTH: tl.constexpr, SPLITS: tl.constexpr, SPLIT_K: tl.constexpr, GROUP_K: tl.constexpr,
-    SPAN: tl.constexpr, SHIFT: tl.constexpr,
+    SPAN: tl.constexpr, SHIFT: tl.constexpr, ROW_SCALE: tl.constexpr,
 ):
     pid, split, batch = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     tokens, rows, valid = _cube_rows(pid, batch, row_start_ptr, T, H, W, tokens_per_batch, CT, CH, CW,
@@ -203,24 +222,32 @@ def delta_round_kernel(
     row_max = tl.max(part, axis=1)
     nonzero = row_max > 0
     e_tok = tl.where(nonzero, _ceil_exp(tl.where(nonzero, row_max, 1.0)), 0)
+    # int4_row: the reference's bf16(fp32(max|d|) / 7), each step rounded to nearest even, and
+    # its reciprocal (codes are d·(1/s): dq_kernels.int4)
+    s_row = _bf16_rne(tl.math.div_rn(row_max, 7.0))
+    inv_row = tl.math.div_rn(1.0, tl.where(nonzero, s_row, 1.0))
     for k0 in range(split * SPLIT_K, min(split * SPLIT_K + SPLIT_K, KP), GROUP_K):
         cols = k0 + tl.arange(0, GROUP_K)
         xt = _load_chunk(x_ptr, inv_smooth_ptr, tokens, valid, cols, K, stride_x, HAS_SMOOTH)
         if HAS_CUBES:
             mean = tl.load(core_ptr + cube_row * KP + cols, mask=cols < KP, other=0.0)
             xt = tl.where(valid[:, None], xt - mean[None, :], 0.0)
-        g_max = tl.max(tl.abs(xt), axis=1)
-        e_g = tl.where(g_max > 0, _ceil_exp(tl.where(g_max > 0, g_max, 1.0)), e_tok - SPAN)
-        e_g = tl.maximum(e_g, e_tok - SPAN)  # within 2**SPAN of the token's largest group
-        q = xt * _pow2(-e_g)[:, None]
+        if ROW_SCALE:
+            q = xt * inv_row[:, None]
+        else:
+            g_max = tl.max(tl.abs(xt), axis=1)
+            e_g = tl.where(g_max > 0, _ceil_exp(tl.where(g_max > 0, g_max, 1.0)), e_tok - SPAN)
+            e_g = tl.maximum(e_g, e_tok - SPAN)  # within 2**SPAN of the token's largest group
+            q = xt * _pow2(-e_g)[:, None]
         q = (q + 12582912.0) - 12582912.0  # round half to even (1.5·2**23 trick; |q| < 2**22)
         q = tl.minimum(tl.maximum(q, -8.0), 7.0)
-        carrier = q * _pow2(e_g - e_tok + SHIFT)[:, None]
+        carrier = q if ROW_SCALE else q * _pow2(e_g - e_tok + SHIFT)[:, None]
         carrier = tl.where(nonzero[:, None], carrier, 0.0)
         tl.store(delta_ptr + rows[:, None] * KP + cols[None, :], carrier.to(delta_ptr.dtype.element_ty),
                  mask=valid[:, None] & (cols[None, :] < KP))
     if split == 0:
-        tl.store(scale_ptr + rows, tl.where(nonzero, _pow2(e_tok - SHIFT), 0.0), mask=valid)
+        scale = s_row if ROW_SCALE else _pow2(e_tok - SHIFT)
+        tl.store(scale_ptr + rows, tl.where(nonzero, scale, 0.0), mask=valid)
 
 
 # Columns per program and warps: the best of a sweep at 32,760×5,120 on an H200 (tools/kernel_probe.py):
@@ -242,11 +269,14 @@ def _split_k(k: int, programs: int) -> int:
 
 
 def delta_quantize(x: torch.Tensor, smooth: torch.Tensor | None, lora_down: torch.Tensor | None,
-                   batch: int, grid: tuple[int, int, int] | None, cube: tuple[int, int, int] | None
-                   ) -> DeltaActivations:
-    """X [M, K] (K a multiple of 64; M = batch·T·H·W when `cube` is given) → DeltaActivations."""
+                   batch: int, grid: tuple[int, int, int] | None, cube: tuple[int, int, int] | None,
+                   fmt: str = "int4_pow2") -> DeltaActivations:
+    """X [M, K] (M = batch·T·H·W when `cube` is given; K a multiple of 64 for `int4_pow2` and with
+    cubes, whose FP8 core tokens have a scale per 64 channels) → DeltaActivations in `fmt`."""
     m, k = x.shape
-    if k % GROUP:
+    if fmt not in FORMATS:
+        raise ValueError(f"delta_quantize: format {fmt!r} is not one of {FORMATS}")
+    if k % GROUP and (fmt == "int4_pow2" or cube is not None):
         raise ValueError(f"delta_quantize: K={k} is not a multiple of {GROUP}")
     x = x if x.stride(-1) == 1 else x.contiguous()
     dev = x.device
@@ -289,6 +319,6 @@ def delta_quantize(x: torch.Tensor, smooth: torch.Tensor | None, lora_down: torc
     delta_round_kernel[launch](
         x, sm, row_start, core if core is not None else dummy, part_max, delta, scale, k, k, x.stride(0), t, h, w,
         per_batch, splits, SPLITS=max(2, triton.next_power_of_2(splits)), SPAN=POW2_SPAN, SHIFT=CARRIER_SHIFT,
-        **shape)
+        ROW_SCALE=fmt == "int4_row", **shape)
     down = down_part.sum(0)[:, :rank] if down_part is not None else None
     return DeltaActivations(core, delta, scale, down, cube_of_row, row_token)

@@ -1,5 +1,5 @@
-"""Just-in-time weight expansion for the Hopper W4A4 GEMM: packed `int4_pow2` weights → E4M3
-carriers with one fp32 scale per output channel — Triton kernel, launch wrapper, PyTorch reference.
+"""Just-in-time weight expansion for the Hopper W4A4 GEMM: packed `int4_pow2` or `int4_row` weights →
+E4M3 carriers with one fp32 scale per output channel — Triton kernel, launch wrapper, PyTorch reference.
 
 Hopper has no 4-bit tensor cores, and unpacking nibbles inside the GEMM's K loop costs half the
 FP8 rate (FACTS.md: 532–572 TFLOP/s against 1,108–1,236). So the weights stay packed at rest and
@@ -9,6 +9,9 @@ Exactness: with power-of-two group scales s_g within 2**15 of the row's largest 
 (dq_kernels.int4, POW2_SPAN), code·s_g/s_max·2**6 is exact in E4M3, so
 
     carrier = code · s_g / s_row,   s_row = s_max · 2**-6,   carrier · s_row = code · s_g   exactly.
+
+With one scale per row (`int4_row`, scales [N, 1]) the carrier is the code itself and s_row the
+row's scale: exact for any scale value.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import triton.language as tl
 
 from .int4 import unpack_int4
 
-__all__ = ["expand_int4_pow2", "expand_int4_pow2_reference"]
+__all__ = ["expand_int4", "expand_int4_reference"]
 
 GROUP = 64
 CARRIER_SHIFT = 6  # carriers reach 7·2**6 = 448, E4M3's largest finite value
@@ -44,13 +47,16 @@ def to_carriers(codes: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor
     return carrier.to(torch.float8_e4m3fn), row
 
 
-def expand_int4_pow2_reference(packed: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return to_carriers(unpack_int4(packed), scales)
+def expand_int4_reference(packed: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    codes = unpack_int4(packed)
+    if scales.shape[-1] == 1:  # int4_row
+        return codes.to(torch.float8_e4m3fn), scales.float().reshape(-1)
+    return to_carriers(codes, scales)
 
 
 @triton.jit
-def expand_int4_pow2_kernel(packed_ptr, ratio_ptr, out_ptr, N, K,
-                            BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_K: tl.constexpr):
+def expand_int4_kernel(packed_ptr, ratio_ptr, out_ptr, N, K,
+                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_K: tl.constexpr, HAS_RATIO: tl.constexpr):
     pid_n, pid_k = tl.program_id(0), tl.program_id(1)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     half = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
@@ -61,22 +67,27 @@ def expand_int4_pow2_kernel(packed_ptr, ratio_ptr, out_ptr, N, K,
     hi = ((p >> 4) ^ 8) - 8
     codes = tl.reshape(tl.join(lo, hi), (BLOCK_N, BLOCK_K)).to(tl.float32)
     cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    groups = K // GROUP_K
-    ratio = tl.load(ratio_ptr + rows[:, None] * groups + cols[None, :] // GROUP_K,
-                    mask=(rows[:, None] < N) & (cols[None, :] < K), other=0.0)
     out_mask = (rows[:, None] < N) & (cols[None, :] < K)
-    tl.store(out_ptr + rows[:, None] * K + cols[None, :], (codes * ratio).to(out_ptr.dtype.element_ty), mask=out_mask)
+    if HAS_RATIO:
+        groups = K // GROUP_K
+        codes *= tl.load(ratio_ptr + rows[:, None] * groups + cols[None, :] // GROUP_K, mask=out_mask, other=0.0)
+    tl.store(out_ptr + rows[:, None] * K + cols[None, :], codes.to(out_ptr.dtype.element_ty), mask=out_mask)
 
 
-def expand_int4_pow2(packed: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """packed uint8 [N, K/2], power-of-two scales [N, K/64] → (E4M3 carrier [N, K], fp32 row scale [N])."""
+def expand_int4(packed: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """packed uint8 [N, K/2] with power-of-two scales [N, K/64] (`int4_pow2`) or one scale per row
+    [N, 1] (`int4_row`) → (E4M3 carrier [N, K], fp32 row scale [N])."""
     n, k = packed.shape[0], packed.shape[1] * 2
-    if scales.shape != (n, k // GROUP):
-        raise ValueError(f"expand_int4_pow2: scales {tuple(scales.shape)} do not match packed {tuple(packed.shape)}")
-    row, ratio = carrier_ratios(scales)
+    per_row = scales.shape == (n, 1)
+    if not per_row and scales.shape != (n, k // GROUP):
+        raise ValueError(f"expand_int4: scales {tuple(scales.shape)} do not match packed {tuple(packed.shape)}")
+    if per_row:
+        row, ratio = scales.float().reshape(-1), None
+    else:
+        row, ratio = carrier_ratios(scales)
     out = torch.empty(n, k, dtype=torch.float8_e4m3fn, device=packed.device)
     block_n, block_k = 32, 128
     grid = (triton.cdiv(n, block_n), triton.cdiv(k, block_k))
-    expand_int4_pow2_kernel[grid](packed.contiguous(), ratio.contiguous(), out, n, k,
-                                  BLOCK_N=block_n, BLOCK_K=block_k, GROUP_K=GROUP)
+    expand_int4_kernel[grid](packed.contiguous(), ratio.contiguous() if ratio is not None else row, out, n, k,
+                             BLOCK_N=block_n, BLOCK_K=block_k, GROUP_K=GROUP, HAS_RATIO=ratio is not None)
     return out, row

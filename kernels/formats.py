@@ -31,7 +31,7 @@ def k_multiple(fmt: str, group_size: int) -> int:
 
 def _quantize_int4_family(x: torch.Tensor, fmt: str, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     if fmt == "int4_row":
-        return quantize_int4(x, x.shape[-1])
+        return quantize_int4(x, x.shape[-1], reciprocal=True)  # as the Hopper kernel rounds (dq_kernels.int4)
     return quantize_int4(x, group_size, pow2_scales=fmt == "int4_pow2")
 
 

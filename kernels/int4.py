@@ -18,6 +18,12 @@ makes x̂ the nearest grid point: |x/s| <= 7·(1 + 2**-8) < 7.5, so nothing clip
 |x - x̂| <= s/2 (while s is a normal bf16, i.e. amax >= 7·2**-126). An all-zero group has
 s = 0, codes 0 and dequantizes to 0.
 
+`reciprocal=True` (what the `int4_row` format uses) rounds fp32(x · fp32(1/s)) instead of
+fp32(x / s): a kernel then divides once per row, not once per element (a correctly rounded
+division per element was most of the activation quantizer's time on an H200). The two differ only
+where x/s lies within an ulp or two of a half-integer: a code one step away, still within s/2 of x
+up to those ulps.
+
 `pow2_scales=True` rounds the scale UP to a power of two (E8M0-style: a scale that folds
 exactly into an FP8/INT8 operand); rounding up keeps |x/s| <= 7, so nothing clips. The group
 scales of a row are also kept within 2**POW2_SPAN of the row's largest one (a smaller group
@@ -53,7 +59,7 @@ def _pow2_ceil(v: torch.Tensor) -> torch.Tensor:
 
 
 def quantize_int4(
-    x: torch.Tensor, group_size: int = 64, pow2_scales: bool = False
+    x: torch.Tensor, group_size: int = 64, pow2_scales: bool = False, reciprocal: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize the last dim of `x` to INT4 codes (int8 storage) and bf16 group scales."""
     check_last_dim_multiple(x, group_size, "quantize_int4")
@@ -66,7 +72,7 @@ def quantize_int4(
     scale_bf16 = scale.to(torch.bfloat16)
     s = scale_bf16.float()
     # where(): an all-zero group has s == 0 and must give code 0, not 0/0 = NaN.
-    q = torch.where(s > 0, xg / s, torch.zeros_like(xg))
+    q = torch.where(s > 0, xg * (1.0 / s) if reciprocal else xg / s, torch.zeros_like(xg))
     codes = torch.round(q).clamp_(INT4_MIN, INT4_MAX).to(torch.int8)
     return codes.reshape(x.shape), scale_bf16.squeeze(-1)
 

@@ -1,7 +1,8 @@
 """The quantized linear layers' Triton paths, composed from the kernels and registered as PyTorch
 custom ops (`torch.library`) so a model of `QuantLinear`s compiles without graph breaks.
 
-- `dq::w4a4_linear`: DeltaQuant (or SVDQuant / RTN) W4A4 with `int4_pow2` weights and activations:
+- `dq::w4a4_linear`: DeltaQuant (or SVDQuant / RTN) W4A4, weights and activations each in `int4_pow2`
+  (power-of-two group scales) or `int4_row` (one scale per output channel / token):
       quantizer (dq_kernels.delta_quantize)   X → core tokens, E4M3 delta carriers, (X/λ)·L₂ᵀ
       weight expansion (expand_int4)          packed int4 → E4M3 carriers, at rest 4-bit
       core GEMM (scaled_gemm, grouped)        FP8 core tokens (scale per 64) × W, one row per cube
@@ -17,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from .delta_quantize import delta_quantize
-from .expand_int4 import expand_int4_pow2
+from .expand_int4 import expand_int4
 from .fp8 import quantize_fp8
 from .int8_quantize import quantize_int8_tokens
 from .scaled_gemm import scaled_gemm
@@ -31,17 +32,19 @@ CORE_GROUP = 64
 @torch.library.custom_op("dq::w4a4_linear", mutates_args=())
 def w4a4_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, smooth: torch.Tensor | None,
                 lora_down: torch.Tensor | None, lora_up: torch.Tensor | None, bias: torch.Tensor | None,
-                batch: int, grid: list[int], cube: list[int]) -> torch.Tensor:
-    """x [M, K] (K padded to 64; M = batch·T·H·W when `cube` is non-empty) → y [M, N] in x's dtype.
-    `cube` empty: no core tokens (plain int4_pow2 activations)."""
+                batch: int, grid: list[int], cube: list[int], act_format: str = "int4_pow2") -> torch.Tensor:
+    """x [M, K] (K padded to 64 for `int4_pow2` or cubes; M = batch·T·H·W when `cube` is non-empty)
+    → y [M, N] in x's dtype. `cube` empty: no core tokens (the tokens themselves in `act_format`).
+    The weight's format is read from its scales: [N, K/64] `int4_pow2`, [N, 1] `int4_row`."""
     # The low-rank input (X/λ)·L₂ᵀ = X·(L₂/λ)ᵀ by cuBLAS: a skinny GEMM that streams X once. Fused
     # into the quantizer it cost ~1 ms at 32,760×5,120 on an H100 (tools/kernel_probe.py).
     down = None
     if lora_down is not None:
         factor = lora_down.float() * inverse_smooth(smooth) if smooth is not None else lora_down.float()
         down = x.to(lora_down.dtype) @ factor.to(lora_down.dtype).T  # the GEMM reads it in this dtype
-    acts = delta_quantize(x, smooth, None, batch, tuple(grid) if cube else None, tuple(cube) if cube else None)
-    w, w_scale = expand_int4_pow2(qweight, scales)
+    acts = delta_quantize(x, smooth, None, batch, tuple(grid) if cube else None, tuple(cube) if cube else None,
+                          act_format)
+    w, w_scale = expand_int4(qweight, scales)
     core_out = None
     if cube:
         core_q, core_s = quantize_fp8(acts.core, CORE_GROUP)
@@ -57,7 +60,7 @@ def _rows(t: torch.Tensor | None, row_token: torch.Tensor | None) -> torch.Tenso
 
 
 @w4a4_linear.register_fake
-def _(x, qweight, scales, smooth, lora_down, lora_up, bias, batch, grid, cube):
+def _(x, qweight, scales, smooth, lora_down, lora_up, bias, batch, grid, cube, act_format="int4_pow2"):
     return x.new_empty(x.shape[0], qweight.shape[0])
 
 

@@ -32,7 +32,7 @@ def round_half_even(q: torch.Tensor) -> torch.Tensor:
     return f + (d > 0.5) + ((d == 0.5) & (torch.remainder(f, 2) == 1))
 
 
-def ref_quantize(x: torch.Tensor, g: int, pow2: bool = False):
+def ref_quantize(x: torch.Tensor, g: int, pow2: bool = False, reciprocal: bool = False):
     x = x.to(torch.float32).to(F64)
     xg = x.reshape(*x.shape[:-1], -1, g)
     s = f32(xg.abs().amax(-1, keepdim=True) / 7)
@@ -40,7 +40,7 @@ def ref_quantize(x: torch.Tensor, g: int, pow2: bool = False):
         s = torch.where(s > 0, 2.0 ** torch.ceil(torch.log2(s)), 0.0)
         s = torch.maximum(s, s.amax(-2, keepdim=True) * 2.0**-15)  # within 2**15 of the row's largest
     s = bf16_rne(s)
-    q = torch.where(s > 0, f32(xg / s), 0.0)
+    q = torch.where(s > 0, f32(xg * f32(1 / s)) if reciprocal else f32(xg / s), 0.0)
     codes = round_half_even(q).clamp(-8, 7)
     return codes.reshape(x.shape).to(torch.int8), s.squeeze(-1)
 
@@ -220,7 +220,28 @@ def test_int4_family_by_name(fmt):
     groups = {"int4": 4, "int4_pow2": 4, "int4_row": 1}[fmt]
     assert packed["qweight"].shape == (6, 128) and packed["scales"].shape == (6, groups)
     g = 256 // groups
-    codes, scales = quantize_int4(w, g, pow2_scales=fmt == "int4_pow2")
+    codes, scales = quantize_int4(w, g, pow2_scales=fmt == "int4_pow2", reciprocal=fmt == "int4_row")
     expected = dequantize_int4(codes, scales, g)
     assert torch.equal(unpack_weight(packed, fmt, 64), expected)
     assert torch.equal(fake_quant(w, fmt, 64), expected)
+
+
+def test_reciprocal_rounding_matches_its_oracle_and_stays_within_half_a_step():
+    """int4_row rounds x·fp32(1/s) (one division per row in the kernel): the oracle's fp32 product
+    of the correctly rounded reciprocal, and at most one step from division's codes, only where x/s
+    sits within a few ulps of a half-integer; the error stays s/2 up to those ulps."""
+    gen = torch.Generator().manual_seed(21)
+    x = torch.randn(64, 1024, generator=gen) * torch.exp(torch.randn(64, 1, generator=gen))
+    x[0, :5] = torch.tensor([3.5, -2.5, 0.5, 7.0, 1.5])  # scale 1 exactly: ties, which both round to even
+    x[0, 5:] = 0.0
+    codes, scales = quantize_int4(x, 1024, reciprocal=True)
+    rc, rs = ref_quantize(x, 1024, reciprocal=True)
+    assert torch.equal(codes, rc) and torch.equal(scales.to(F64), rs)
+    assert codes[0, :5].tolist() == [4, -2, 0, 7, 2]
+    by_division, _ = quantize_int4(x, 1024)
+    differ = codes != by_division
+    assert (codes.to(torch.int16) - by_division).abs().max() <= 1
+    s = scales.to(F64).expand_as(x)
+    exact = x.to(F64) / s
+    assert ((exact - exact.floor() - 0.5).abs()[differ] < 2**-18).all()  # only near-ties differ
+    assert ((x.to(F64) - codes.to(F64) * s).abs() <= s * (0.5 + 2**-18)).all()

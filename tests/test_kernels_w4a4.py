@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from dq_kernels.delta_quantize import delta_quantize, delta_quantize_reference
-from dq_kernels.expand_int4 import expand_int4_pow2, expand_int4_pow2_reference
+from dq_kernels.expand_int4 import expand_int4, expand_int4_reference
 from dq_kernels.fp8 import quantize_fp8
 from dq_kernels.int4 import dequantize_int4, pack_int4, quantize_int4
 from dq_kernels.int8 import quantize_int8_rowwise
@@ -37,15 +37,20 @@ def pow2_weight(n: int, k: int, seed: int):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_expand_int4_pow2_is_exact(device):
-    codes, scales = pow2_weight(40, 192, seed=1)
+@pytest.mark.parametrize("fmt", ["int4_pow2", "int4_row"])
+def test_expand_int4_is_exact(device, fmt):
+    if fmt == "int4_pow2":
+        codes, scales = pow2_weight(40, 192, seed=1)
+    else:  # K not a multiple of 64: int4_row has no groups
+        codes, scales = quantize_int4(torch.randn(40, 150, generator=torch.Generator().manual_seed(1)), 150)
     codes[3], scales[3] = 0, 0  # an all-zero output channel: carriers 0, row scale 0, no NaN
     packed = pack_int4(codes)
-    carrier, row = expand_int4_pow2(packed.to(device), scales.to(device))
-    ref_carrier, ref_row = expand_int4_pow2_reference(packed, scales)
+    carrier, row = expand_int4(packed.to(device), scales.to(device))
+    ref_carrier, ref_row = expand_int4_reference(packed, scales)
     assert torch.equal(carrier.cpu().float(), ref_carrier.float()) and torch.equal(row.cpu(), ref_row)
     # carrier · row scale is the INT4 weight itself: nothing lost on the way to the tensor cores.
-    assert torch.equal(carrier.cpu().float() * ref_row[:, None], dequantize_int4(codes, scales, 64))
+    group = codes.shape[1] // scales.shape[1]
+    assert torch.equal(carrier.cpu().float() * ref_row[:, None], dequantize_int4(codes, scales, group))
 
 
 def activations(m: int, k: int, seed: int) -> torch.Tensor:
@@ -55,14 +60,15 @@ def activations(m: int, k: int, seed: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("fmt", ["int4_pow2", "int4_row"])
 @pytest.mark.parametrize("cube", [(2, 2, 4), (4, 1, 4), None])
-def test_delta_quantize_matches_reference(device, cube):
+def test_delta_quantize_matches_reference(device, cube, fmt):
     batch, grid, k, rank = 2, (3, 5, 7), 192, 8  # ragged cubes, K not a multiple of 128, rank padded to 16
     x = activations(batch * 105, k, seed=2)
     gen = torch.Generator().manual_seed(3)
     smooth, down_w = torch.rand(k, generator=gen) + 0.5, torch.randn(rank, k, generator=gen) / 8
-    got = delta_quantize(x.to(device), smooth.to(device), down_w.to(device), batch, grid, cube)
-    ref = delta_quantize_reference(x, smooth, down_w, batch, grid, cube)
+    got = delta_quantize(x.to(device), smooth.to(device), down_w.to(device), batch, grid, cube, fmt)
+    ref = delta_quantize_reference(x, smooth, down_w, batch, grid, cube, fmt)
     exact = device == "cpu"  # the interpreter runs the reference's fp32 operations
     if cube is not None:
         torch.testing.assert_close(got.core.cpu(), ref.core, rtol=0 if exact else 1e-6, atol=0 if exact else 1e-6)
@@ -73,7 +79,8 @@ def test_delta_quantize_matches_reference(device, cube):
     ref_deq = ref.delta.float() * ref.scale[:, None]
     mismatch = deq != ref_deq
     assert mismatch.float().mean() <= (0 if exact else 1e-3)
-    step = ref.scale[:, None].expand_as(deq) * 2**6  # a group scale is at most the token's largest
+    # one rounding step: a group scale is at most the token's largest (int4_pow2: 2**6 · s_tok)
+    step = ref.scale[:, None].expand_as(deq) * (2**6 if fmt == "int4_pow2" else 1)
     assert ((deq - ref_deq).abs() <= step).all()
     torch.testing.assert_close(got.down.cpu(), ref.down, rtol=1e-5, atol=1e-5)
 
@@ -131,7 +138,7 @@ def test_grouped_gemm_for_core_tokens(device):
 
 
 # ---- QuantLinear on the kernels (dq::w4a4_linear, dq::w8a8_linear) against its reference forward ----
-def quant_layer(method: str, fmt: str, k: int = 150, n: int = 72, rank: int = 8):
+def quant_layer(method: str, fmt: str, k: int = 150, n: int = 72, rank: int = 8, act: str | None = None):
     from torch import nn
 
     from dq_cli.quant.linear import QuantLinear
@@ -141,7 +148,7 @@ def quant_layer(method: str, fmt: str, k: int = 150, n: int = 72, rank: int = 8)
     linear = nn.Linear(k, n)
     with torch.no_grad():
         linear.weight.copy_(torch.randn(n, k, generator=gen) / k**0.5)
-    plan = LayerPlan(method=method, weight=fmt, activation=fmt, group_size=64, rank=rank if method != "rtn" else 0,
+    plan = LayerPlan(method=method, weight=fmt, activation=act or fmt, group_size=64, rank=rank if method != "rtn" else 0,
                      smoothing=None, cubes=((0.5, (4, 1, 4)), (1.0, (2, 2, 4))), core="fp8")
     smooth = torch.rand(k, generator=gen) + 0.5 if method != "rtn" else None
     up = down = None
@@ -166,10 +173,12 @@ def both_paths(layer, x, monkeypatch):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("method", ["deltaquant", "svdquant", "rtn"])
 @pytest.mark.parametrize("progress_step", [0, 3])  # the two cube stages: 4x1x4, then 2x2x4
-def test_quant_linear_w4a4_kernel_matches_reference(method, progress_step, device, monkeypatch):
+@pytest.mark.parametrize("formats", [("int4_pow2", "int4_pow2"), ("int4_row", "int4_row"),
+                                     ("int4_pow2", "int4_row")])  # weight, activation
+def test_quant_linear_w4a4_kernel_matches_reference(method, progress_step, formats, device, monkeypatch):
     from dq_cli.models.base import ForwardState
 
-    layer = quant_layer(method, "int4_pow2").to(device)
+    layer = quant_layer(method, formats[0], act=formats[1]).to(device)
     layer.forward_state = ForwardState(step=progress_step, num_steps=4, grid=(3, 5, 7), in_forward=True)
     x = activations(2 * 105, 150, seed=9).reshape(2, 105, 150).to(device)
     got, ref = both_paths(layer, x, monkeypatch)

@@ -6,7 +6,8 @@ checkpoint per variant, then `dq bench --quality` over them all.
 Variants: W8A8, FP8, RTN / SmoothQuant / SVDQuant / DeltaQuant W4A4 (INT4 g64 and NVFP4),
 DeltaQuant cube-size and core-precision ablations, and scale-granularity ablations: free bf16
 group scales (int4, g64), power-of-two group scales (int4_pow2: what the Hopper kernel runs
-exactly on FP8 tensor cores) and one scale per token / output channel (int4_row).
+exactly on FP8 tensor cores) and one scale per token / output channel (int4_row), which the
+Hopper kernel also runs exactly, alone or with int4_pow2 weights.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ VARIANTS = {
     "svdquant_pow2": variant(method="svdquant", weight="int4_pow2", activation="int4_pow2", group_size=64, rank=32),
     "dq_pow2": variant(**{**DQ, "weight": "int4_pow2", "activation": "int4_pow2"}),
     "dq_row": variant(**{**DQ, "weight": "int4_row", "activation": "int4_row"}),
+    "dq_pow2_w_row_a": variant(**{**DQ, "weight": "int4_pow2", "activation": "int4_row"}),
 }
 
 

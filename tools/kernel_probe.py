@@ -15,7 +15,7 @@ import triton.testing
 
 import dq_kernels.linear_ops  # noqa: F401
 from dq_kernels.delta_quantize import delta_quantize
-from dq_kernels.expand_int4 import expand_int4_pow2
+from dq_kernels.expand_int4 import expand_int4
 from dq_kernels.int4 import pack_int4, quantize_int4
 from dq_kernels.int8_quantize import quantize_int8_tokens
 from dq_kernels.smoothing import inverse_smooth
@@ -53,9 +53,9 @@ def main() -> None:
     codes, scales = quantize_int4(w.float(), 64, pow2_scales=True)
     packed = pack_int4(codes)
     print(f"w4a4 op total {t(lambda: torch.ops.dq.w4a4_linear(x, packed, scales, smooth, down, up, bias, 1, list(grid), list(cube))):.3f} ms" if grid else "")
-    print(f"expand weights {t(lambda: expand_int4_pow2(packed, scales)):.3f} ms")
+    print(f"expand weights {t(lambda: expand_int4(packed, scales)):.3f} ms")
     acts = delta_quantize(x, smooth, down, 1, grid, cube)
-    wq, ws = expand_int4_pow2(packed, scales)
+    wq, ws = expand_int4(packed, scales)
     core = torch.zeros(acts.core.shape[0] if acts.core is not None else 1, n, device="cuda")
     c = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
     a8 = torch.randint(-100, 100, (m, k), device="cuda", dtype=torch.int8)

@@ -38,6 +38,9 @@ def command(
                                     "(the Wan 2.2 recipe uses 128)."),
     kernel_cube: str = typer.Option("4,2,8", "--cube", help="With `kernels`: DeltaQuant's cube, t,h,w in tokens "
                                     "(the Wan 2.2 recipe's early steps use 4,1,4)."),
+    kernel_format: str = typer.Option("int4_row", "--w4a4-format", help="With `kernels`: the W4A4 path's INT4 "
+                                      "format for weights and activations: int4_row (one scale per output channel "
+                                      "/ token) or int4_pow2 (power-of-two group scales)."),
     kernel_models: list[str] = typer.Option([], "--shapes", help="With `kernels`: which models' linear shapes "
                                             "(repeatable; default wan-a14b-480p). One of: wan-a14b-480p, "
                                             "wan-a14b-720p, wan-ti2v-5b, ltx-video, cogvideox-5b."),
@@ -136,7 +139,7 @@ def command(
     device = pick_device(device)
     if what == "kernels":
         return _kernels(kernel_models or ["wan-a14b-480p"], device, out, as_json, quiet, baseline, limits,
-                        command_line, kernel_rank, _cube(kernel_cube))
+                        command_line, kernel_rank, _cube(kernel_cube), kernel_format)
     for path in checkpoints:
         if not path.is_file():
             raise DQError(f"--checkpoint {path}: no such file")
@@ -310,10 +313,14 @@ def _cube(text: str) -> tuple[int, int, int]:
 
 
 def _kernels(models: list[str], device: str, out, as_json: bool, quiet: bool, baseline, limits,
-             command_line: str, rank: int, cube: tuple[int, int, int]) -> None:
+             command_line: str, rank: int, cube: tuple[int, int, int], fmt: str) -> None:
     from dq_cli import bench_report as br
     from dq_cli import kernel_bench as kb
 
+    from dq_kernels.delta_quantize import FORMATS
+
+    if fmt not in FORMATS:
+        raise DQError(f"--w4a4-format {fmt}: expected one of {', '.join(FORMATS)}")
     unknown = [m for m in models if m not in kb.SHAPES]
     if unknown:
         raise DQError(f"--shapes {unknown[0]}: unknown; choose from {', '.join(kb.SHAPES)}")
@@ -323,8 +330,8 @@ def _kernels(models: list[str], device: str, out, as_json: bool, quiet: bool, ba
 
     total = sum(len(kb.SHAPES[m][2]) for m in models)
     with progress_bar(quiet, "timing kernels", total) as advance:
-        rows = kb.run(models, on_shape=lambda r: advance(), rank=rank, cube=cube)
-    doc = kb.report(rows, br.environment(device, command_line) | {"triton": triton.__version__}, rank, cube)
+        rows = kb.run(models, on_shape=lambda r: advance(), rank=rank, cube=cube, fmt=fmt)
+    doc = kb.report(rows, br.environment(device, command_line) | {"triton": triton.__version__}, rank, cube, fmt)
     _finish(doc, out, as_json, quiet, baseline, limits)
 
 

@@ -1,8 +1,9 @@
 """When a `QuantLinear` runs on the Triton kernels (dq_kernels.linear_ops) instead of its
 reference math: on CUDA, for the formats the Hopper kernels implement exactly —
 
-- `int4_pow2` weights and activations (RTN, SmoothQuant, SVDQuant, DeltaQuant with FP8 core
-  tokens when every token of the sequence is a video token): `dq::w4a4_linear`;
+- INT4 weights and activations with power-of-two group scales (`int4_pow2`) or one scale per
+  output channel / token (`int4_row`), in any pairing (RTN, SmoothQuant, SVDQuant, DeltaQuant with
+  FP8 core tokens when every token of the sequence is a video token): `dq::w4a4_linear`;
 - `int8` weights and activations: `dq::w8a8_linear`;
 - NVFP4 weights (6Bit-Diffusion) on their NVFP4 / INT8 / 16-bit routes, Hadamard rotation
   included: exact BF16 carriers on cuBLAS (dq_cli/quant/carrier_path.py).
@@ -23,6 +24,7 @@ from dq_cli.quant.activations import cube_at
 from dq_cli.quant.carrier_path import carrier_forward
 
 W4A4_METHODS = ("rtn", "smoothquant", "svdquant", "deltaquant")
+KERNEL_INT4 = ("int4_pow2", "int4_row")  # exact on the 8-bit tensor cores (dq_kernels.expand_int4)
 
 
 def wants_kernels(x: torch.Tensor) -> bool:
@@ -42,7 +44,7 @@ def kernel_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
     if plan.weight == plan.activation == "int8" and plan.method in ("rtn", "smoothquant"):
         y = torch.ops.dq.w8a8_linear(x.reshape(-1, x.shape[-1]), layer.qweight, layer.scales, layer.smooth, layer.bias)
         return y.reshape(*x.shape[:-1], -1)
-    if not (plan.weight == plan.activation == "int4_pow2" and plan.method in W4A4_METHODS):
+    if not (plan.weight in KERNEL_INT4 and plan.activation in KERNEL_INT4 and plan.method in W4A4_METHODS):
         return None
     grid, cube = [], []
     if plan.method == "deltaquant" and layer.sees_video:
@@ -59,5 +61,5 @@ def kernel_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
     smooth = F.pad(layer.smooth, (0, pad), value=1.0) if layer.smooth is not None and pad else layer.smooth
     down = F.pad(layer.lora_down, (0, pad)) if layer.lora_down is not None and pad else layer.lora_down
     y = torch.ops.dq.w4a4_linear(xp.reshape(-1, k_pad), layer.qweight, layer.scales, smooth, down, layer.lora_up,
-                                 layer.bias, x.shape[0], grid, cube)
+                                 layer.bias, x.shape[0], grid, cube, plan.activation)
     return y.reshape(*x.shape[:-1], -1)
