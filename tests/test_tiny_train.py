@@ -74,12 +74,13 @@ def _batch(n: int = 4):
     return pipe, videos.float(), ids, mask, torch.randn(videos.shape, generator=g), torch.rand(n, generator=g)
 
 
-def _gradients(pipe, *batch) -> list[torch.Tensor]:
-    params = [p for m in tr.modules(pipe).values() for p in m.parameters()]
+def _gradients(model, *batch) -> list[torch.Tensor]:
+    """Every parameter's gradient after one backward of `model(*batch)` (a Denoiser, or one under DDP)."""
+    params = list(model.parameters())
     for p in params:
         p.grad = None
-    tr.flow_loss(pipe, *batch).backward()
-    return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params], params
+    model(*batch).backward()
+    return [p.grad.clone() for p in params]
 
 
 def _average_worker(rank: int, size: int, init_file: str) -> None:
@@ -89,16 +90,16 @@ def _average_worker(rank: int, size: int, init_file: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=size)
     try:
         pipe, *batch = _batch()
-        whole, _ = _gradients(pipe, *batch)
+        denoiser = tr.Denoiser(pipe)
+        whole = _gradients(denoiser, *batch)
         share = len(batch[0]) // size
-        mine, params = _gradients(pipe, *(t[rank * share:(rank + 1) * share] for t in batch))
+        half = [t[rank * share:(rank + 1) * share] for t in batch]
         scale = max(g.abs().max().item() for g in whole)
         close = lambda a, b: all(torch.allclose(x, y, rtol=1e-4, atol=1e-6 * scale) for x, y in zip(a, b))  # noqa: E731
-        assert not close(mine, whole)  # a half batch alone is not the whole batch's gradient
-        tr.average_gradients(params, size)
-        # the mean of the two half-batch means is the whole batch's mean: equal up to fp32 summation order
-        assert close([p.grad for p in params], whole)
-        tr._check_in_sync(params)
+        assert not close(_gradients(denoiser, *half), whole)  # a half batch alone is not the whole batch's gradient
+        # under DDP the mean of the two half-batch means is the whole batch's mean: equal up to fp32 summation order
+        assert close(_gradients(tr.data_parallel(pipe, "cpu"), *half), whole)
+        tr._check_in_sync(list(denoiser.parameters()))
     finally:
         dist.destroy_process_group()
 

@@ -11,9 +11,10 @@ train on is lent 10 minutes at a time. The state folder holds flat safetensors f
     python -m dq_cli.tiny.train --state runs/dq-tiny --export dq_cli/tiny/weights
     torchrun --standalone --nproc-per-node 2 -m dq_cli.tiny.train --state runs/dq-tiny --minutes 9
 
-Under torchrun the training is data-parallel: each process renders its own clips, takes its share
-of `--batch` (the global batch) and the gradients are averaged over the processes before each step,
-so N GPUs take the steps of one GPU N times as fast (the lent GPU time is what limits training).
+Under torchrun the training is data-parallel (torch's DistributedDataParallel): each process renders
+its own clips, takes its share of `--batch` (the global batch), and the gradients are averaged over
+the processes during the backward pass, so N GPUs take the steps of one GPU N times as fast (the
+lent GPU time is what limits training).
 
 A new state folder can start from exported weights (`--init dq_cli/tiny/weights`, what `make train`
 does): both the raw and the EMA weights start from the export's EMA, the optimizer starts fresh with
@@ -36,6 +37,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+from torch.nn.parallel import DistributedDataParallel
 
 from dq_cli.parallel import World, world
 from dq_cli.tiny.pipeline import FLOW_SHIFT, DqTinyPipeline
@@ -86,7 +88,7 @@ def sample_sigmas(n: int, generator: torch.Generator, device, shift: float = FLO
     return shift * sigma / (1 + (shift - 1) * sigma)
 
 
-def flow_loss(pipe: DqTinyPipeline, x0: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
+def flow_loss(pipe: DqTinyPipeline | Denoiser, x0: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
               noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Rectified-flow loss: the model sees x_t = (1−σ)·x₀ + σ·ε and predicts ε − x₀ (mean over the batch)."""
     s = sigma.view(-1, 1, 1, 1, 1)
@@ -96,16 +98,25 @@ def flow_loss(pipe: DqTinyPipeline, x0: torch.Tensor, ids: torch.Tensor, mask: t
     return F.mse_loss(v.float(), noise - x0)
 
 
-def average_gradients(params: list[torch.nn.Parameter], processes: int) -> None:
-    """Data parallelism by hand: one all-reduce of all gradients, flattened (1.8 M values), then the
-    mean. With equal shares of the batch, the mean of the processes' batch-mean gradients is the
-    gradient of the whole batch. A parameter without a gradient counts as zero, on every process."""
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch._utils._flatten_dense_tensors(grads)
-    dist.all_reduce(flat)
-    flat /= processes
-    for p, g in zip(params, torch._utils._unflatten_dense_tensors(flat, grads)):
-        p.grad = g
+class Denoiser(torch.nn.Module):
+    """What a training step runs — text encoder, transformer, flow loss — as one module, so that
+    DistributedDataParallel can wrap it. DDP all-reduces the gradients in buckets while the backward
+    pass still runs, and divides by the number of processes: with equal shares of the batch, the mean
+    of the processes' batch-mean gradients is the gradient of the whole batch. Every parameter takes
+    part in every step (no `find_unused_parameters`)."""
+
+    def __init__(self, pipe: DqTinyPipeline):
+        super().__init__()
+        self.text_encoder, self.transformer = pipe.text_encoder, pipe.transformer
+
+    def forward(self, x0, ids, mask, noise, sigma) -> torch.Tensor:
+        return flow_loss(self, x0, ids, mask, noise, sigma)
+
+
+def data_parallel(pipe: DqTinyPipeline, device: str) -> DistributedDataParallel:
+    """The pipe's Denoiser under DDP (which also copies process 0's weights to the others)."""
+    dev = torch.device(device)
+    return DistributedDataParallel(Denoiser(pipe), device_ids=[dev] if dev.type == "cuda" else None)
 
 
 def _check_in_sync(params: list[torch.nn.Parameter]) -> None:
@@ -177,8 +188,7 @@ def train(state_dir: Path, config: TrainConfig, group: World | None = None) -> N
               f"on {workers} workers; {processes} process(es), {local_batch} clips each per step", flush=True)
     models = _load_models(state_dir, meta, config, device, main)
     params, ema_params = models.params, models.ema_params
-    if group:
-        _check_in_sync(params)
+    denoiser = data_parallel(models.pipe, device) if group else Denoiser(models.pipe)
 
     videos = videos.to(device)
     ids, mask = models.pipe.tokenizer(captions)
@@ -198,11 +208,9 @@ def train(state_dir: Path, config: TrainConfig, group: World | None = None) -> N
         for g in models.optimizer.param_groups:
             g["lr"] = lr_at(step, config.total_steps, config.lr, warmup_from=meta.get("warmup_from", 0))
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
-            loss = flow_loss(models.pipe, x0, ids[idx], mask[idx] & keep, noise, sigma)
+            loss = denoiser(x0, ids[idx], mask[idx] & keep, noise, sigma)
         models.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if group:
-            average_gradients(params, processes)
+        loss.backward()  # under DDP: the gradients arrive averaged over the processes
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         models.optimizer.step()
         with torch.no_grad():
@@ -220,7 +228,7 @@ def train(state_dir: Path, config: TrainConfig, group: World | None = None) -> N
                     print(f"step {step} loss {mean:.4f} ({time.time() - session_start:.0f} s)", flush=True)
             if step % 2000 == 0 and main:  # a killed session still leaves a state to resume from
                 save()
-    if group:
+    if group:  # same start, same averaged gradients: the processes must end with the same weights
         _check_in_sync(params)
     if main:
         log.close()
