@@ -56,6 +56,29 @@ def test_bench_quality_orders_8_bit_before_4_bit(checkpoints, tmp_path):
     assert all(0 <= r["ssim"] <= 1 for r in rows.values() if r["ssim"] is not None)
 
 
+def test_bench_quality_keeps_the_rows_it_finished_when_stopped(checkpoints, tmp_path, monkeypatch):
+    """A run stopped part-way (say by a CI time limit) leaves the report of what it finished."""
+    from dq_cli import quality_bench as qb
+
+    real, calls = qb.generate_all, []
+
+    def stopped_at_the_checkpoint(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the baseline's videos are done; the checkpoint's are not
+            raise RuntimeError("stopped")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(qb, "generate_all", stopped_at_the_checkpoint)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle moving right on a blue background\n")
+    result = run_dq("bench", "--quality", "-c", checkpoints["w8a8"], "--prompts", prompts, *SMALL,
+                    "-o", tmp_path / "q", code=None)
+    assert result.exit_code != 0
+    doc = json.loads((tmp_path / "q.json").read_text())
+    assert [r["config"] for r in doc["rows"]] == ["baseline"] and doc["rows"][0]["adherence"] is not None
+    assert "| baseline |" in (tmp_path / "q.md").read_text()
+
+
 def test_bench_missing_checkpoint_is_a_user_error(tmp_path):
     result = run_dq("bench", "-c", tmp_path / "nope.safetensors", code=2)
     assert "nope.safetensors" in result.stderr and "Traceback" not in result.stderr

@@ -153,7 +153,8 @@ def command(
     run = sampling(base_model, None, steps=steps, guidance=guidance, seed=seed, frames=frames, height=height,
                    width=width)
     if quality:
-        doc = _quality(base_model, checkpoints, model, run, prompts, num_prompts, device, quiet, extra, command_line)
+        doc = _quality(base_model, checkpoints, model, run, prompts, num_prompts, device, quiet, extra, command_line,
+                       out)
         return _finish(doc, out, as_json, quiet, baseline, limits, print_table=_print_quality)
     rows = []
     with progress_bar(quiet, "benchmarking", run.steps * (1 + len(checkpoints)) * (1 + len(extra))) as advance:
@@ -335,8 +336,10 @@ def _kernels(models: list[str], device: str, out, as_json: bool, quiet: bool, ba
     _finish(doc, out, as_json, quiet, baseline, limits)
 
 
-def _quality(baseline, checkpoints, model, run, prompts, num_prompts, device, quiet, extra=(), command_line=None
-             ) -> dict:
+def _quality(baseline, checkpoints, model, run, prompts, num_prompts, device, quiet, extra=(), command_line=None,
+             out: Path | None = None) -> dict:
+    """The quality report. With `out`, the report is rewritten after every configuration, so that a run
+    stopped by a time limit keeps the rows it finished (their per-layer errors come last, at the end)."""
     from dq_calib.prompts import PromptSourceError, load_prompts
     from dq_cli import bench_report as br
     from dq_cli import quality_bench as qb
@@ -350,19 +353,31 @@ def _quality(baseline, checkpoints, model, run, prompts, num_prompts, device, qu
         raise DQError(str(e)) from None
     adherence = baseline.family == "dq-tiny"  # the analyzer reads dq-tiny's world only
     total = len(prompt_list) * (1 + len(checkpoints)) * (1 + len(extra)) + 1
+    settings = {"prompts": len(prompt_list), "prompt_source": str(source), "attention": ["sdpa", *extra],
+                "steps": run.steps, "guidance": run.guidance, "seed": run.seed, "frames": run.frames, "height": run.height,
+                "width": run.width}
+    env = br.environment(device, command_line)
+    rows = []
+
+    def add(row) -> None:
+        rows.append(row)
+        if out is not None:
+            br.write(qb.report(rows, env, settings), out)
+
     with progress_bar(quiet, "generating", total) as advance:
         reference = qb.generate_all(baseline, prompt_list, run, on_video=advance)
-        rows = [qb.evaluate("baseline", prompt_list, reference, None, adherence)]
+        add(qb.evaluate("baseline", prompt_list, reference, None, adherence))
         for label in _attention_variants(baseline, "baseline", list(extra), skip_sdpa=True):
             videos = qb.generate_all(baseline, prompt_list, run, on_video=advance)
-            rows.append(qb.evaluate(label, prompt_list, videos, reference, adherence))
+            add(qb.evaluate(label, prompt_list, videos, reference, adherence))
         variants = {}
         for path in checkpoints:
             adapter, _ = load_quantized(path, device, model=model)
             for label in _attention_variants(adapter, path.stem, list(extra)):
                 videos = qb.generate_all(adapter, prompt_list, run, on_video=advance)
-                rows.append(qb.evaluate(label, prompt_list, videos, reference, adherence))
-                rows[-1].runtime = adapter.runtime.summary() if adapter.runtime is not None else None
+                row = qb.evaluate(label, prompt_list, videos, reference, adherence)
+                row.runtime = adapter.runtime.summary() if adapter.runtime is not None else None
+                add(row)
             variants[path.stem] = qb.quantized_layers(adapter)
         # Per-layer error: every checkpoint's layers on the baseline's own activations (first prompt).
         errors = qb.layer_errors(baseline, variants, prompt_list[0], run) if variants else {}
@@ -371,10 +386,7 @@ def _quality(baseline, checkpoints, model, run, prompts, num_prompts, device, qu
         per_layer = errors.get(row.config, {})
         row.layer_error = sum(per_layer.values()) / len(per_layer) if per_layer else None
         row.per_layer_error = per_layer
-    settings = {"prompts": len(prompt_list), "prompt_source": str(source), "attention": ["sdpa", *extra],
-                "steps": run.steps, "guidance": run.guidance, "seed": run.seed, "frames": run.frames, "height": run.height,
-                "width": run.width}
-    return qb.report(rows, br.environment(device, command_line), settings)
+    return qb.report(rows, env, settings)
 
 
 def _print_quality(doc: dict) -> None:
