@@ -44,7 +44,8 @@ import triton
 import triton.language as tl
 
 from .delta_cubes import cube_ids, split_deltas
-from .int4 import POW2_SPAN, quantize_int4
+from .formats import KERNEL_INT4_FORMATS, quantize_int4_format
+from .int4 import POW2_SPAN
 from .expand_int4 import CARRIER_SHIFT, GROUP, to_carriers
 from .interpreter import interpreting
 from .smoothing import apply_smooth, inverse_smooth
@@ -86,9 +87,6 @@ def _cube_order(grid, cube, batch, device):
     return row_token, cube_of_row, row_start, n_cubes
 
 
-FORMATS = ("int4_pow2", "int4_row")
-
-
 def delta_quantize_reference(x: torch.Tensor, smooth: torch.Tensor | None, lora_down: torch.Tensor | None,
                              batch: int, grid: tuple[int, int, int] | None, cube: tuple[int, int, int] | None,
                              fmt: str = "int4_pow2") -> DeltaActivations:
@@ -104,11 +102,7 @@ def delta_quantize_reference(x: torch.Tensor, smooth: torch.Tensor | None, lora_
                                                   batch, x.device)
         deltas = deltas[row_token.long()]
         down = down[row_token.long()] if down is not None else None
-    if fmt == "int4_row":
-        codes, s = quantize_int4(deltas, deltas.shape[-1], reciprocal=True)
-        delta, s_tok = codes.to(torch.float8_e4m3fn), s.float().reshape(-1)
-    else:
-        delta, s_tok = to_carriers(*quantize_int4(deltas, GROUP, pow2_scales=True))
+    delta, s_tok = to_carriers(*quantize_int4_format(deltas, fmt, GROUP))
     return DeltaActivations(core, delta, s_tok, down, cube_of_row, row_token)
 
 
@@ -274,8 +268,8 @@ def delta_quantize(x: torch.Tensor, smooth: torch.Tensor | None, lora_down: torc
     """X [M, K] (M = batch·T·H·W when `cube` is given; K a multiple of 64 for `int4_pow2` and with
     cubes, whose FP8 core tokens have a scale per 64 channels) → DeltaActivations in `fmt`."""
     m, k = x.shape
-    if fmt not in FORMATS:
-        raise ValueError(f"delta_quantize: format {fmt!r} is not one of {FORMATS}")
+    if fmt not in KERNEL_INT4_FORMATS:
+        raise ValueError(f"delta_quantize: format {fmt!r} is not one of {KERNEL_INT4_FORMATS}")
     if k % GROUP and (fmt == "int4_pow2" or cube is not None):
         raise ValueError(f"delta_quantize: K={k} is not a multiple of {GROUP}")
     x = x if x.stride(-1) == 1 else x.contiguous()

@@ -40,18 +40,18 @@ def carrier_ratios(scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def to_carriers(codes: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """INT4 codes [R, K] with power-of-two group scales → (E4M3 carriers [R, K], fp32 row scales [R]);
-    the reference of both this kernel and the activation quantizer's rounding."""
+    """INT4 codes [R, K] with power-of-two group scales, or one scale per row ([R, 1]: the codes
+    themselves, whatever the scale) → (E4M3 carriers [R, K], fp32 row scales [R]); the reference of
+    both this kernel and the activation quantizer's rounding."""
+    if scales.shape[-1] == 1:
+        return codes.to(torch.float8_e4m3fn), scales.float().reshape(-1)
     row, ratio = carrier_ratios(scales)
     carrier = codes.float() * ratio.repeat_interleave(codes.shape[-1] // scales.shape[-1], dim=-1)
     return carrier.to(torch.float8_e4m3fn), row
 
 
 def expand_int4_reference(packed: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    codes = unpack_int4(packed)
-    if scales.shape[-1] == 1:  # int4_row
-        return codes.to(torch.float8_e4m3fn), scales.float().reshape(-1)
-    return to_carriers(codes, scales)
+    return to_carriers(unpack_int4(packed), scales)
 
 
 @triton.jit

@@ -18,6 +18,9 @@ NVFP4_BLOCK = 16
 # power-of-two group scales (exact in an E4M3 carrier, what the Hopper kernel multiplies),
 # "int4_row" one scale per row (per token / per output channel).
 INT4_FORMATS = ("int4", "int4_pow2", "int4_row")
+# The two whose values are exact on Hopper's 8-bit tensor cores with one scale per row applied after
+# the K loop: what dq::w4a4_linear runs (dq_kernels.expand_int4, delta_quantize).
+KERNEL_INT4_FORMATS = ("int4_pow2", "int4_row")
 
 # Bits per stored weight element (values only; scales are counted from the tensors themselves).
 WEIGHT_BITS = {"bf16": 16, "int8": 8, "fp8": 8, "nvfp4": 4, **{f: 4 for f in INT4_FORMATS}}
@@ -29,7 +32,8 @@ def k_multiple(fmt: str, group_size: int) -> int:
     return {"int4": group_size, "int4_pow2": group_size, "int4_row": 2, "nvfp4": NVFP4_BLOCK}.get(fmt, 1)
 
 
-def _quantize_int4_family(x: torch.Tensor, fmt: str, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_int4_format(x: torch.Tensor, fmt: str, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes and scales of one INT4 format by name (the one place that says what each name means)."""
     if fmt == "int4_row":
         return quantize_int4(x, x.shape[-1], reciprocal=True)  # as the Hopper kernel rounds (dq_kernels.int4)
     return quantize_int4(x, group_size, pow2_scales=fmt == "int4_pow2")
@@ -58,7 +62,7 @@ def pack_weight(w: torch.Tensor, fmt: str, group_size: int) -> dict[str, torch.T
         q, s = quantize_fp8(w)
         return {"qweight": q, "scales": s}
     if fmt in INT4_FORMATS:
-        q, s = _quantize_int4_family(w, fmt, group_size)
+        q, s = quantize_int4_format(w, fmt, group_size)
         return {"qweight": pack_int4(q), "scales": s}
     if fmt == "nvfp4":
         q, s, ts = quantize_nvfp4(w)
@@ -94,7 +98,7 @@ def fake_quant(x: torch.Tensor, fmt: str, group_size: int, amax: torch.Tensor | 
     if fmt == "fp8":
         return dequantize_fp8(*quantize_fp8(x))
     if fmt in INT4_FORMATS:
-        return _dequantize_int4_family(*_quantize_int4_family(x, fmt, group_size))
+        return _dequantize_int4_family(*quantize_int4_format(x, fmt, group_size))
     if fmt == "nvfp4":
         return fake_quantize_nvfp4(x, amax=amax)
     raise ValueError(f"unknown activation format {fmt!r}")

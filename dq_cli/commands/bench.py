@@ -318,10 +318,10 @@ def _kernels(models: list[str], device: str, out, as_json: bool, quiet: bool, ba
     from dq_cli import bench_report as br
     from dq_cli import kernel_bench as kb
 
-    from dq_kernels.delta_quantize import FORMATS
+    from dq_kernels.formats import KERNEL_INT4_FORMATS
 
-    if fmt not in FORMATS:
-        raise DQError(f"--w4a4-format {fmt}: expected one of {', '.join(FORMATS)}")
+    if fmt not in KERNEL_INT4_FORMATS:
+        raise DQError(f"--w4a4-format {fmt}: expected one of {', '.join(KERNEL_INT4_FORMATS)}")
     unknown = [m for m in models if m not in kb.SHAPES]
     if unknown:
         raise DQError(f"--shapes {unknown[0]}: unknown; choose from {', '.join(kb.SHAPES)}")

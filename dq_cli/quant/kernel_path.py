@@ -22,9 +22,9 @@ import torch.nn.functional as F
 
 from dq_cli.quant.activations import cube_at
 from dq_cli.quant.carrier_path import carrier_forward
+from dq_kernels.formats import KERNEL_INT4_FORMATS
 
 W4A4_METHODS = ("rtn", "smoothquant", "svdquant", "deltaquant")
-KERNEL_INT4 = ("int4_pow2", "int4_row")  # exact on the 8-bit tensor cores (dq_kernels.expand_int4)
 
 
 def wants_kernels(x: torch.Tensor) -> bool:
@@ -44,7 +44,7 @@ def kernel_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
     if plan.weight == plan.activation == "int8" and plan.method in ("rtn", "smoothquant"):
         y = torch.ops.dq.w8a8_linear(x.reshape(-1, x.shape[-1]), layer.qweight, layer.scales, layer.smooth, layer.bias)
         return y.reshape(*x.shape[:-1], -1)
-    if not (plan.weight in KERNEL_INT4 and plan.activation in KERNEL_INT4 and plan.method in W4A4_METHODS):
+    if not (plan.weight in KERNEL_INT4_FORMATS and plan.activation in KERNEL_INT4_FORMATS and plan.method in W4A4_METHODS):
         return None
     grid, cube = [], []
     if plan.method == "deltaquant" and layer.sees_video:
