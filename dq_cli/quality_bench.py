@@ -35,6 +35,8 @@ def generate_all(adapter: Adapter, prompts: list[str], run, on_video: Callable[[
         videos.append(adapter.generate(prompt, negative_prompt=run.negative_prompt, steps=run.steps,
                                        guidance=run.guidance, seed=run.seed + i, frames=run.frames,
                                        height=run.height, width=run.width))
+        if adapter.runtime is not None:
+            adapter.runtime.end_run()
         if on_video:
             on_video()
     return videos
@@ -115,7 +117,9 @@ def markdown(doc: dict) -> str:
         a = "—" if r["adherence"] is None else f"{100 * r['adherence']:.1f}"
         e = "—" if r.get("layer_error") is None else f"{r['layer_error']:.4f}"
         rt = r.get("runtime") or {}
-        bits = "—" if rt.get("average_bits") is None else f"{rt['average_bits']:.2f}"
+        bits = "—" if rt.get("average_bits") is None else f"{rt['average_bits']:.3f}"
+        if rt.get("max_run_bits") is not None:
+            bits += f" (≤ {rt['max_run_bits']:.3f})"
         skip = "—" if not rt else f"{100 * rt['skip_fraction']:.1f}"
         lines.append(f"| {r['config']} | {e} | {p} | {s} | {a} | {bits} | {skip} |")
     st = doc["settings"]

@@ -5,7 +5,8 @@ custom ops (`torch.library`) so a model of `QuantLinear`s compiles without graph
   (power-of-two group scales) or `int4_row` (one scale per output channel / token):
       quantizer (dq_kernels.delta_quantize)   X → core tokens, E4M3 delta carriers, (X/λ)·L₂ᵀ
       weight expansion (expand_int4)          packed int4 → E4M3 carriers, at rest 4-bit
-      core GEMM (scaled_gemm, grouped)        FP8 core tokens (scale per 64) × W, one row per cube
+      core tokens (fp8_quantize)              cube means → FP8, one scale per 64 channels
+    core GEMM (scaled_gemm, grouped)        FP8 core tokens × W, one row per cube
       delta GEMM (scaled_gemm)                + core term, low-rank up-projection, bias, in the epilogue
 - `dq::w8a8_linear`: INT8 weights per channel × INT8 activations per token (the 6Bit INT8 route).
 
@@ -19,7 +20,7 @@ import torch
 
 from .delta_quantize import delta_quantize
 from .expand_int4 import expand_int4
-from .fp8 import quantize_fp8
+from .fp8_quantize import quantize_fp8_groups
 from .int8_quantize import quantize_int8_tokens
 from .scaled_gemm import scaled_gemm
 from .smoothing import inverse_smooth
@@ -47,7 +48,7 @@ def w4a4_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, sm
     w, w_scale = expand_int4(qweight, scales)
     core_out = None
     if cube:
-        core_q, core_s = quantize_fp8(acts.core, CORE_GROUP)
+        core_q, core_s = quantize_fp8_groups(acts.core, CORE_GROUP)
         core_out = scaled_gemm(core_q, w, None, w_scale, a_group_scales=core_s, out_dtype=torch.float32)
     return scaled_gemm(acts.delta, w, acts.scale, w_scale, core=core_out, cube_of_row=acts.cube_of_row,
                        row_token=acts.row_token, down=_rows(down, acts.row_token), up=lora_up, bias=bias,

@@ -57,7 +57,7 @@ from .sage_quant import (SageInputs, sage_quantize, sage_quantize_reference,
 if triton is not None:
     from triton.tools.tensor_descriptor import TensorDescriptor
 
-    from .sage_quant import _round_to_e4m3
+    from .interpreter import round_to_e4m3 as round_to_e4m3_tl
 
 if triton is not None:
     import triton.language as tl
@@ -111,7 +111,7 @@ def sage_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
 
 def round_to_e4m3(x: torch.Tensor) -> torch.Tensor:
     """fp32 x (|x| <= 448) → the nearest E4M3 value (ties to even), in fp32: the same values as
-    `x.to(torch.float8_e4m3fn).float()`, with integer ops (what `sage_quant._round_to_e4m3` does in Triton)."""
+    `x.to(torch.float8_e4m3fn).float()`, with integer ops (what `interpreter.round_to_e4m3` does in Triton, imported here as `round_to_e4m3_tl`)."""
     bits = x.view(torch.int32)
     normal = ((bits + 0x7FFFF + ((bits >> 20) & 1)) & -1048576).view(torch.float32)
     ax = x.abs()
@@ -145,7 +145,7 @@ if triton is not None:
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)  # the same p that becomes P8
         if INTERPRET:
-            p = _round_to_e4m3(p)
+            p = round_to_e4m3_tl(p)
         return p.to(tl.float8e4nv), alpha, m_new, l_i
 
     @triton.jit

@@ -129,21 +129,7 @@ def sage_quantize_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s
 
 # ---- the Triton kernel -------------------------------------------------------------------------
 if triton is not None:
-
-    @triton.jit
-    def _round_to_e4m3(x):
-        """fp32 → the nearest E4M3 value, still in fp32 (ties to even). Only for the CPU
-        interpreter, whose own fp32→fp8 cast drops the carry when rounding crosses a power of two
-        (127.5 becomes 64, not 128); after this the cast is exact. On a GPU the cast is
-        cvt.rn.satfinite and this is compiled out."""
-        bits = x.to(tl.int32, bitcast=True)
-        lsb = (bits >> 20) & 1
-        normal = ((bits + 0x7FFFF + lsb) & -1048576).to(tl.float32, bitcast=True)  # keep 3 mantissa bits
-        # Below 2**-6 E4M3 is fixed point, multiples of 2**-9: round |x| with a magic add (on the
-        # magnitude: a negative x would drop below 2**14 into a finer binade).
-        ax = tl.abs(x)
-        sub = (ax + 16384.0) - 16384.0
-        return tl.where(ax < 0.015625, tl.where(x < 0, -sub, sub), normal)
+    from .interpreter import round_to_e4m3
 
     @triton.jit
     def _int8_block(x):
@@ -199,7 +185,7 @@ if triton is not None:
                 x = tl.where(valid[:, None], (x - vm[None, :]) * vinv[None, :], 0.0)
                 x = tl.minimum(tl.maximum(x, -448.0), 448.0)
                 if INTERPRET:
-                    x = _round_to_e4m3(x)
+                    x = round_to_e4m3(x)
                 v8 = tl.trans(x.to(tl.float8e4nv))  # [D, QB]: tokens contiguous in memory
                 tl.store(V8T + bh64 * HEAD_DIM * SK_PAD + d[:, None] * SK_PAD + rows[None, :], v8)
 

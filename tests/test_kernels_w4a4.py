@@ -229,6 +229,28 @@ def test_int8_token_quantizer_is_bit_exact(device):
         assert torch.equal(q.cpu(), ref_q) and torch.equal(s.cpu(), ref_s.reshape(-1))
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_fp8_group_quantizer_is_bit_exact(device):
+    """DeltaQuant's core tokens: the kernel's E4M3 values and scales equal quantize_fp8's."""
+    from dq_kernels.fp8_quantize import quantize_fp8_groups
+
+    gen = torch.Generator().manual_seed(13)
+    # 37 rows (not a multiple of the 32-row block), groups spanning 12 binades of scale.
+    x = torch.randn(37, 192, generator=gen) * torch.exp2(torch.randint(-6, 6, (37, 3, 1), generator=gen)
+                                                          ).repeat(1, 1, 64).reshape(37, 192)
+    x[4, 64:128] = 0.0                                   # an all-zero group: scale 0, values 0
+    x[6, :64] = torch.arange(64) * 7.0 + 0.5             # amax 441.5: quotients just off E4M3 ties
+    x[7, :64] = torch.linspace(-448.0, 448.0, 64)        # scale 1: values on and between the grid
+    x[8, :64] = torch.linspace(-1e-3, 1e-3, 64)          # E4M3's subnormal range after scaling
+    x[8, 0] = 448.0
+    for dtype in (torch.float32, torch.bfloat16):
+        q, s = quantize_fp8_groups(x.to(dtype).to(device), 64)
+        ref_q, ref_s = quantize_fp8(x.to(dtype), 64)
+        assert torch.equal(s.cpu(), ref_s)
+        # Compared as values: the interpreter's cast turns -0.0 into +0 (a zero either way in the GEMM).
+        assert torch.equal(q.cpu().float(), ref_q.float())
+
+
 def test_routed_or_rotated_layers_keep_the_reference():
     """6Bit-Diffusion's per-step route (and a Hadamard-rotated plan) must not reach kernels that
     know neither."""

@@ -162,6 +162,30 @@ def test_threshold_meets_the_target_bits_and_spends_it(target):
     assert d.predicted[safe & torch.isfinite(d.predicted)].min() > d.predicted[~safe].max()
 
 
+def test_threshold_meets_the_target_on_every_prompt():
+    # Three prompts whose predicted errors run high, middle and low: a threshold on the pooled
+    # evaluations would put the first prompt over the target while the average stays under it.
+    g = torch.Generator().manual_seed(3)
+    n = 300
+    prompt = torch.arange(n) // 100
+    pred = torch.rand(n, generator=g, dtype=torch.float64) * 0.5 + (2 - prompt).double() * 0.25
+    w = torch.randint(1, 4, (n,), generator=g).double() * 64
+    d = Decisions(pred, w, pred + 0.05, pred / 10, torch.zeros(n, dtype=torch.long),
+                  torch.zeros(n, dtype=torch.long), prompt)
+    c = choose_threshold(d, 4.5, 8.0, target_bits=6.0)
+    safe = d.predicted > c.threshold
+    per_prompt = [float((w[m] * torch.where(safe[m], 8.0, 4.5)).sum() / w[m].sum()) for m in (prompt == 0, prompt == 1, prompt == 2)]
+    assert c.met and max(per_prompt) <= 6.0 and max(per_prompt) == pytest.approx(c.worst_prompt_bits)
+    # Maximal: the next evaluation in line for INT8 would break the target of its own prompt.
+    nxt = int(torch.nonzero(~safe).flatten()[d.predicted[~safe].argmax()])
+    m = prompt == prompt[nxt]
+    assert per_prompt[int(prompt[nxt])] + float(w[nxt] * 3.5 / w[m].sum()) > 6.0
+    # Pooled, the same evaluations would have met the target with more INT8.
+    pooled = choose_threshold(Decisions(pred, w, pred + 0.05, pred / 10, d.layer, d.step), 4.5, 8.0, target_bits=6.0)
+    assert pooled.threshold < c.threshold and pooled.worst_prompt_bits == pytest.approx(pooled.bits)
+    assert c.bits < pooled.bits <= 6.0
+
+
 def test_threshold_for_an_error_budget_and_an_unreachable_target():
     d = _decisions()
     c = choose_threshold(d, 4.5, 8.0, error_budget=0.3)
@@ -448,3 +472,36 @@ def test_deltaquant_route_uses_the_cube_split_on_the_same_weights():
         assert q.last_route == route
     assert err["deltaquant"] < err["nvfp4"]
     assert set(q.tensor_names) == {"qweight", "block_scales", "tensor_scale"}
+
+
+def test_runtime_counts_each_generation_apart():
+    stats = RuntimeStats()
+    stats.count_route("int8", 64)
+    stats.count_route("nvfp4", 64)
+    stats.end_run()
+    stats.count_route("nvfp4", 128)
+    stats.end_run()
+    stats.end_run()  # a run with no routed layer adds nothing
+    assert stats.run_bits == [pytest.approx((8 + 4.5) / 2), pytest.approx(4.5)]
+    s = stats.summary()
+    assert s["max_run_bits"] == pytest.approx(6.25) and s["average_bits"] == pytest.approx((8 + 3 * 4.5) / 4)
+    stats.reset()
+    stats.count_route("int8", 1)
+    stats.end_run()
+    assert stats.run_bits == [8.0]
+
+
+def test_threshold_falls_back_to_the_average_when_a_prompt_cannot_meet_it():
+    # Prompt 0's forced (+inf) evaluations alone put it at 8 bits: no cut meets 6.0 on every prompt,
+    # so the target is met on the pooled average, and the choice says which.
+    n = 200
+    prompt = torch.arange(n) // 100
+    pred = torch.linspace(0, 1, n, dtype=torch.float64)
+    pred[:100] = math.inf
+    d = Decisions(pred, torch.ones(n, dtype=torch.float64), pred, pred, torch.zeros(n, dtype=torch.long),
+                  torch.zeros(n, dtype=torch.long), prompt)
+    c = choose_threshold(d, 4.5, 8.0, target_bits=6.5)
+    assert c.met and not c.every_prompt
+    assert c.bits <= 6.5 and c.worst_prompt_bits == pytest.approx(8.0)
+    safe = d.predicted > c.threshold
+    assert safe[:100].all() and 0 < int(safe[100:].sum()) < 100  # the rest spends the average

@@ -15,7 +15,8 @@ from torch.profiler import ProfilerActivity, profile
 import dq_kernels.linear_ops  # noqa: F401  (registers torch.ops.dq)
 import dq_kernels.scaled_gemm as scaled_gemm
 from dq_cli.kernel_bench import CUBE, RANK, SHAPES
-from dq_kernels.int4 import pack_int4, quantize_int4
+from dq_kernels.formats import KERNEL_INT4_FORMATS, quantize_int4_format
+from dq_kernels.int4 import pack_int4
 from dq_kernels.int8 import quantize_int8_rowwise
 
 
@@ -40,6 +41,7 @@ def main() -> None:
     ap.add_argument("--shapes", default="wan-a14b-480p")
     ap.add_argument("--rank", type=int, default=RANK)
     ap.add_argument("--cube", default=",".join(map(str, CUBE)), help="t,h,w")
+    ap.add_argument("--format", choices=KERNEL_INT4_FORMATS, default="int4_row", help="W4A4 weights and activations")
     ap.add_argument("--only", default=None, help="profile only this layer name")
     ap.add_argument("--no-w8a8", action="store_true")
     ap.add_argument("--epilogue", choices=["joined", "split", "auto"], default=None,
@@ -61,12 +63,12 @@ def main() -> None:
         down = (torch.randn(rank, k, device="cuda") / k**0.5).bfloat16()
         up = (torch.randn(n, rank, device="cuda") / rank**0.5).bfloat16()
         bias = torch.randn(n, device="cuda", dtype=torch.bfloat16)
-        codes, scales = quantize_int4(w.float() * smooth, 64, pow2_scales=True)
+        codes, scales = quantize_int4_format(w.float() * smooth, a.format, 64)
         packed = pack_int4(codes)
         wi8, swi = quantize_int8_rowwise(w)
         for name, fn in (
                 ("w4a4", lambda: torch.ops.dq.w4a4_linear(x, packed, scales, smooth, down, up, bias, 1, list(grid),
-                                                         cube)),
+                                                         cube, a.format)),
                 ("w8a8", lambda: torch.ops.dq.w8a8_linear(x, wi8, swi, smooth, bias))):
             if name == "w8a8" and a.no_w8a8:
                 continue
@@ -74,7 +76,7 @@ def main() -> None:
             import triton.testing
             wall = triton.testing.do_bench(fn, warmup=5, rep=30, return_mode="median")
             print(f"== {a.shapes} {layer} {m}x{k}->{n} {name} rank {rank} cube {cube} "
-                  f"epilogue {scaled_gemm.EPILOGUE}: "
+                  f"{a.format} epilogue {scaled_gemm.EPILOGUE}: "
                   f"{sum(times.values()):.3f} ms in kernels, {wall:.3f} ms per call", flush=True)
             for kname, ms in list(times.items())[:8]:
                 print(f"   {ms:8.3f} ms  {kname}")

@@ -93,8 +93,8 @@ def command(
         advance()
         draw.delta_similarity(plots / "delta_similarity.png", traj)
         advance()
-    achieved = {"bits": choice.bits, "safe_fraction": choice.safe_fraction, "mean_error": choice.mean_error,
-                "target_met": choice.met, "median_r2": median_r2(layers if not static else other),
+    achieved = {"bits": choice.bits, "worst_prompt_bits": choice.worst_prompt_bits, "safe_fraction": choice.safe_fraction, "mean_error": choice.mean_error,
+                "target_met": choice.met, "target_met_every_prompt": choice.every_prompt, "median_r2": median_r2(layers if not static else other),
                 "calibration": str(json_path), "tdc_skip_estimate": tdc_estimate}
     predictor = Predictor(layers=layers, threshold=choice.threshold, low_route=low_route, safe_route=SAFE_ROUTE,
                           kind="static" if static else "dynamic", target_bits=target, error_budget=budget,
@@ -110,14 +110,20 @@ def command(
     note(quiet, f"regressions E_rel(t) ≈ α·Γ(t−1) + β ({low_route}): median R² {achieved['median_r2']:.3f}"
                 + (f"; best {ranked[0]} ({fitted[ranked[0]].r2:.3f}), worst {ranked[-1]} "
                    f"({fitted[ranked[-1]].r2:.3f})" if ranked else ""))
+    if choice.met and not choice.every_prompt:
+        console.print(f"[yellow]warning:[/] {goal} cannot be met on every calibration prompt (the steps "
+                      f"without Γ(t−1) — the first, an expert's first, those after a TDC skip — take "
+                      f"{SAFE_ROUTE}); met on their average instead, {choice.worst_prompt_bits:.3f} bits on "
+                      "the prompt with the most")
     if not choice.met:
         console.print(f"[yellow]warning:[/] {goal} cannot be met (the steps without Γ(t−1) — the first, an "
                       f"expert's first, those after a TDC skip — alone take {SAFE_ROUTE}); using the closest mix")
     note(quiet, f"{kind}, {goal}: threshold {choice.threshold:.4g} on the predicted error → "
                 f"{SAFE_ROUTE} {100 * choice.safe_fraction:.1f}%, {low_route} {100 * (1 - choice.safe_fraction):.1f}%, "
-                f"{choice.bits:.2f} bits on average, mean E_rel {choice.mean_error:.4f}")
+                f"{choice.bits:.3f} bits on average ({choice.worst_prompt_bits:.3f} on the calibration prompt "
+                f"with the most), mean E_rel {choice.mean_error:.4f}")
     other_kind = "dynamic routing" if static else "static mix"
-    note(quiet, f"{other_kind} at the same {goal}: {other_choice.bits:.2f} bits, mean E_rel "
+    note(quiet, f"{other_kind} at the same {goal}: {other_choice.bits:.3f} bits, mean E_rel "
                 f"{other_choice.mean_error:.4f} (calibration set)")
     if tdc_estimate is not None:
         note(quiet, f"TDC at tau {spec.tdc.tau:g}, max {spec.tdc.max_skips} skips: would skip "

@@ -87,6 +87,8 @@ class RuntimeStats:
     route_calls: dict[str, int] = field(default_factory=dict)
     block_evals: int = 0      # block forwards requested (per stream)
     block_skips: int = 0
+    run_bits: list[float] = field(default_factory=list)  # average bits of each run closed by end_run()
+    _run_start: dict[str, float] = field(default_factory=dict, repr=False)
 
     def count_route(self, route: str, in_features: int) -> None:
         self.route_weight[route] = self.route_weight.get(route, 0.0) + in_features
@@ -94,10 +96,16 @@ class RuntimeStats:
 
     @property
     def average_bits(self) -> float | None:
-        total = sum(self.route_weight.values())
-        if not total:
-            return None
-        return sum(w * ROUTE_BITS.get(r, 16.0) for r, w in self.route_weight.items()) / total
+        return _bits(self.route_weight)
+
+    def end_run(self) -> None:
+        """Close one generation: the target bit width is a per-generation promise, so a bench
+        records each run's bits besides the average over all of them."""
+        since = {r: w - self._run_start.get(r, 0.0) for r, w in self.route_weight.items()}
+        bits = _bits(since)
+        if bits is not None:
+            self.run_bits.append(bits)
+        self._run_start = dict(self.route_weight)
 
     @property
     def skip_fraction(self) -> float:
@@ -109,7 +117,8 @@ class RuntimeStats:
                 "route_mix": {r: c / total for r, c in sorted(self.route_calls.items())} if total else {},
                 "route_calls": dict(sorted(self.route_calls.items())),
                 "block_evals": self.block_evals, "block_skips": self.block_skips,
-                "skip_fraction": self.skip_fraction}
+                "skip_fraction": self.skip_fraction,
+                "run_bits": list(self.run_bits), "max_run_bits": max(self.run_bits, default=None)}
 
     def line(self) -> str:
         s = self.summary()
@@ -122,6 +131,15 @@ class RuntimeStats:
         self.route_weight.clear()
         self.route_calls.clear()
         self.block_evals = self.block_skips = 0
+        self.run_bits.clear()
+        self._run_start.clear()
+
+
+def _bits(route_weight: dict[str, float]) -> float | None:
+    total = sum(route_weight.values())
+    if not total:
+        return None
+    return sum(w * ROUTE_BITS.get(r, 16.0) for r, w in route_weight.items()) / total
 
 
 # ---- the hook ---------------------------------------------------------------------------------------
