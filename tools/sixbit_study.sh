@@ -6,6 +6,9 @@
 # STUDY=16 instead benches the static mix, dynamic routing and dynamic + TDC on prompts 1-8 and 9-16
 # (seeds 0-7 each; about 45 minutes after the ~15-minute calibration), then dynamic + TDC at τ 0.12
 # on prompts 1-8: the README's 16-prompt table.
+# STUDY=tdc (after a STUDY=16 run in the same folder): dynamic routing with the per-prompt bit target,
+# and dynamic + TDC at τ in $TAUS (default "0.13 0.14 0.15"), each with a threshold fitted for its
+# own skips (predictor-fit with the TDC recipe), beside the static mix, on prompts 1-8 and 9-16.
 set -e
 S=${1:-out/sixbit_study}
 DQ=${DQ:-.venv/bin/dq}
@@ -22,6 +25,22 @@ PY
 sed "s/^  tau: 0.15$/  tau: 0.12/; s/^name: tiny_6bit_tdc$/name: tiny_6bit_tdc_tau012/" "$S/tdc.yaml" > "$S/tdc012.yaml"
 held() { grep -v '^#' recipes/prompts/dq-tiny-heldout.txt | grep -v '^$' | sed -n "$1,$2p" > "$S/prompts_$1-$2.txt"; }
 held 1 4; held 5 8; held 1 8; held 9 16
+if [ "${STUDY:-8}" = tdc ]; then
+  $DQ predictor-fit -r "$S/notdc.yaml" -c "$S/cal" -o "$S/pred_pp.json" --plots "$S/plots_pp" -q
+  $DQ quantize -r "$S/notdc.yaml" -c "$S/cal" -o "$S/dynamic_pp.safetensors" --predictor "$S/pred_pp.json" -q
+  ckpts=(-c "$S/static.safetensors" -c "$S/dynamic_pp.safetensors")
+  for t in ${TAUS:-0.13 0.14 0.15}; do
+    n=${t/0./}
+    sed "s/^  tau: 0.15$/  tau: $t/; s/^name: tiny_6bit_tdc$/name: tiny_6bit_tdc_tau$n/" "$S/tdc.yaml" > "$S/tdc_$n.yaml"
+    $DQ predictor-fit -r "$S/tdc_$n.yaml" -c "$S/cal" -o "$S/pred_tdc$n.json" --plots "$S/plots_tdc$n" -q
+    $DQ quantize -r "$S/tdc_$n.yaml" -c "$S/cal" -o "$S/dynamic_tdc$n.safetensors" --predictor "$S/pred_tdc$n.json" -q
+    ckpts+=(-c "$S/dynamic_tdc$n.safetensors")
+  done
+  for part in 1-8 9-16; do
+    $DQ bench --quality --prompts "$S/prompts_$part.txt" -n 8 "${ckpts[@]}" -o "$S/q3_$part" -q
+  done
+  exit 0
+fi
 $DQ calibrate -r tiny_6bit.yaml -o "$S/cal" -q
 $DQ predictor-fit -r "$S/notdc.yaml" -c "$S/cal" -o "$S/pred.json" --plots "$S/plots"
 $DQ predictor-fit -r "$S/notdc.yaml" -c "$S/cal" -o "$S/pred_static.json" --static --plots "$S/plots_static"
