@@ -8,7 +8,8 @@
 # on prompts 1-8: the README's 16-prompt table.
 # STUDY=tdc (after a STUDY=16 run in the same folder): dynamic routing with the per-prompt bit target,
 # and dynamic + TDC at τ in $TAUS (default "0.13 0.14 0.15"), each with a threshold fitted for its
-# own skips (predictor-fit with the TDC recipe), beside the static mix, on prompts 1-8 and 9-16.
+# own skips (predictor-fit with the TDC recipe) and with the one fitted without TDC, beside the
+# static mix, on prompts 1-8 and 9-16.
 set -e
 S=${1:-out/sixbit_study}
 DQ=${DQ:-.venv/bin/dq}
@@ -34,7 +35,9 @@ if [ "${STUDY:-8}" = tdc ]; then
     sed "s/^  tau: 0.15$/  tau: $t/; s/^name: tiny_6bit_tdc$/name: tiny_6bit_tdc_tau$n/" "$S/tdc.yaml" > "$S/tdc_$n.yaml"
     $DQ predictor-fit -r "$S/tdc_$n.yaml" -c "$S/cal" -o "$S/pred_tdc$n.json" --plots "$S/plots_tdc$n" -q
     $DQ quantize -r "$S/tdc_$n.yaml" -c "$S/cal" -o "$S/dynamic_tdc$n.safetensors" --predictor "$S/pred_tdc$n.json" -q
-    ckpts+=(-c "$S/dynamic_tdc$n.safetensors")
+    # The same τ with the threshold fitted without TDC: the INT8 steps forced after skips come on top.
+    $DQ quantize -r "$S/tdc_$n.yaml" -c "$S/cal" -o "$S/dyn_pp_tdc$n.safetensors" --predictor "$S/pred_pp.json" -q
+    ckpts+=(-c "$S/dynamic_tdc$n.safetensors" -c "$S/dyn_pp_tdc$n.safetensors")
   done
   for part in 1-8 9-16; do
     $DQ bench --quality --prompts "$S/prompts_$part.txt" -n 8 "${ckpts[@]}" -o "$S/q3_$part" -q
