@@ -128,6 +128,10 @@ class PredictorSpec(_Strict):
     routes: tuple[Literal["nvfp4", "int8", "deltaquant"], ...] = ("nvfp4", "int8")
     hadamard_block: Annotated[int, Field(ge=0, le=4096)] = 0
     refresh_ratio: Annotated[float, Field(gt=0.0)] | None = None
+    # Whether the threshold counts TDC's skips and the INT8 steps they force into the target. With
+    # false it is fitted as without TDC and those INT8 steps come on top (more bits, better
+    # quality on dq-tiny: README, "Bits per generation, and TDC at a 6-bit budget").
+    budget_tdc: bool = True
 
     @model_validator(mode="after")
     def _power_of_two(self) -> "PredictorSpec":

@@ -505,3 +505,18 @@ def test_threshold_falls_back_to_the_average_when_a_prompt_cannot_meet_it():
     assert c.bits <= 6.5 and c.worst_prompt_bits == pytest.approx(8.0)
     safe = d.predicted > c.threshold
     assert safe[:100].all() and 0 < int(safe[100:].sum()) < 100  # the rest spends the average
+
+
+def test_predictor_fit_budget_tdc_false_fits_as_without_tdc(sixbit, tmp_path):
+    """`predictor.budget_tdc: false`: the threshold ignores TDC's skips (the INT8 steps they force
+    come on top), so it is the threshold of the same recipe with TDC off."""
+    off = write_recipe(tmp_path / "off.yaml", {**sixbit.data, "tdc": {**sixbit.data["tdc"], "enabled": False}})
+    unbudgeted = write_recipe(tmp_path / "unbudgeted.yaml",
+                              {**sixbit.data, "predictor": {**sixbit.data["predictor"], "budget_tdc": False}})
+    for recipe, name in ((off, "off"), (unbudgeted, "unbudgeted")):
+        run_dq("predictor-fit", "-r", recipe, "-c", sixbit.tmp / "calib", "-o", tmp_path / f"{name}.json", "-q")
+    docs = {n: json.loads((tmp_path / f"{n}.json").read_text()) for n in ("off", "unbudgeted")}
+    budgeted = json.loads((sixbit.tmp / "pred.json").read_text())
+    assert docs["unbudgeted"]["threshold"] == docs["off"]["threshold"]
+    assert docs["unbudgeted"]["achieved"]["tdc_skip_estimate"] is None
+    assert budgeted["achieved"]["tdc_skip_estimate"] is not None  # the default counts TDC's replay

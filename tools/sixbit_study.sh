@@ -19,8 +19,11 @@ $PY -P - "$S" <<'PY'
 import sys, yaml
 from dq_cli.recipe import resolve
 src = yaml.safe_load(resolve("tiny_6bit.yaml")[1])
+# The study's fixed settings (the recipe's own have moved since): τ 0.15, and a threshold that counts
+# TDC's skips when TDC is on.
 for name, tdc in (("notdc", False), ("tdc", True)):
-    yaml.safe_dump({**src, "name": f"tiny_6bit_{name}", "tdc": {**src["tdc"], "enabled": tdc}},
+    yaml.safe_dump({**src, "name": f"tiny_6bit_{name}", "tdc": {**src["tdc"], "enabled": tdc, "tau": 0.15},
+                    "predictor": {**src["predictor"], "budget_tdc": True}},
                    open(f"{sys.argv[1]}/{name}.yaml", "w"), sort_keys=False)
 PY
 sed "s/^  tau: 0.15$/  tau: 0.12/; s/^name: tiny_6bit_tdc$/name: tiny_6bit_tdc_tau012/" "$S/tdc.yaml" > "$S/tdc012.yaml"
@@ -32,7 +35,7 @@ if [ "${STUDY:-8}" = tdc ]; then
   ckpts=(-c "$S/static.safetensors" -c "$S/dynamic_pp.safetensors")
   for t in ${TAUS:-0.13 0.14 0.15}; do
     n=${t/0./}
-    sed "s/^  tau: 0.15$/  tau: $t/; s/^name: tiny_6bit_tdc$/name: tiny_6bit_tdc_tau$n/" "$S/tdc.yaml" > "$S/tdc_$n.yaml"
+    sed "s/^  tau: .*$/  tau: $t/; s/^name: tiny_6bit_tdc$/name: tiny_6bit_tdc_tau$n/" "$S/tdc.yaml" > "$S/tdc_$n.yaml"
     $DQ predictor-fit -r "$S/tdc_$n.yaml" -c "$S/cal" -o "$S/pred_tdc$n.json" --plots "$S/plots_tdc$n" -q
     $DQ quantize -r "$S/tdc_$n.yaml" -c "$S/cal" -o "$S/dynamic_tdc$n.safetensors" --predictor "$S/pred_tdc$n.json" -q
     # The same τ with the threshold fitted without TDC: the INT8 steps forced after skips come on top.

@@ -78,7 +78,7 @@ def command(
         layers = fit_layers(traj, low_route, in_features, static=static)
         # With TDC on, the bits are counted as it will run: skipped block-steps run no layer, and the
         # step after a skip is forced to the safe route (replayed on the calibration trajectories).
-        skipped = _tdc_skips(traj, spec) if spec.tdc.enabled else None
+        skipped = _tdc_skips(traj, spec) if spec.tdc.enabled and pspec.budget_tdc else None
         tdc_estimate = float(skipped[_ran(traj)].float().mean()) if skipped is not None else None
         advance()
         d = decisions(traj, layers, low_route, static=static, skipped=skipped)
@@ -129,6 +129,9 @@ def command(
         note(quiet, f"TDC at tau {spec.tdc.tau:g}, max {spec.tdc.max_skips} skips: would skip "
                     f"{100 * tdc_estimate:.1f}% of block evaluations on the calibration trajectories "
                     "(counted in the bits above)")
+    elif spec.tdc.enabled:
+        note(quiet, "TDC is on and predictor.budget_tdc is false: the threshold ignores its skips; the "
+                    f"{SAFE_ROUTE} steps they force come on top of the bits above")
     note(quiet, f"plots: {', '.join(str(plots / n) for n in ('gamma_vs_error.png', 'bit_map.png', 'delta_similarity.png'))}"
                 f" (scatter: {len(drawn)} layers)")
     console.print(f"wrote {out}") if not quiet else typer.echo(str(out))
