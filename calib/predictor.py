@@ -264,7 +264,7 @@ def choose_threshold(d: Decisions, low_bits: float, safe_bits: float, target_bit
         k = int(torch.nonzero(ok).min()) if ok.any() else n
     met = bool(ok.any())
     threshold = float(p[k]) if k < n else -math.inf
-    worst = max(_prompt_bits(prompt, w, k, low_bits, safe_bits).values())
+    worst = float(_prompt_bits(prompt, w, k, low_bits, safe_bits).max())
     return Choice(threshold, float(bits[k]), worst, float(csum_w[k] / total), float(err[k]), met,
                   met and every_prompt)
 
@@ -285,11 +285,12 @@ def _last_cut_within(prompt: torch.Tensor, w: torch.Tensor, low_bits: float, saf
     return limit
 
 
-def _prompt_bits(prompt: torch.Tensor, w: torch.Tensor, k: int, low_bits: float, safe_bits: float) -> dict:
-    """Average bits per prompt when the first k sorted evaluations are safe."""
-    safe = torch.arange(w.numel()) < k
-    return {int(g): float((w[m] * torch.where(safe[m], safe_bits, low_bits)).sum() / w[m].sum())
-            for g in torch.unique(prompt) for m in [prompt == g]}
+def _prompt_bits(prompt: torch.Tensor, w: torch.Tensor, k: int, low_bits: float, safe_bits: float) -> torch.Tensor:
+    """Average bits of each prompt (that has evaluations) when the first k sorted evaluations are safe."""
+    total = torch.bincount(prompt, weights=w)
+    safe = torch.bincount(prompt[:k], weights=w[:k], minlength=total.numel())
+    has = total > 0
+    return (safe[has] * safe_bits + (total[has] - safe[has]) * low_bits) / total[has]
 
 
 def median_r2(layers: dict[str, LayerPredictor]) -> float:

@@ -107,6 +107,14 @@ def report(rows: list[QualityRow], env: dict, settings: dict) -> dict:
     return new_report("quality", env, settings, [asdict(r) for r in rows])
 
 
+def bits_cell(runtime: dict) -> str:
+    """A row's activation bits: the mean over its runs and, in brackets, the highest single run."""
+    if runtime.get("average_bits") is None:
+        return "—"
+    worst = runtime.get("max_run_bits")
+    return f"{runtime['average_bits']:.3f}" + (f" (≤ {worst:.3f})" if worst is not None else "")
+
+
 def markdown(doc: dict) -> str:
     lines = ["| config | mean layer rel. error | PSNR vs baseline (dB) | SSIM vs baseline | adherence (%) "
              "| act. bits (6Bit) | TDC skipped (%) |",
@@ -117,11 +125,8 @@ def markdown(doc: dict) -> str:
         a = "—" if r["adherence"] is None else f"{100 * r['adherence']:.1f}"
         e = "—" if r.get("layer_error") is None else f"{r['layer_error']:.4f}"
         rt = r.get("runtime") or {}
-        bits = "—" if rt.get("average_bits") is None else f"{rt['average_bits']:.3f}"
-        if rt.get("max_run_bits") is not None:
-            bits += f" (≤ {rt['max_run_bits']:.3f})"
         skip = "—" if not rt else f"{100 * rt['skip_fraction']:.1f}"
-        lines.append(f"| {r['config']} | {e} | {p} | {s} | {a} | {bits} | {skip} |")
+        lines.append(f"| {r['config']} | {e} | {p} | {s} | {a} | {bits_cell(rt)} | {skip} |")
     st = doc["settings"]
     lines += ["", f"{st['prompts']} prompts from {st['prompt_source']}, {st['steps']} steps, guidance "
                   f"{st['guidance']}, seeds {st['seed']}…{st['seed'] + st['prompts'] - 1}; device "

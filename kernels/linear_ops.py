@@ -6,7 +6,7 @@ custom ops (`torch.library`) so a model of `QuantLinear`s compiles without graph
       quantizer (dq_kernels.delta_quantize)   X → core tokens, E4M3 delta carriers, (X/λ)·L₂ᵀ
       weight expansion (expand_int4)          packed int4 → E4M3 carriers, at rest 4-bit
       core tokens (fp8_quantize)              cube means → FP8, one scale per 64 channels
-    core GEMM (scaled_gemm, grouped)        FP8 core tokens × W, one row per cube
+      core GEMM (scaled_gemm, grouped)        FP8 core tokens × W, one row per cube
       delta GEMM (scaled_gemm)                + core term, low-rank up-projection, bias, in the epilogue
 - `dq::w8a8_linear`: INT8 weights per channel × INT8 activations per token (the 6Bit INT8 route).
 

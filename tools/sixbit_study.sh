@@ -8,8 +8,8 @@
 # on prompts 1-8: the README's 16-prompt table.
 # STUDY=tdc (after a STUDY=16 run in the same folder): dynamic routing with the per-prompt bit target,
 # and dynamic + TDC at τ in $TAUS (default "0.13 0.14 0.15"), each with a threshold fitted for its
-# own skips (predictor-fit with the TDC recipe) and with the one fitted without TDC, beside the
-# static mix, on prompts 1-8 and 9-16.
+# own skips (predictor-fit with the TDC recipe) and with the one fitted without TDC, beside static
+# W4A4 and the static mix, on prompts 1-8 and 9-16.
 set -e
 S=${1:-out/sixbit_study}
 DQ=${DQ:-.venv/bin/dq}
@@ -32,7 +32,7 @@ held 1 4; held 5 8; held 1 8; held 9 16
 if [ "${STUDY:-8}" = tdc ]; then
   $DQ predictor-fit -r "$S/notdc.yaml" -c "$S/cal" -o "$S/pred_pp.json" --plots "$S/plots_pp" -q
   $DQ quantize -r "$S/notdc.yaml" -c "$S/cal" -o "$S/dynamic_pp.safetensors" --predictor "$S/pred_pp.json" -q
-  ckpts=(-c "$S/static.safetensors" -c "$S/dynamic_pp.safetensors")
+  ckpts=(-c "$S/w4a4.safetensors" -c "$S/static.safetensors" -c "$S/dynamic_pp.safetensors")
   for t in ${TAUS:-0.13 0.14 0.15}; do
     n=${t/0./}
     sed "s/^  tau: .*$/  tau: $t/; s/^name: tiny_6bit_tdc$/name: tiny_6bit_tdc_tau$n/" "$S/tdc.yaml" > "$S/tdc_$n.yaml"

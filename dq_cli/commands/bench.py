@@ -390,6 +390,8 @@ def _quality(baseline, checkpoints, model, run, prompts, num_prompts, device, qu
 
 
 def _print_quality(doc: dict) -> None:
+    from dq_cli import quality_bench as qb
+
     table = Table(title=f"dq bench --quality ({doc['settings']['prompts']} prompts)")
     for col in ("config", "layer err", "PSNR dB", "SSIM", "adherence %", "act bits", "TDC skip %"):
         table.add_column(col, justify="right")
@@ -399,7 +401,7 @@ def _print_quality(doc: dict) -> None:
                       "—" if r["psnr_db"] is None else f"{r['psnr_db']:.2f}",
                       "—" if r["ssim"] is None else f"{r['ssim']:.4f}",
                       "—" if r["adherence"] is None else f"{100 * r['adherence']:.1f}",
-                      "—" if rt.get("average_bits") is None else f"{rt['average_bits']:.2f}",
+                      qb.bits_cell(rt),
                       "—" if not rt else f"{100 * rt['skip_fraction']:.1f}")
     console.print(table)
 

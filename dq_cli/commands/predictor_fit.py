@@ -93,8 +93,9 @@ def command(
         advance()
         draw.delta_similarity(plots / "delta_similarity.png", traj)
         advance()
-    achieved = {"bits": choice.bits, "worst_prompt_bits": choice.worst_prompt_bits, "safe_fraction": choice.safe_fraction, "mean_error": choice.mean_error,
-                "target_met": choice.met, "target_met_every_prompt": choice.every_prompt, "median_r2": median_r2(layers if not static else other),
+    achieved = {"bits": choice.bits, "worst_prompt_bits": choice.worst_prompt_bits,
+                "safe_fraction": choice.safe_fraction, "mean_error": choice.mean_error, "target_met": choice.met,
+                "target_met_every_prompt": choice.every_prompt, "median_r2": median_r2(layers if not static else other),
                 "calibration": str(json_path), "tdc_skip_estimate": tdc_estimate}
     predictor = Predictor(layers=layers, threshold=choice.threshold, low_route=low_route, safe_route=SAFE_ROUTE,
                           kind="static" if static else "dynamic", target_bits=target, error_budget=budget,
