@@ -72,7 +72,10 @@ def apply_config(workload: Workload, config: str, recipe_overrides: dict[str, st
 
 
 def kernel_format(plan):
-    """The Hopper kernel's INT4 format for a plan's 4-bit weights and activations (int4_pow2 stays)."""
+    """The Hopper kernel's INT4 format for a plan's 4-bit weights and activations (int4_pow2 stays).
+    Weight-only layers keep theirs: dq::w4a16_linear runs every INT4 layout."""
+    if plan.activation == "none":
+        return plan
     fmt = {"int4": "int4_row", "nvfp4": "int4_row"}
     return replace(plan, weight=fmt.get(plan.weight, plan.weight), activation=fmt.get(plan.activation, plan.activation))
 

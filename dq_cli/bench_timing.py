@@ -147,9 +147,13 @@ def timed_run(workload: Workload, steps: int, clock: Clock) -> tuple[torch.Tenso
 
 class Compiled:
     """torch.compile on each transformer block (regional compilation, as diffusers'
-    `compile_repeated_blocks`). dq's quantized linears and the attention modules routed to dq's 8-bit
-    kernel run eagerly inside (graph breaks): their Python-side dispatch (forward state, cube
-    schedule, TorchFunctionMode) is not for tracing."""
+    `compile_repeated_blocks`). dq's quantized linears are traced into the blocks: their kernels are
+    custom ops, and the forward tracker resolves DeltaQuant's cube outside the blocks, so a block
+    recompiles once when the cube schedule moves on, not every step. The self-attention modules routed
+    to dq's 8-bit kernel run eagerly inside (graph breaks): dynamo cannot trace the tensor methods
+    that diffusers' processors call under the routing's TorchFunctionMode (`Tensor.unflatten`'s
+    `super()` call), so those modules' projections, norms and RoPE are not compiled either.
+    6Bit-Diffusion's per-step routing is not compiled (dq_cli/bench_e2e.py skips it)."""
 
     def __init__(self, adapter, backend: str):
         self.adapter, self.backend = adapter, backend
@@ -167,7 +171,7 @@ class Compiled:
             for _, module in model.named_modules():
                 registry = getattr(module, "_diffusers_hook", None)
                 routed = registry is not None and registry.get_hook(HOOK_NAME) is not None
-                if getattr(module, "is_quant_linear", False) or routed:
+                if routed:
                     self.wrapped.append((module, module.__dict__.get("forward")))
                     module.forward = torch.compiler.disable(module.forward, recursive=True)
             blocks = [b for _, b in transformer_blocks(model)]

@@ -9,6 +9,9 @@ custom ops (`torch.library`) so a model of `QuantLinear`s compiles without graph
       core GEMM (scaled_gemm, grouped)        FP8 core tokens × W, one row per cube
       delta GEMM (scaled_gemm)                + core term, low-rank up-projection, bias, in the epilogue
 - `dq::w8a8_linear`: INT8 weights per channel × INT8 activations per token (the 6Bit INT8 route).
+- `dq::w4a16_linear`: 4-bit weights (`int4`, `int4_pow2`, `int4_row`) with 16-bit activations, for
+  layers whose inputs are few and outlier-heavy (the text tokens' cross-attention K/V): the weight
+  expanded to BF16 terms on the fly, BF16 GEMMs with fp32 output.
 
 Each op's math is exactly QuantLinear's reference forward (dq_cli/quant/linear.py) up to float
 summation order; tests hold them to that.
@@ -21,11 +24,12 @@ import torch
 from .delta_quantize import delta_quantize
 from .expand_int4 import expand_int4
 from .fp8_quantize import quantize_fp8_groups
+from .int4 import dequantize_int4, unpack_int4
 from .int8_quantize import quantize_int8_tokens
 from .scaled_gemm import scaled_gemm
 from .smoothing import inverse_smooth
 
-__all__ = ["w4a4_linear", "w8a8_linear"]
+__all__ = ["w4a4_linear", "w4a16_linear", "w8a8_linear"]
 
 CORE_GROUP = 64
 
@@ -76,3 +80,49 @@ def w8a8_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, sm
 @w8a8_linear.register_fake
 def _(x, qweight, scales, smooth, bias):
     return x.new_empty(x.shape[0], qweight.shape[0])
+
+
+@torch.library.custom_op("dq::w4a16_linear", mutates_args=())
+def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None,
+                 weight_format: str) -> torch.Tensor:
+    """x [M, K] → y [M, N] in x's dtype: x · Ŵᵀ with Ŵ the 4-bit weight, packed at rest, the product
+    the reference's up to fp32 summation order and ~2**-16 relative per term:
+    - `int4_pow2` / `int4_row`: the E4M3 carriers of `expand_int4` (exact in BF16), scaled per row after;
+    - `int4` (free bf16 group scales): the dequantized weight as BF16 hi + lo, two GEMMs;
+    - x in BF16 is exact; another dtype is split into BF16 hi + lo as well."""
+    if weight_format == "int4":
+        w = dequantize_int4(unpack_int4(qweight), scales, qweight.shape[1] * 2 // scales.shape[1])
+        w_parts, w_scale = _bf16_parts(w), None
+    else:
+        carrier, w_scale = expand_int4(qweight, scales)
+        w_parts = [carrier.to(torch.bfloat16)]
+    y = None
+    for a in _bf16_parts(x):
+        for b in w_parts:
+            y = _mm_fp32(a, b) if y is None else y + _mm_fp32(a, b)
+    if w_scale is not None:
+        y *= w_scale[None, :]
+    if bias is not None:
+        y += bias.float()
+    return y.to(x.dtype)
+
+
+@w4a16_linear.register_fake
+def _(x, qweight, scales, bias, weight_format):
+    return x.new_empty(x.shape[0], qweight.shape[0])
+
+
+def _bf16_parts(t: torch.Tensor) -> list[torch.Tensor]:
+    """t as BF16 terms that sum to it within ~2**-17 relative: itself if BF16, else hi + lo."""
+    if t.dtype == torch.bfloat16:
+        return [t]
+    hi = t.to(torch.bfloat16)
+    return [hi, (t.float() - hi.float()).to(torch.bfloat16)]
+
+
+def _mm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a [M, K] · b [N, K]ᵀ, both BF16, summed and returned in fp32 (on the CPU, which has no such
+    GEMM, as the fp32 product of the same values)."""
+    if a.is_cuda:
+        return torch.mm(a, b.T, out_dtype=torch.float32)
+    return a.float() @ b.float().T

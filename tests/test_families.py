@@ -264,6 +264,34 @@ def test_forward_state_grid_text_offset_and_branches(family, adapters):
             assert call["hidden"][0] == 1 and call["branches"] == (("cond",), ("uncond",))[i % 2]
 
 
+def test_the_tracker_hands_each_forward_its_cube(family_dir):
+    """DeltaQuant's cube is resolved per forward by the tracker (outside compiled blocks), follows
+    the schedule through the steps, and is cleared after each forward."""
+    from dq_cli.models import load_model
+    from dq_cli.quant.apply import attach_state, set_submodule
+    from dq_cli.quant.linear import QuantLinear
+    from dq_cli.quant.plan import LayerPlan
+
+    adapter = load_model("wan", str(family_dir("wan")), device="cpu")
+    plan = LayerPlan(method="deltaquant", weight="int4_row", activation="int4_row", group_size=64, rank=0,
+                     smoothing=None, cubes=((0.5, (4, 1, 4)), (1.0, (2, 2, 4))), core="fp8")
+    model = adapter.transformers()["transformer"]
+    name = next(n for n, _ in model.named_modules() if n.endswith("blocks.0.attn1.to_q"))
+    layer = QuantLinear.from_linear(model.get_submodule(name), plan, name)
+    set_submodule(model, name, layer)
+    attach_state(adapter)
+    seen = []
+    layer.register_forward_pre_hook(lambda m, args: seen.append((adapter.state.step, m.cube)))
+    g = tm.GEN_KWARGS["wan"]
+    adapter.generate(PROMPT, steps=4, guidance=g["guidance_scale"], seed=0, frames=g["num_frames"],
+                     height=g["height"], width=g["width"])
+    steps = sorted({step for step, _ in seen})
+    assert steps, "the quantized layer never ran (expert boundary?)"
+    for step, cube in seen:
+        assert cube == ((4, 1, 4) if step / 4 < 0.5 else (2, 2, 4)), (step, cube)
+    assert layer.cube is None  # cleared after the forward: a stale cube cannot leak into other calls
+
+
 def _text_by_branch(calls) -> dict[str, torch.Tensor]:
     out = {}
     for call in calls:

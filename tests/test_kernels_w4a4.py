@@ -162,11 +162,17 @@ def both_paths(layer, x, monkeypatch):
     monkeypatch.setenv("DQ_KERNELS", "triton")  # on the CPU too, in the interpreter
     import dq_cli.quant.linear as linear_module
 
-    calls = []
+    taken = []
+
+    def kernel_forward(*args):
+        y = real(*args)
+        taken.append(y is not None)
+        return y
+
     real = linear_module.kernel_forward
-    monkeypatch.setattr(linear_module, "kernel_forward", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(linear_module, "kernel_forward", kernel_forward)
     got = layer(x)
-    assert calls, "the kernel path was not taken"
+    assert taken and all(taken), "the kernel path was not taken"
     return got, ref
 
 
@@ -196,6 +202,23 @@ def test_quant_linear_w8a8_kernel_matches_reference(device, monkeypatch):
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())  # int32 sums are exact
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("fmt", ["int4", "int4_pow2", "int4_row"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_quant_linear_w4a16_kernel_matches_reference(fmt, dtype, device, monkeypatch):
+    """Weight-only 4-bit (16-bit activations). Each product x·w is formed from BF16 terms that sum to
+    x and w within 2**-17 relative (exact for a BF16 x and for the carriers), so
+    |y - y_ref| <= 2**-15·Σ|x||w| (with slack for fp32 summation), plus the output's rounding to BF16."""
+    layer = quant_layer("rtn", fmt, act="none").to(device)
+    x = activations(90, 150, seed=15).reshape(1, 90, 150).to(device, dtype)
+    got, ref = both_paths(layer, x, monkeypatch)
+    w = layer.stored_weight()[:, :150]
+    bound = 2**-15 * (x.float().abs() @ w.abs().T) + 1e-30
+    if dtype == torch.bfloat16:
+        bound = bound + 2**-8 * ref.float().abs()
+    assert ((got.float() - ref.float()).abs() <= bound).all()
+
+
 def test_formats_without_a_kernel_keep_the_reference(monkeypatch):
     from dq_cli.quant.kernel_path import kernel_forward
 
@@ -212,6 +235,37 @@ def test_w4a4_custom_op_passes_opcheck(device):
             [2, 2, 4])
     torch.library.opcheck(torch.ops.dq.w4a4_linear.default, args,
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_compiled_block_with_a_deltaquant_layer_has_no_graph_breaks(device, monkeypatch):
+    """A block holding a QuantLinear on the kernel path compiles whole: the op is a custom op, the
+    cube is a resolved attribute, and the finite check (a host sync) is left out while tracing. It
+    recompiles once, when the cube schedule moves on, and gives the eager kernel path's output."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from dq_cli.models.base import ForwardState
+
+    monkeypatch.setenv("DQ_KERNELS", "triton")
+    monkeypatch.setenv("DQ_CHECK_FINITE", "1")  # on even on a GPU: compiled code must skip it, not break
+    layer = quant_layer("deltaquant", "int4_row", k=64, n=32, act="int4_row").to(device)
+    state = ForwardState(step=0, num_steps=4, grid=(2, 3, 5), in_forward=True)
+    layer.forward_state = state
+    block = torch.nn.Sequential(torch.nn.LayerNorm(64), layer).to(device)
+    x = activations(30, 64, seed=14).reshape(1, 30, 64).to(device)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(block, backend="aot_eager")
+    with torch.no_grad():
+        for step in range(4):  # cubes 4x1x4, 4x1x4, then 2x2x4, 2x2x4
+            state.step = step
+            layer.resolve_cube(state.progress)
+            got, want = compiled(x), block(x)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+    assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
+    assert counters["stats"]["unique_graphs"] == 2
+    torch._dynamo.reset()
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -7,7 +7,8 @@ Variants: W8A8, FP8, RTN / SmoothQuant / SVDQuant / DeltaQuant W4A4 (INT4 g64 an
 DeltaQuant cube-size and core-precision ablations, and scale-granularity ablations: free bf16
 group scales (int4, g64), power-of-two group scales (int4_pow2: what the Hopper kernel runs
 exactly on FP8 tensor cores) and one scale per token / output channel (int4_row), which the
-Hopper kernel also runs exactly, alone or with int4_pow2 weights.
+Hopper kernel also runs exactly, alone or with int4_pow2 weights; and the text tokens' cross-attention
+K/V at 4-bit weights with 16-bit activations instead of W8A8.
 """
 
 from __future__ import annotations
@@ -29,10 +30,15 @@ KV8 = [{"role": "cross_attn.k", "method": "rtn", "weight": "int8", "activation":
        {"role": "cross_attn.v", "method": "rtn", "weight": "int8", "activation": "int8"}]
 
 
-def variant(**default) -> dict:
+def kv_weight_only(fmt: str) -> list[dict]:
+    """The text tokens' K/V with 4-bit weights and 16-bit activations (dq::w4a16_linear)."""
+    return [{"role": role, "method": "rtn", "weight": fmt, "activation": "none"} for role in ("cross_attn.k", "cross_attn.v")]
+
+
+def variant(layers: list[dict] = KV8, **default) -> dict:
     recipe = copy.deepcopy(BASE)
     recipe["quantization"]["default"] = default
-    recipe["quantization"]["layers"] = KV8
+    recipe["quantization"]["layers"] = layers
     return recipe
 
 
@@ -56,6 +62,10 @@ VARIANTS = {
     "dq_pow2": variant(**{**DQ, "weight": "int4_pow2", "activation": "int4_pow2"}),
     "dq_row": variant(**{**DQ, "weight": "int4_row", "activation": "int4_row"}),
     "dq_pow2_w_row_a": variant(**{**DQ, "weight": "int4_pow2", "activation": "int4_row"}),
+    # the text K/V at 4 bits, weights only, instead of W8A8 (the checkpoint-size lever)
+    "dq_row_kv4_pow2": variant(kv_weight_only("int4_pow2"), **{**DQ, "weight": "int4_row", "activation": "int4_row"}),
+    "dq_row_kv4_row": variant(kv_weight_only("int4_row"), **{**DQ, "weight": "int4_row", "activation": "int4_row"}),
+    "dq_row_kv4_g64": variant(kv_weight_only("int4"), **{**DQ, "weight": "int4_row", "activation": "int4_row"}),
 }
 
 

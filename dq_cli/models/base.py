@@ -129,11 +129,21 @@ class ForwardTracker(ModelHook):
         state.branches = self.adapter.branches_of(context.name if context else None, batch)
         state.grid, state.text_tokens = self.adapter.grid_of(module, args, kwargs)
         state.in_forward = True
+        self._resolve_cubes(module, state.progress)
         return args, kwargs
 
     def post_forward(self, module, output):
         self.adapter.state.in_forward = False
+        self._resolve_cubes(module, None)
         return output
+
+    @staticmethod
+    def _resolve_cubes(module, progress: float | None) -> None:
+        """Hand each quantized layer its DeltaQuant cube for this forward (None after it), here
+        rather than in the layer: a compiled block then sees the cube, not the step."""
+        for layer in module.modules():
+            if getattr(layer, "is_quant_linear", False):
+                layer.resolve_cube(progress)
 
     def reset_state(self, module):
         self.state_manager.reset()

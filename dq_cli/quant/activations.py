@@ -34,8 +34,10 @@ def quantize_core(core: torch.Tensor, precision: str) -> torch.Tensor:
     raise ValueError(f"unknown core precision {precision!r}")
 
 
-def quantize_input(x: torch.Tensor, plan: LayerPlan, state: ForwardState | None, sees_video: bool) -> torch.Tensor:
-    """x [B, S, K] (K padded for the formats) → the rounded activations, fp32, same shape.
+def quantize_input(x: torch.Tensor, plan: LayerPlan, state: ForwardState | None, sees_video: bool,
+                   cube: tuple[int, int, int] | None = None) -> torch.Tensor:
+    """x [B, S, K] (K padded for the formats) → the rounded activations, fp32, same shape. `cube`:
+    DeltaQuant's cube size for this forward (default: from the state's progress).
 
     Under context parallelism (`state.shard`), x is this process's slice of the sequence and the
     result is that slice of what one process would compute (dq_cli/quant/sequence.py)."""
@@ -49,14 +51,16 @@ def quantize_input(x: torch.Tensor, plan: LayerPlan, state: ForwardState | None,
             amax = shard.all_max(v2.detach().float().abs().amax())
         return fake_quant(v2, plan.activation, plan.group_size, amax=amax).reshape(v.shape)
 
+    if cube is None and state is not None:
+        cube = cube_at(plan, state.progress)
     if plan.method == "deltaquant" and sees_video and _sharded_video(x, state):
-        core, deltas, ids = split_deltas_sharded(x, state.grid, cube_at(plan, state.progress), shard)
+        core, deltas, ids = split_deltas_sharded(x, state.grid, cube, shard)
         return quantize_core(core, plan.core)[:, ids] + flat(deltas)
     video = _video_slice(x, state) if plan.method == "deltaquant" and sees_video else None
     if video is None:
         return flat(x)
     out = flat(x) if (video.start > 0 or video.stop < x.shape[1]) else torch.empty_like(x, dtype=torch.float32)
-    core, deltas, ids = split_deltas(x[:, video], state.grid, cube_at(plan, state.progress))
+    core, deltas, ids = split_deltas(x[:, video], state.grid, cube)
     out[:, video] = quantize_core(core, plan.core)[:, ids] + flat(deltas)
     return out
 

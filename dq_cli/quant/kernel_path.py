@@ -5,6 +5,7 @@ reference math: on CUDA, for the formats the Hopper kernels implement exactly â€
   output channel / token (`int4_row`), in any pairing (RTN, SmoothQuant, SVDQuant, DeltaQuant with
   FP8 core tokens when every token of the sequence is a video token): `dq::w4a4_linear`;
 - `int8` weights and activations: `dq::w8a8_linear`;
+- INT4 weights (any of the three scale layouts, round-to-nearest) with 16-bit activations: `dq::w4a16_linear`;
 - NVFP4 weights (6Bit-Diffusion) on their NVFP4 / INT8 / 16-bit routes, Hadamard rotation
   included: exact BF16 carriers on cuBLAS (dq_cli/quant/carrier_path.py).
 
@@ -20,9 +21,8 @@ import os
 import torch
 import torch.nn.functional as F
 
-from dq_cli.quant.activations import cube_at
 from dq_cli.quant.carrier_path import carrier_forward
-from dq_kernels.formats import KERNEL_INT4_FORMATS
+from dq_kernels.formats import INT4_FORMATS, KERNEL_INT4_FORMATS
 
 W4A4_METHODS = ("rtn", "smoothquant", "svdquant", "deltaquant")
 
@@ -44,6 +44,11 @@ def kernel_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
     if plan.weight == plan.activation == "int8" and plan.method in ("rtn", "smoothquant"):
         y = torch.ops.dq.w8a8_linear(x.reshape(-1, x.shape[-1]), layer.qweight, layer.scales, layer.smooth, layer.bias)
         return y.reshape(*x.shape[:-1], -1)
+    if plan.weight in INT4_FORMATS and plan.activation == "none" and plan.method == "rtn":
+        k_pad = layer.qweight.shape[1] * 2
+        xp = F.pad(x, (0, k_pad - x.shape[-1])) if k_pad > x.shape[-1] else x
+        y = torch.ops.dq.w4a16_linear(xp.reshape(-1, k_pad), layer.qweight, layer.scales, layer.bias, plan.weight)
+        return y.reshape(*x.shape[:-1], -1)
     if not (plan.weight in KERNEL_INT4_FORMATS and plan.activation in KERNEL_INT4_FORMATS and plan.method in W4A4_METHODS):
         return None
     grid, cube = [], []
@@ -54,7 +59,7 @@ def kernel_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
         t, h, w = state.grid
         if state.text_tokens or t * h * w != x.shape[1]:
             return None  # tokens other than video in the sequence: the reference handles the split
-        grid, cube = [t, h, w], list(cube_at(plan, state.progress))
+        grid, cube = [t, h, w], list(layer.current_cube())
     k_pad = layer.qweight.shape[1] * 2
     pad = k_pad - x.shape[-1]
     xp = F.pad(x, (0, pad)) if pad else x

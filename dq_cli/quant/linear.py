@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from dq_cli.models.base import ForwardState
-from dq_cli.quant.activations import CORE_GROUP, quantize_input
+from dq_cli.quant.activations import CORE_GROUP, cube_at, quantize_input
 from dq_cli.quant.kernel_path import kernel_forward, wants_kernels
 from dq_cli.quant.plan import LayerPlan
 from dq_cli.quant.sequence import outlier_ratio
@@ -54,6 +54,10 @@ class QuantLinear(nn.Module):
         self.route: str | None = None
         self.refresh_ratio: float | None = None
         self.last_route: str | None = None
+        # DeltaQuant's cube (t, h, w) for the current forward, resolved by the model's forward tracker
+        # before the forward (`resolve_cube`), outside any compiled region: torch.compile then guards
+        # on the cube, which changes once or twice a run, not on the step, which changes every step.
+        self.cube: tuple[int, int, int] | None = None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, plan: LayerPlan, name: str, sees_video: bool = True,
@@ -106,8 +110,17 @@ class QuantLinear(nn.Module):
             w = w + self.lora_up.float() @ self.lora_down.float()
         return w / self.smooth.float() if self.smooth is not None else w
 
+    def resolve_cube(self, progress: float | None) -> None:
+        """Fix this forward's cube from the progress through sampling (None: unset)."""
+        self.cube = cube_at(self.plan, progress) if progress is not None else None
+
+    def current_cube(self) -> tuple[int, int, int]:
+        """The cube size for this forward: as resolved by the tracker, else from the forward state."""
+        return self.cube if self.cube is not None else cube_at(self.plan, self.forward_state.progress)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if finite_checks_on(x):
+        # The check reads a flag back to the host: not traced (a graph break) under torch.compile.
+        if not torch.compiler.is_compiling() and finite_checks_on(x):
             check_finite(x, self.name)
         shape = x.shape
         if wants_kernels(x):
@@ -126,7 +139,8 @@ class QuantLinear(nn.Module):
         w = self.stored_weight()
         # The weight is the same packed tensors whatever the route: the INT8 route multiplies 8-bit
         # activations by the 4-bit weight unpacked on the fly (no second copy of the weight).
-        xq = quantize_input(xin, plan, self.forward_state, self.sees_video)
+        cube = self.current_cube() if self.forward_state is not None else None
+        xq = quantize_input(xin, plan, self.forward_state, self.sees_video, cube)
         y += xq[..., : w.shape[1]] @ w.T
         if self.bias is not None:
             y += self.bias.float()
