@@ -53,6 +53,9 @@ from dq_cli.errors import DQError
 DEFAULT_PROMPT = "a red circle moving right on a blue background"  # dq-tiny's world
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 @dataclass
 class Options:
     steps: int = 2
@@ -60,6 +63,7 @@ class Options:
     seed: int = 0
     breakdown: bool = True
     compile_backend: str = "inductor"
+    compile_mode: str = "default"       # torch.compile's mode; "reduce-overhead" replays each block as a CUDA graph
     guidance: float | None = None
 
 
@@ -235,7 +239,7 @@ def measure(workload: Workload, row: Row, options: Options, log: Callable[[str],
     try:
         if row.compile and adapter.runtime is not None:
             raise Skip("6Bit's per-block routing and TDC decide in Python at every step: not compiled")
-        compiled = Compiled(adapter, options.compile_backend) if row.compile else nullcontext()
+        compiled = Compiled(adapter, options.compile_backend, options.compile_mode) if row.compile else nullcontext()
         with compiled:
             t0 = time.perf_counter()
             warmup = options.steps if options.warmup_steps is None else options.warmup_steps
@@ -319,6 +323,8 @@ def plan(*, model: str, resolution: str | None, configs: str | None, attention: 
     compiles = COMPILE_CHOICES.get(compile_.replace(" ", ""))
     if compiles is None:
         raise DQError(f"--compile {compile_}: expected off, on or off,on")
+    if options.compile_mode not in COMPILE_MODES:
+        raise DQError(f"--compile-mode {options.compile_mode}: expected one of {', '.join(COMPILE_MODES)}")
     if dtype not in ("auto", "bfloat16", "float16", "float32"):
         raise DQError(f"--dtype {dtype}: expected auto, bfloat16, float16 or float32")
     overrides = {}
@@ -359,6 +365,7 @@ def plan(*, model: str, resolution: str | None, configs: str | None, attention: 
                        "warmup_steps": options.steps if options.warmup_steps is None else options.warmup_steps,
                        "seed": seed, "configs": chosen, "attention": attentions,
                        "compile": ["on" if c else "off" for c in compiles], "compile_backend": options.compile_backend,
+                       "compile_mode": options.compile_mode,
                        "breakdown": options.breakdown, "recipes": overrides, "num_layers": num_layers}
     return Plan(info["model"], label, make, chosen, attentions, compiles, options, overrides, settings)
 

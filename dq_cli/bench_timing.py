@@ -155,10 +155,11 @@ class Compiled:
     `super()` call), so those modules' projections, norms and RoPE are not compiled either.
     6Bit-Diffusion's per-step routing is not compiled (dq_cli/bench_e2e.py skips it)."""
 
-    def __init__(self, adapter, backend: str):
-        self.adapter, self.backend = adapter, backend
+    def __init__(self, adapter, backend: str, mode: str = "default"):
+        self.adapter, self.backend, self.mode = adapter, backend, mode
         self.blocks: list[nn.Module] = []
         self.wrapped: list[tuple[nn.Module, object]] = []
+        self.handles: list = []
 
     def __enter__(self):
         import torch._dynamo
@@ -178,8 +179,11 @@ class Compiled:
             if not blocks:
                 raise DQError(f"torch.compile: found no transformer blocks in {type(model).__name__}")
             for block in blocks:
-                block.compile(backend=self.backend)
+                block.compile(backend=self.backend, mode=None if self.mode == "default" else self.mode)
                 self.blocks.append(block)
+            if self.mode == "reduce-overhead":  # CUDA graph replays may reuse the last forward's buffers
+                self.handles.append(model.register_forward_pre_hook(
+                    lambda *_: torch.compiler.cudagraph_mark_step_begin()))
         return self
 
     def summary(self) -> str:
@@ -187,7 +191,8 @@ class Compiled:
 
         graphs = counters["stats"].get("unique_graphs", 0)
         breaks = sum(counters["graph_break"].values())
-        return (f"torch.compile ({self.backend}): {len(self.blocks)} blocks compiled, {graphs} graphs, "
+        mode = "" if self.mode == "default" else f", mode {self.mode}"
+        return (f"torch.compile ({self.backend}{mode}): {len(self.blocks)} blocks compiled, {graphs} graphs, "
                 f"{breaks} graph breaks; {len(self.wrapped)} dq modules run eagerly inside")
 
     def __exit__(self, *exc):
@@ -195,6 +200,8 @@ class Compiled:
 
         for block in self.blocks:
             block._compiled_call_impl = None
+        for handle in self.handles:
+            handle.remove()
         for module, original in self.wrapped:
             if original is None:
                 del module.forward

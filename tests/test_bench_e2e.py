@@ -99,6 +99,29 @@ CALLS = {"wan": ({"transformer": 2, "transformer_2": 2}, 1), "wan-ti2v": ({"tran
          "ltx": ({"transformer": 2}, 2), "cogvideox": ({"transformer": 2}, 2)}
 
 
+def test_cuda_graph_mode_starts_a_new_graph_step_per_transformer_forward(family_dir, monkeypatch):
+    """With `--compile-mode reduce-overhead`, each transformer call first marks a new CUDA-graph step:
+    without it, a block's replay overwrote buffers a later access read (measured on an H200 with
+    LTX-Video). The hooks go away with the compiled blocks."""
+    from dq_cli.bench_timing import Compiled
+    from dq_cli.models import load_model
+
+    adapter = load_model("wan", str(family_dir("wan")), device="cpu")
+    marks = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    models = adapter.transformers()
+    before = {name: set(m._forward_pre_hooks) for name, m in models.items()}
+    with Compiled(adapter, "inductor", "reduce-overhead"):
+        for name, model in models.items():
+            added = [model._forward_pre_hooks[k] for k in set(model._forward_pre_hooks) - before[name]]
+            assert len(added) == 1
+            added[0](model, ())
+    assert len(marks) == len(models)
+    assert {name: set(m._forward_pre_hooks) for name, m in models.items()} == before
+    with Compiled(adapter, "inductor"):  # the default mode adds no hook
+        assert {name: set(m._forward_pre_hooks) for name, m in models.items()} == before
+
+
 @pytest.mark.parametrize("family", ["wan", "wan-ti2v", "ltx", "cogvideox"])
 def test_e2e_on_each_family_from_its_folder(family, family_dir, tmp_path):
     """The folder's configs only (random weights, the VAE's compression read from its config), the
@@ -329,6 +352,7 @@ def test_e2e_refuses_bad_choices_without_a_traceback(tmp_path):
         (("--model", "ltx-video", "--steps", "1"), "needs at least 2 steps"),
         (("--num-layers", "2"), "for the random-weight models only"),
         (("--attention", "flash"), "--attention flash"),
+        (("--compile-mode", "fast"), "--compile-mode fast: expected one of default, reduce-overhead"),
     ]
     for args, message in cases:
         result = run_dq("bench", "e2e", *args, "--device", "cpu", code=2)

@@ -70,6 +70,9 @@ def command(
                                    "512p (LTX-Video), 480p (CogVideoX-5B), or FRAMESxHEIGHTxWIDTH."),
     compile_: str = typer.Option("off", "--compile", help="e2e: torch.compile off, on, or off,on (both)."),
     compile_backend: str = typer.Option("inductor", "--compile-backend", help="e2e: torch.compile backend."),
+    compile_mode: str = typer.Option("default", "--compile-mode", help="e2e: torch.compile mode: default, "
+                                     "reduce-overhead (each compiled block replayed as a CUDA graph: no per-launch "
+                                     "host cost), max-autotune or max-autotune-no-cudagraphs."),
     warmup_steps: int = typer.Option(None, "--warmup-steps", min=0, help="e2e: steps of the warm-up run before "
                                      "the measured one, where compilation and autotuning happen (default: as many as "
                                      "--steps, so that every cube size, expert and shape is seen before timing)."),
@@ -131,7 +134,8 @@ def command(
     from dq_cli.session import load_quantized, sampling
     set_threads()
     if smoke or what == "e2e":
-        doc = _e2e(model, resolution, configs, attention, compile_, compile_backend, warmup_steps, breakdown, dtype,
+        doc = _e2e(model, resolution, configs, attention, compile_, compile_backend, compile_mode, warmup_steps,
+                   breakdown, dtype,
                    recipe_overrides, guidance, num_layers, steps, seed, frames, height, width, prompt, smoke,
                    pick_device(device if not smoke or device else "cpu"), out, quiet, command_line)
         return _finish(doc, out, as_json, quiet, baseline, limits)
@@ -263,7 +267,7 @@ def _merge(files: list[Path], out: Path | None, as_json: bool, quiet: bool, base
     _finish(doc, out, as_json, quiet, baseline, limits)
 
 
-def _e2e(model, resolution, configs, attention, compile_, compile_backend, warmup_steps, breakdown, dtype,
+def _e2e(model, resolution, configs, attention, compile_, compile_backend, compile_mode, warmup_steps, breakdown, dtype,
          recipe_overrides, guidance, num_layers, steps, seed, frames, height, width, prompt, smoke, device, out, quiet,
          command_line) -> dict:
     from dq_cli import bench_e2e as e2e
@@ -276,7 +280,8 @@ def _e2e(model, resolution, configs, attention, compile_, compile_backend, warmu
                     compile_=compile_, dtype=dtype, recipe_overrides=recipe_overrides, num_layers=num_layers,
                     frames=frames, height=height, width=width, prompt=prompt, device=device,
                     options=e2e.Options(steps=steps or 2, warmup_steps=warmup_steps, seed=seed, breakdown=breakdown,
-                                        compile_backend=compile_backend, guidance=guidance))
+                                        compile_backend=compile_backend, compile_mode=compile_mode,
+                                        guidance=guidance))
     plan.settings["smoke"] = smoke
     env = br.environment(device, command_line)
 
