@@ -129,21 +129,21 @@ class ForwardTracker(ModelHook):
         state.branches = self.adapter.branches_of(context.name if context else None, batch)
         state.grid, state.text_tokens = self.adapter.grid_of(module, args, kwargs)
         state.in_forward = True
-        self._resolve_cubes(module, state.progress)
+        self._resolve_cubes(state.progress)
         return args, kwargs
 
     def post_forward(self, module, output):
         self.adapter.state.in_forward = False
-        self._resolve_cubes(module, None)
+        self._resolve_cubes(None)
         return output
 
-    @staticmethod
-    def _resolve_cubes(module, progress: float | None) -> None:
+    def _resolve_cubes(self, progress: float | None) -> None:
         """Hand each quantized layer its DeltaQuant cube for this forward (None after it), here
-        rather than in the layer: a compiled block then sees the cube, not the step."""
-        for layer in module.modules():
-            if getattr(layer, "is_quant_linear", False):
-                layer.resolve_cube(progress)
+        rather than in the layer: a compiled block then sees the cube, not the step. The layers are
+        the ones `attach_state` listed (a walk over a Wan expert's 1,138 modules took ~2–5 ms);
+        any other QuantLinear reads its cube from the state's step."""
+        for layer in self.adapter.quant_layers.get(self.component, ()):
+            layer.resolve_cube(progress)
 
     def reset_state(self, module):
         self.state_manager.reset()
@@ -175,6 +175,7 @@ class Adapter:
         self.trained = True
         self.runtime = None  # 6Bit-Diffusion's run counters (dq_cli/quant/runtime.py), when installed
         self.attention = None  # AttentionStats once `set_attention` ran
+        self.quant_layers: dict[str, list] = {}  # component -> its QuantLinears (dq_cli.quant.apply.attach_state)
         for name, module in self.transformers().items():
             HookRegistry.check_if_exists_or_initialize(module).register_hook(ForwardTracker(self, name), TRACKER_HOOK)
 

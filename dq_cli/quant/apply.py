@@ -57,11 +57,13 @@ def quantize_model(adapter: Adapter, plans: dict[str, LayerPlan], calibration: C
 
 
 def attach_state(adapter: Adapter) -> None:
-    """Let every QuantLinear see the adapter's forward state (grid, step) for DeltaQuant's cubes."""
-    for model in adapter.transformers().values():
-        for module in model.modules():
-            if isinstance(module, QuantLinear):
-                module.forward_state = adapter.state
+    """Let every QuantLinear see the adapter's forward state (grid, step) for DeltaQuant's cubes, and
+    list them for the forward tracker, which hands each its cube before a forward."""
+    for component, model in adapter.transformers().items():
+        layers = [m for m in model.modules() if isinstance(m, QuantLinear)]
+        for layer in layers:
+            layer.forward_state = adapter.state
+        adapter.quant_layers[component] = layers
 
 
 def _fit(info: LinearInfo, linear: nn.Linear, plan: LayerPlan, calibration: Calibration | None) -> WeightFit:
