@@ -135,9 +135,8 @@ def command(
     set_threads()
     if smoke or what == "e2e":
         doc = _e2e(model, resolution, configs, attention, compile_, compile_backend, compile_mode, warmup_steps,
-                   breakdown, dtype,
-                   recipe_overrides, guidance, num_layers, steps, seed, frames, height, width, prompt, smoke,
-                   pick_device(device if not smoke or device else "cpu"), out, quiet, command_line)
+                   breakdown, dtype, recipe_overrides, guidance, num_layers, steps, seed, frames, height, width,
+                   prompt, smoke, pick_device(device if not smoke or device else "cpu"), out, quiet, command_line)
         return _finish(doc, out, as_json, quiet, baseline, limits)
     extra = [b for b in dict.fromkeys(attention) if b != "sdpa"]
     device = pick_device(device)
