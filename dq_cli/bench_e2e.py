@@ -47,13 +47,12 @@ from dq_cli import bench_report as br
 from dq_cli.bench import weights_bytes
 from dq_cli.bench_configs import CONFIGS, DEFAULT_CONFIGS, DQ_RECIPES, Skip, apply_config
 from dq_cli.bench_models import VAE_ATTRS, BenchModel
-from dq_cli.bench_timing import Clock, Compiled, ForwardTimer, run_breakdown, timed_run
+from dq_cli.bench_timing import Clock, ForwardTimer, run_breakdown, timed_run
+from dq_cli.compile import MODES as COMPILE_MODES
+from dq_cli.compile import RegionalCompile
 from dq_cli.errors import DQError
 
 DEFAULT_PROMPT = "a red circle moving right on a blue background"  # dq-tiny's world
-
-
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass
@@ -239,7 +238,8 @@ def measure(workload: Workload, row: Row, options: Options, log: Callable[[str],
     try:
         if row.compile and adapter.runtime is not None:
             raise Skip("6Bit's per-block routing and TDC decide in Python at every step: not compiled")
-        compiled = Compiled(adapter, options.compile_backend, options.compile_mode) if row.compile else nullcontext()
+        compiled = (RegionalCompile(adapter, options.compile_backend, options.compile_mode) if row.compile
+                    else nullcontext())
         with compiled:
             t0 = time.perf_counter()
             warmup = options.steps if options.warmup_steps is None else options.warmup_steps

@@ -269,6 +269,21 @@ def test_generate_attention_flag(dq, tmp_path):
     assert frames.is_file()
 
 
+def test_generate_compile_flag(dq, tmp_path, monkeypatch):
+    """`dq generate --compile on` compiles the blocks (aot_eager here: no C++ compiler needed) and gives
+    the eager video, frame for frame; a bad value exits 2 naming it."""
+    import numpy as np
+
+    bad = dq("generate", "-p", "a red circle", "--compile", "fast", "-o", tmp_path / "x.mp4", code=2)
+    assert "--compile fast: expected off, on or reduce-overhead" in bad.stdout + bad.stderr
+    small = ("-p", "a red circle moving right", "--steps", "2", "--frames", "4", "--height", "16", "--width", "16")
+    dq("generate", *small, "-o", tmp_path / "e.mp4", "--save-frames", tmp_path / "e.npy", "-q")
+    monkeypatch.setenv("DQ_COMPILE_BACKEND", "aot_eager")
+    ok = dq("generate", *small, "-o", tmp_path / "c.mp4", "--save-frames", tmp_path / "c.npy", "--compile", "on")
+    assert "torch.compile (aot_eager): 6 blocks compiled, 1 graphs, 0 graph breaks" in ok.stdout + ok.stderr
+    assert np.array_equal(np.load(tmp_path / "c.npy"), np.load(tmp_path / "e.npy"))
+
+
 @pytest.mark.slow
 def test_bench_attention_rows(dq, tmp_path):
     import json

@@ -103,7 +103,7 @@ def test_cuda_graph_mode_starts_a_new_graph_step_per_transformer_forward(family_
     """With `--compile-mode reduce-overhead`, each transformer call first marks a new CUDA-graph step:
     without it, a block's replay overwrote buffers a later access read (measured on an H200 with
     LTX-Video). The hooks go away with the compiled blocks."""
-    from dq_cli.bench_timing import Compiled
+    from dq_cli.compile import RegionalCompile
     from dq_cli.models import load_model
 
     adapter = load_model("wan", str(family_dir("wan")), device="cpu")
@@ -111,14 +111,14 @@ def test_cuda_graph_mode_starts_a_new_graph_step_per_transformer_forward(family_
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
     models = adapter.transformers()
     before = {name: set(m._forward_pre_hooks) for name, m in models.items()}
-    with Compiled(adapter, "inductor", "reduce-overhead"):
+    with RegionalCompile(adapter, "inductor", "reduce-overhead"):
         for name, model in models.items():
             added = [model._forward_pre_hooks[k] for k in set(model._forward_pre_hooks) - before[name]]
             assert len(added) == 1
             added[0](model, ())
     assert len(marks) == len(models)
     assert {name: set(m._forward_pre_hooks) for name, m in models.items()} == before
-    with Compiled(adapter, "inductor"):  # the default mode adds no hook
+    with RegionalCompile(adapter, "inductor"):  # the default mode adds no hook
         assert {name: set(m._forward_pre_hooks) for name, m in models.items()} == before
 
 

@@ -42,6 +42,9 @@ def command(
     tdc: bool = typer.Option(None, "--tdc/--no-tdc", help="Turn the Temporal Delta Cache on or off (default: "
                              "the checkpoint's recipe)."),
     attention: str = ATTENTION_OPTION,
+    compile_: str = typer.Option("off", "--compile", help="torch.compile the transformer blocks: off, on, or "
+                                 "reduce-overhead (each block replayed as a CUDA graph: no per-launch host cost). "
+                                 "The first steps pay for compilation; worth it for long or repeated runs."),
     context_parallel: int = typer.Option(None, "--context-parallel", min=1, help="Split the token sequence over "
                                          "N processes (Wan 2.2, LTX-Video, dq-tiny; Ulysses attention): start dq "
                                          "with `torchrun --nproc-per-node N -m dq_cli generate ...`."),
@@ -64,6 +67,10 @@ def command(
     if image is not None and not image.is_file():
         raise DQError(f"--image {image}: no such file")
     check_attention(attention)
+    if compile_ not in ("off", "on", "reduce-overhead"):
+        raise DQError(f"--compile {compile_}: expected off, on or reduce-overhead")
+    if compile_ != "off" and context_parallel and context_parallel > 1:
+        raise DQError("--compile: not with --context-parallel (the sequence split is not traced)")
     from dq_cli.parallel import enable_context_parallel, launched
     from dq_cli.parallel import world as process_world
     from dq_cli.session import sampling
@@ -98,11 +105,13 @@ def command(
         # After dq's own hooks: diffusers' split must run outside them.
         split = enable_context_parallel(adapter, world, context_parallel) if world is not None else None
         first_frame = load_image(image) if image is not None else None
+        compiled = _compiled(adapter, compile_)
         start = time.perf_counter()
-        with progress_bar(quiet, "denoising", run.steps) as advance:
+        with compiled, progress_bar(quiet, "denoising", run.steps) as advance:
             video = adapter.generate(prompt, negative_prompt=run.negative_prompt, image=first_frame, steps=run.steps,
                                      guidance=run.guidance, seed=run.seed, frames=run.frames, height=run.height,
                                      width=run.width, on_step=lambda s: advance())
+            compile_line = compiled.summary() if compile_ != "off" else None  # before the context resets dynamo
         elapsed = time.perf_counter() - start
         if world is not None and not world.is_main:
             return
@@ -117,7 +126,23 @@ def command(
             note(quiet, adapter.runtime.line())
         if split is not None:
             note(quiet, split.line())
+        if compile_line is not None:
+            note(quiet, compile_line)
         console.print(f"wrote {out}") if not quiet else typer.echo(str(out))
+
+
+def _compiled(adapter, choice: str):
+    """The compile context for --compile (a no-op for off)."""
+    from contextlib import nullcontext
+
+    from dq_cli.compile import RegionalCompile, default_backend
+
+    if choice == "off":
+        return nullcontext()
+    if getattr(adapter, "runtime", None) is not None:
+        raise DQError("--compile: 6Bit-Diffusion's per-step routing and TDC decide in Python at every step; "
+                      "generate without --compile")
+    return RegionalCompile(adapter, default_backend(), "reduce-overhead" if choice == "reduce-overhead" else "default")
 
 
 def _load_adapter(checkpoint, spec, model, predictor, tdc, device: str, quiet: bool):

@@ -1,0 +1,85 @@
+"""torch.compile for a model's transformer blocks, shared by `dq generate --compile` and `dq bench e2e
+--compile on`: regional compilation (each block compiled once for all, as diffusers'
+`compile_repeated_blocks`), entered and left as a context so the model is unchanged afterwards."""
+
+from __future__ import annotations
+
+import os
+
+from torch import nn
+
+from dq_cli.errors import DQError
+
+MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def default_backend() -> str:
+    """inductor, unless DQ_COMPILE_BACKEND names another (tests use aot_eager: no C++ compile)."""
+    return os.environ.get("DQ_COMPILE_BACKEND", "inductor")
+
+
+class RegionalCompile:
+    """torch.compile on each transformer block (regional compilation, as diffusers'
+    `compile_repeated_blocks`). dq's quantized linears are traced into the blocks: their kernels are
+    custom ops, and the forward tracker resolves DeltaQuant's cube outside the blocks, so a block
+    recompiles once when the cube schedule moves on, not every step. The self-attention modules routed
+    to dq's 8-bit kernel run eagerly inside (graph breaks): dynamo cannot trace the tensor methods
+    that diffusers' processors call under the routing's TorchFunctionMode (`Tensor.unflatten`'s
+    `super()` call), so those modules' projections, norms and RoPE are not compiled either.
+    6Bit-Diffusion's per-step routing is not compiled (`dq bench e2e` skips it, `dq generate` refuses).
+    `mode` is torch.compile's; with "reduce-overhead" each transformer call first begins a new CUDA
+    graph step, without which a block's replay overwrote buffers still in use (LTX-Video, H200)."""
+
+    def __init__(self, adapter, backend: str, mode: str = "default"):
+        self.adapter, self.backend, self.mode = adapter, backend, mode
+        self.blocks: list[nn.Module] = []
+        self.wrapped: list[tuple[nn.Module, object]] = []
+        self.handles: list = []
+
+    def __enter__(self):
+        import torch._dynamo
+        from dq_cli.attention import HOOK_NAME
+        from dq_cli.quant.runtime import transformer_blocks
+
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
+        for model in self.adapter.transformers().values():
+            for _, module in model.named_modules():
+                registry = getattr(module, "_diffusers_hook", None)
+                routed = registry is not None and registry.get_hook(HOOK_NAME) is not None
+                if routed:
+                    self.wrapped.append((module, module.__dict__.get("forward")))
+                    module.forward = torch.compiler.disable(module.forward, recursive=True)
+            blocks = [b for _, b in transformer_blocks(model)]
+            if not blocks:
+                raise DQError(f"torch.compile: found no transformer blocks in {type(model).__name__}")
+            for block in blocks:
+                block.compile(backend=self.backend, mode=None if self.mode == "default" else self.mode)
+                self.blocks.append(block)
+            if self.mode == "reduce-overhead":  # CUDA graph replays may reuse the last forward's buffers
+                self.handles.append(model.register_forward_pre_hook(
+                    lambda *_: torch.compiler.cudagraph_mark_step_begin()))
+        return self
+
+    def summary(self) -> str:
+        from torch._dynamo.utils import counters
+
+        graphs = counters["stats"].get("unique_graphs", 0)
+        breaks = sum(counters["graph_break"].values())
+        mode = "" if self.mode == "default" else f", mode {self.mode}"
+        return (f"torch.compile ({self.backend}{mode}): {len(self.blocks)} blocks compiled, {graphs} graphs, "
+                f"{breaks} graph breaks; {len(self.wrapped)} dq modules run eagerly inside")
+
+    def __exit__(self, *exc):
+        import torch._dynamo
+
+        for block in self.blocks:
+            block._compiled_call_impl = None
+        for handle in self.handles:
+            handle.remove()
+        for module, original in self.wrapped:
+            if original is None:
+                del module.forward
+            else:
+                module.forward = original
+        torch._dynamo.reset()
