@@ -59,6 +59,13 @@ def _unsupported(q, k, v, attn_mask, dropout_p, is_causal, enable_gqa) -> str | 
     return supports(q, k, v)
 
 
+# Tensor methods that torch implements in Python through `super()`: under a TorchFunctionMode dynamo
+# cannot trace those calls (a graph break in every compiled block; pytorch/pytorch#179853, fixed
+# upstream by #183850), while their functional forms trace. Same results. (Compared by identity: a
+# dict keyed by the methods is not looked up under dynamo.)
+_FUNCTIONAL = ((torch.Tensor.unflatten, torch.unflatten), (torch.Tensor.split, torch.split))
+
+
 class Sage8Mode(torch.overrides.TorchFunctionMode):
     """Inside it, `F.scaled_dot_product_attention(q, k, v, ...)` runs the 8-bit kernel when it can."""
 
@@ -80,6 +87,9 @@ class Sage8Mode(torch.overrides.TorchFunctionMode):
                 self.stats.routed += 1
                 return sage_attention(q, k, v, call.get("scale"))
             self.stats.fallback[reason] += 1
+        for method, functional in _FUNCTIONAL:
+            if func is method:
+                return functional(*args, **kwargs)
         return func(*args, **kwargs)
 
 

@@ -516,9 +516,8 @@ NOTES = {
                  "module in one extra run; linears = every nn.Linear / QuantLinear; attention = attention modules "
                  "less their linears (SDPA or the 8-bit kernel, QK norms, RoPE); other = the rest (norms, "
                  "modulation, activations, embeddings, guidance, scheduler).",
-    "compile": "torch.compile: each transformer block compiled (regional), dq's quantized linears traced into "
-               "it (custom ops); self-attention modules routed to dq's 8-bit attention run eagerly inside "
-               "(a graph break each).",
+    "compile": "torch.compile: each transformer block compiled (regional), dq's quantized linears and 8-bit "
+               "attention traced into it (custom ops).",
     "sizes": "weights = parameters and buffers as held in memory; checkpoint = the state dict as a safetensors "
              "file (tensors and header; dq's metadata not counted).",
     "peak": "peak = torch.cuda.max_memory_allocated over the measured run, every resident transformer included; "

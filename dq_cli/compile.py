@@ -20,12 +20,11 @@ def default_backend() -> str:
 
 class RegionalCompile:
     """torch.compile on each transformer block (regional compilation, as diffusers'
-    `compile_repeated_blocks`). dq's quantized linears are traced into the blocks: their kernels are
-    custom ops, and the forward tracker resolves DeltaQuant's cube outside the blocks, so a block
-    recompiles once when the cube schedule moves on, not every step. The self-attention modules routed
-    to dq's 8-bit kernel run eagerly inside (graph breaks): dynamo cannot trace the tensor methods
-    that diffusers' processors call under the routing's TorchFunctionMode (`Tensor.unflatten`'s
-    `super()` call), so those modules' projections, norms and RoPE are not compiled either.
+    `compile_repeated_blocks`), with dq's modules traced into the blocks, no graph breaks:
+    - quantized linears: their kernels are custom ops, and the forward tracker resolves DeltaQuant's
+      cube outside the blocks, so a block recompiles once when the cube schedule moves on;
+    - 8-bit attention: the routing's TorchFunctionMode traces (dq_cli/attention.py), and the op is a
+      custom op.
     6Bit-Diffusion's per-step routing is not compiled (`dq bench e2e` skips it, `dq generate` refuses).
     `mode` is torch.compile's; with "reduce-overhead" each transformer call first begins a new CUDA
     graph step, without which a block's replay overwrote buffers still in use (LTX-Video, H200)."""
@@ -33,23 +32,15 @@ class RegionalCompile:
     def __init__(self, adapter, backend: str, mode: str = "default"):
         self.adapter, self.backend, self.mode = adapter, backend, mode
         self.blocks: list[nn.Module] = []
-        self.wrapped: list[tuple[nn.Module, object]] = []
         self.handles: list = []
 
     def __enter__(self):
         import torch._dynamo
-        from dq_cli.attention import HOOK_NAME
         from dq_cli.quant.runtime import transformer_blocks
 
         torch._dynamo.reset()
         torch._dynamo.utils.counters.clear()
         for model in self.adapter.transformers().values():
-            for _, module in model.named_modules():
-                registry = getattr(module, "_diffusers_hook", None)
-                routed = registry is not None and registry.get_hook(HOOK_NAME) is not None
-                if routed:
-                    self.wrapped.append((module, module.__dict__.get("forward")))
-                    module.forward = torch.compiler.disable(module.forward, recursive=True)
             blocks = [b for _, b in transformer_blocks(model)]
             if not blocks:
                 raise DQError(f"torch.compile: found no transformer blocks in {type(model).__name__}")
@@ -68,7 +59,7 @@ class RegionalCompile:
         breaks = sum(counters["graph_break"].values())
         mode = "" if self.mode == "default" else f", mode {self.mode}"
         return (f"torch.compile ({self.backend}{mode}): {len(self.blocks)} blocks compiled, {graphs} graphs, "
-                f"{breaks} graph breaks; {len(self.wrapped)} dq modules run eagerly inside")
+                f"{breaks} graph breaks")
 
     def __exit__(self, *exc):
         import torch._dynamo
@@ -77,9 +68,4 @@ class RegionalCompile:
             block._compiled_call_impl = None
         for handle in self.handles:
             handle.remove()
-        for module, original in self.wrapped:
-            if original is None:
-                del module.forward
-            else:
-                module.forward = original
         torch._dynamo.reset()

@@ -333,13 +333,16 @@ def _run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> tor
 
 @torch.library.custom_op("dq::sage8_attention", mutates_args=())
 def sage8_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """softmax(scale · q kᵀ) v with 8-bit Q/K (INT8) and P/V (FP8); [B, H, S, D], q's dtype out."""
-    return _run(q, k, v, scale)
+    """softmax(scale · q kᵀ) v with 8-bit Q/K (INT8) and P/V (FP8); [B, H, S, D], q's dtype out,
+    contiguous whatever q's strides (the fake below promises that layout to torch.compile)."""
+    return _run(q, k, v, scale).contiguous()
 
 
 @sage8_attention_op.register_fake
 def _(q, k, v, scale):
-    return torch.empty_like(q)
+    # Not empty_like(q): a transposed q (diffusers' [B, S, H, D] → [B, H, S, D]) would give the traced
+    # graph q's strides while the kernels return a contiguous tensor; a later view then failed.
+    return q.new_empty(q.shape)
 
 
 def sage_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:

@@ -282,6 +282,14 @@ def test_generate_compile_flag(dq, tmp_path, monkeypatch):
     ok = dq("generate", *small, "-o", tmp_path / "c.mp4", "--save-frames", tmp_path / "c.npy", "--compile", "on")
     assert "torch.compile (aot_eager): 6 blocks compiled, 1 graphs, 0 graph breaks" in ok.stdout + ok.stderr
     assert np.array_equal(np.load(tmp_path / "c.npy"), np.load(tmp_path / "e.npy"))
+    # The 8-bit attention traces too: its routing mode, its counters (replayed) and its op, whose
+    # output layout the fake kernel must state (a transposed q once broke a view after it).
+    for compile_ in ("off", "on"):
+        run = dq("generate", *small, "-o", tmp_path / f"s{compile_}.mp4", "--save-frames", tmp_path / f"s{compile_}.npy",
+                 "--attention", "sage8", "--compile", compile_)
+        assert "attention sage8: 24 self-attention calls in 8 bits" in run.stdout + run.stderr
+    assert ", 0 graph breaks" in run.stdout + run.stderr
+    assert np.array_equal(np.load(tmp_path / "son.npy"), np.load(tmp_path / "soff.npy"))
 
 
 @pytest.mark.slow

@@ -150,9 +150,12 @@ def test_e2e_on_each_family_from_its_folder(family, family_dir, tmp_path):
         sage = [r for r in rows if r["attention"] == "sage8"]
         # head dim 12 is not the kernel's: counted and left on SDPA, and said
         assert all(r["attention_stats"]["fallback"] for r in sage)
-        compiled = {r["attention"]: " ".join(r["notes"]) for r in rows if r["config"] == "w4a4" and r["compile"]}
-        assert "; 0 dq modules run eagerly inside" in compiled["sdpa"]  # the quantized linears are traced
-        assert "; 4 dq modules run eagerly inside" in compiled["sage8"]  # the routed attn1 of 2 experts x 2 blocks
+        # BF16 blocks, with SDPA or routed to the 8-bit attention, compile whole (the W4A4 rows here run
+        # the CPU's reference path, which is not for tracing; its kernel path is held to no breaks in
+        # tests/test_kernels_w4a4.py)
+        for attention in ("sdpa", "sage8"):
+            row = next(r for r in rows if r["config"] == "bf16" and r["compile"] and r["attention"] == attention)
+            assert "blocks compiled" in " ".join(row["notes"]) and ", 0 graph breaks" in " ".join(row["notes"])
         # speed-ups against bf16 with SDPA in the same compile mode, whatever the row's attention
         base = {r["compile"]: r["forward_ms"] for r in rows if r["config"] == "bf16" and r["attention"] == "sdpa"}
         for r in rows:
