@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from .bf16_terms import bf16_terms, mm_fp32
 from .delta_quantize import delta_quantize
 from .expand_int4 import expand_int4
 from .fp8_quantize import quantize_fp8_groups
@@ -92,14 +93,11 @@ def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, b
     - x in BF16 is exact; another dtype is split into BF16 hi + lo as well."""
     if weight_format == "int4":
         w = dequantize_int4(unpack_int4(qweight), scales, qweight.shape[1] * 2 // scales.shape[1])
-        w_parts, w_scale = _bf16_parts(w), None
+        w_terms, w_scale = bf16_terms(w), None
     else:
         carrier, w_scale = expand_int4(qweight, scales)
-        w_parts = [carrier.to(torch.bfloat16)]
-    y = None
-    for a in _bf16_parts(x):
-        for b in w_parts:
-            y = _mm_fp32(a, b) if y is None else y + _mm_fp32(a, b)
+        w_terms = [carrier]
+    y = sum(mm_fp32(a, b) for a in bf16_terms(x) for b in w_terms)
     if w_scale is not None:
         y *= w_scale[None, :]
     if bias is not None:
@@ -111,18 +109,3 @@ def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, b
 def _(x, qweight, scales, bias, weight_format):
     return x.new_empty(x.shape[0], qweight.shape[0])
 
-
-def _bf16_parts(t: torch.Tensor) -> list[torch.Tensor]:
-    """t as BF16 terms that sum to it within ~2**-17 relative: itself if BF16, else hi + lo."""
-    if t.dtype == torch.bfloat16:
-        return [t]
-    hi = t.to(torch.bfloat16)
-    return [hi, (t.float() - hi.float()).to(torch.bfloat16)]
-
-
-def _mm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a [M, K] · b [N, K]ᵀ, both BF16, summed and returned in fp32 (on the CPU, which has no such
-    GEMM, as the fp32 product of the same values)."""
-    if a.is_cuda:
-        return torch.mm(a, b.T, out_dtype=torch.float32)
-    return a.float() @ b.float().T

@@ -140,7 +140,7 @@ class ForwardTracker(ModelHook):
     def _resolve_cubes(self, progress: float | None) -> None:
         """Hand each quantized layer its DeltaQuant cube for this forward (None after it), here
         rather than in the layer: a compiled block then sees the cube, not the step. The layers are
-        the ones `attach_state` listed (a walk over a Wan expert's 1,138 modules took ~2–5 ms);
+        the ones `attach_state` listed (walking a Wan expert's 1,138 modules took 5–10 ms on the CPU);
         any other QuantLinear reads its cube from the state's step."""
         for layer in self.adapter.quant_layers.get(self.component, ()):
             layer.resolve_cube(progress)

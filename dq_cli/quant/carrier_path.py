@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from dq_kernels.bf16_terms import bf16_terms, mm_fp32
 from dq_kernels.int8 import quantize_int8_rowwise
 from dq_kernels.nvfp4 import nvfp4_carrier, unpack_fp4, weight_carrier
 from dq_kernels.smoothing import apply_smooth
@@ -37,23 +38,14 @@ def carrier_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
     k = w.shape[1]  # the route's padding may exceed the weight's: scales see it, the GEMM does not
     if plan.activation == "nvfp4":
         a, a_scale = nvfp4_carrier(xin)
-        out = _carrier_mm(a[:, :k], w) * a_scale
+        out = mm_fp32(a[:, :k], w) * a_scale
     elif plan.activation == "int8":
         q, a_scale = quantize_int8_rowwise(xin)
-        out = _carrier_mm(q[:, :k].float(), w) * a_scale
+        out = mm_fp32(q[:, :k], w) * a_scale
     else:
-        hi = xin[:, :k].to(torch.bfloat16).float()
-        out = _carrier_mm(hi, w) + _carrier_mm(xin[:, :k] - hi, w)
+        out = sum(mm_fp32(term, w) for term in bf16_terms(xin[:, :k]))
     y += (out * layer.tensor_scale).reshape(y.shape)
     if layer.bias is not None:
         y += layer.bias.float()
     return y
 
-
-def _carrier_mm(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """a [M, K] rounded to BF16 (exact for a carrier) · w [N, K]ᵀ (a carrier), in fp32. On CUDA one
-    BF16 GEMM with fp32 output; elsewhere the fp32 product of the same values (the CPU has no
-    fp32-output BF16 GEMM, and this path only runs there in tests)."""
-    if a.is_cuda:
-        return torch.mm(a.to(torch.bfloat16), w.to(torch.bfloat16).T, out_dtype=torch.float32)
-    return a.to(torch.bfloat16).float() @ w.T

@@ -45,9 +45,9 @@ def kernel_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
         y = torch.ops.dq.w8a8_linear(x.reshape(-1, x.shape[-1]), layer.qweight, layer.scales, layer.smooth, layer.bias)
         return y.reshape(*x.shape[:-1], -1)
     if plan.weight in INT4_FORMATS and plan.activation == "none" and plan.method == "rtn":
-        k_pad = layer.qweight.shape[1] * 2
-        xp = F.pad(x, (0, k_pad - x.shape[-1])) if k_pad > x.shape[-1] else x
-        y = torch.ops.dq.w4a16_linear(xp.reshape(-1, k_pad), layer.qweight, layer.scales, layer.bias, plan.weight)
+        k = layer.qweight.shape[1] * 2  # packed two codes a byte, K padded
+        y = torch.ops.dq.w4a16_linear(_pad_k(x, k).reshape(-1, k), layer.qweight, layer.scales, layer.bias,
+                                      plan.weight)
         return y.reshape(*x.shape[:-1], -1)
     if not (plan.weight in KERNEL_INT4_FORMATS and plan.activation in KERNEL_INT4_FORMATS and plan.method in W4A4_METHODS):
         return None
@@ -60,11 +60,14 @@ def kernel_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
         if state.text_tokens or t * h * w != x.shape[1]:
             return None  # tokens other than video in the sequence: the reference handles the split
         grid, cube = [t, h, w], list(layer.current_cube())
-    k_pad = layer.qweight.shape[1] * 2
-    pad = k_pad - x.shape[-1]
-    xp = F.pad(x, (0, pad)) if pad else x
-    smooth = F.pad(layer.smooth, (0, pad), value=1.0) if layer.smooth is not None and pad else layer.smooth
-    down = F.pad(layer.lora_down, (0, pad)) if layer.lora_down is not None and pad else layer.lora_down
-    y = torch.ops.dq.w4a4_linear(xp.reshape(-1, k_pad), layer.qweight, layer.scales, smooth, down, layer.lora_up,
+    k = layer.qweight.shape[1] * 2
+    y = torch.ops.dq.w4a4_linear(_pad_k(x, k).reshape(-1, k), layer.qweight, layer.scales,
+                                 _pad_k(layer.smooth, k, 1.0), _pad_k(layer.lora_down, k), layer.lora_up,
                                  layer.bias, x.shape[0], grid, cube, plan.activation)
     return y.reshape(*x.shape[:-1], -1)
+
+
+def _pad_k(t: torch.Tensor | None, k: int, value: float = 0.0) -> torch.Tensor | None:
+    """t with columns of `value` appended up to the packed weight's K (none: t itself)."""
+    pad = k - t.shape[-1] if t is not None else 0
+    return F.pad(t, (0, pad), value=value) if pad else t
