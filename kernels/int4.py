@@ -50,7 +50,7 @@ def _groups(x: torch.Tensor, group_size: int) -> torch.Tensor:
     return x.reshape(*x.shape[:-1], x.shape[-1] // group_size, group_size)
 
 
-def _pow2_ceil(v: torch.Tensor) -> torch.Tensor:
+def pow2_ceil(v: torch.Tensor) -> torch.Tensor:
     """Smallest power of two >= v (v >= 0, fp32); 0 stays 0."""
     mantissa, exponent = torch.frexp(v)  # v = mantissa * 2**exponent, mantissa in [0.5, 1)
     # An exact power of two has mantissa 0.5 and is its own ceiling.
@@ -66,7 +66,7 @@ def quantize_int4(
     xg = _groups(x.float(), group_size)
     scale = xg.abs().amax(dim=-1, keepdim=True) / INT4_MAX
     if pow2_scales:
-        scale = _pow2_ceil(scale)
+        scale = pow2_ceil(scale)
         floor = scale.amax(dim=-2, keepdim=True) * 2.0**-POW2_SPAN
         scale = torch.maximum(scale, floor)
     scale_bf16 = scale.to(torch.bfloat16)

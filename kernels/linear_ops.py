@@ -5,8 +5,9 @@ custom ops (`torch.library`) so a model of `QuantLinear`s compiles without graph
   (power-of-two group scales) or `int4_row` (one scale per output channel / token):
       quantizer (dq_kernels.delta_quantize)   X → core tokens, E4M3 delta carriers, (X/λ)·L₂ᵀ
       weight expansion (expand_int4)          packed int4 → E4M3 carriers, at rest 4-bit
-      core tokens (fp8_quantize)              cube means → FP8, one scale per 64 channels
-      core GEMM (scaled_gemm, grouped)        FP8 core tokens × W, one row per cube
+      core tokens (fp8_quantize)              cube means → FP8, one power-of-two scale per 64 channels,
+                                              handed on as BF16 carriers (exact)
+      core GEMM (cuBLAS BF16, fp32 out)       core tokens × W, one row per cube
       delta GEMM (scaled_gemm)                + core term, low-rank up-projection, bias, in the epilogue
 - `dq::w8a8_linear`: INT8 weights per channel × INT8 activations per token (the 6Bit INT8 route).
 - `dq::w4a16_linear`: 4-bit weights (`int4`, `int4_pow2`, `int4_row`) with 16-bit activations, for
@@ -24,7 +25,7 @@ import torch
 from .bf16_terms import bf16_terms, mm_fp32
 from .delta_quantize import delta_quantize
 from .expand_int4 import expand_int4
-from .fp8_quantize import quantize_fp8_groups
+from .fp8_quantize import fp8_group_carriers
 from .int4 import dequantize_int4, unpack_int4
 from .int8_quantize import quantize_int8_tokens
 from .scaled_gemm import scaled_gemm
@@ -53,8 +54,10 @@ def w4a4_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, sm
     w, w_scale = expand_int4(qweight, scales)
     core_out = None
     if cube:
-        core_q, core_s = quantize_fp8_groups(acts.core, CORE_GROUP)
-        core_out = scaled_gemm(core_q, w, None, w_scale, a_group_scales=core_s, out_dtype=torch.float32)
+        # The FP8 core tokens' products exactly on BF16 tensor cores (fp8_quantize): a GEMM on the
+        # E4M3 values needs a scale per 64 columns inside its K loop, which ran the 2,048 core rows
+        # of 4x1x4 cubes at Wan A14B 480p far below the FP8 rate (README, "Kernels").
+        core_out = mm_fp32(fp8_group_carriers(acts.core, CORE_GROUP), w) * w_scale[None, :]
     return scaled_gemm(acts.delta, w, acts.scale, w_scale, core=core_out, cube_of_row=acts.cube_of_row,
                        row_token=acts.row_token, down=_rows(down, acts.row_token), up=lora_up, bias=bias,
                        out_dtype=x.dtype)

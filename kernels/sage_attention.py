@@ -299,6 +299,13 @@ def sage_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sca
 # ---- dispatch and the custom op ----------------------------------------------------------------
 _last_path = {"path": None, "reason": None}
 _warned: set[str] = set()
+_op_calls = [0]  # executions of dq::sage8_attention (counted in the op: in compiled graphs too)
+
+
+def op_calls() -> int:
+    """How many times `dq::sage8_attention` has run in this process, eager or inside a compiled graph
+    (CUDA graph replays run no Python: under them it counts the recorded calls only)."""
+    return _op_calls[0]
 
 
 def last_path() -> dict:
@@ -335,6 +342,7 @@ def _run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> tor
 def sage8_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
     """softmax(scale · q kᵀ) v with 8-bit Q/K (INT8) and P/V (FP8); [B, H, S, D], q's dtype out,
     contiguous whatever q's strides (the fake below promises that layout to torch.compile)."""
+    _op_calls[0] += 1
     return _run(q, k, v, scale).contiguous()
 
 

@@ -290,6 +290,7 @@ def _scaled_gemm_body(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, core_ptr, c
 # less than the split's extra MMAs until the rank grows.
 EPILOGUE = "auto"
 SPLIT_FROM_RANK = 64
+LORA_CHUNK = 32  # ranks per MMA of the split epilogue
 
 
 def _prune(configs, named_args, **kwargs):
@@ -346,7 +347,7 @@ def scaled_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor | None, 
         down.contiguous() if down is not None else dummy, up.contiguous() if up is not None else dummy,
         bias if bias is not None else dummy, m, n, k, a.stride(0), b.stride(0), c.stride(0),
         A_GROUPED=grouped, HAS_A_SCALE=scale_a is not None and not grouped, HAS_CORE=core is not None,
-        ROW_MAP=row_token is not None, NC=r // 2 if fuse else 16, FUSE=fuse, SPLIT=split, RC=min(32, r),
+        ROW_MAP=row_token is not None, NC=r // 2 if fuse else 16, FUSE=fuse, SPLIT=split, RC=min(LORA_CHUNK, r),
         HAS_LORA=up is not None, HAS_BIAS=bias is not None, R=r,
         IEEE_DOTS=interpreting() or (up is not None and up.dtype == torch.float32), ACC_INT=a.dtype == torch.int8,
         PROMOTE=promote and a.dtype == torch.float8_e4m3fn)

@@ -288,7 +288,9 @@ def test_generate_compile_flag(dq, tmp_path, monkeypatch):
         run = dq("generate", *small, "-o", tmp_path / f"s{compile_}.mp4", "--save-frames", tmp_path / f"s{compile_}.npy",
                  "--attention", "sage8", "--compile", compile_)
         assert "attention sage8: 24 self-attention calls in 8 bits" in run.stdout + run.stderr
-    assert ", 0 graph breaks" in run.stdout + run.stderr
+    # One graph for the six blocks: a per-module forward (a diffusers hook) made dynamo recompile for
+    # each block, and the routed-call counter, read while tracing, at every call.
+    assert "6 blocks compiled, 1 graphs, 0 graph breaks" in run.stdout + run.stderr
     assert np.array_equal(np.load(tmp_path / "son.npy"), np.load(tmp_path / "soff.npy"))
 
 

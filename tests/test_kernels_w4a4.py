@@ -286,9 +286,12 @@ def test_int8_token_quantizer_is_bit_exact(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_fp8_group_quantizer_is_bit_exact(device):
-    """DeltaQuant's core tokens: the kernel's E4M3 values and scales equal quantize_fp8's."""
-    from dq_kernels.fp8_quantize import quantize_fp8_groups
+@pytest.mark.parametrize("pow2", [False, True])
+def test_fp8_group_quantizer_is_bit_exact(device, pow2):
+    """DeltaQuant's core tokens: the kernel's E4M3 values and scales equal quantize_fp8's, and with
+    power-of-two scales its BF16 carriers equal the dequantized values exactly."""
+    from dq_kernels.fp8 import dequantize_fp8
+    from dq_kernels.fp8_quantize import fp8_group_carriers, quantize_fp8_groups
 
     gen = torch.Generator().manual_seed(13)
     # 37 rows (not a multiple of the 32-row block), groups spanning 12 binades of scale.
@@ -300,11 +303,16 @@ def test_fp8_group_quantizer_is_bit_exact(device):
     x[8, :64] = torch.linspace(-1e-3, 1e-3, 64)          # E4M3's subnormal range after scaling
     x[8, 0] = 448.0
     for dtype in (torch.float32, torch.bfloat16):
-        q, s = quantize_fp8_groups(x.to(dtype).to(device), 64)
-        ref_q, ref_s = quantize_fp8(x.to(dtype), 64)
+        q, s = quantize_fp8_groups(x.to(dtype).to(device), 64, pow2_scales=pow2)
+        ref_q, ref_s = quantize_fp8(x.to(dtype), 64, pow2_scales=pow2)
         assert torch.equal(s.cpu(), ref_s)
         # Compared as values: the interpreter's cast turns -0.0 into +0 (a zero either way in the GEMM).
         assert torch.equal(q.cpu().float(), ref_q.float())
+        if pow2:
+            assert (torch.frexp(ref_s[ref_s > 0])[0] == 0.5).all()  # powers of two
+            carriers = fp8_group_carriers(x.to(dtype).to(device), 64)
+            assert carriers.dtype == torch.bfloat16
+            assert torch.equal(carriers.cpu().float(), dequantize_fp8(ref_q, ref_s, 64))
 
 
 def test_routed_or_rotated_layers_keep_the_reference():

@@ -13,7 +13,9 @@ from dq_kernels.delta_cubes import split_deltas
 from dq_kernels.fp8 import dequantize_fp8, quantize_fp8
 from dq_kernels.int4 import dequantize_int4, quantize_int4
 
-CORE_GROUP = 64  # core tokens: FP8 with one scale per 64 channels (the paper's setting)
+# Core tokens: FP8 with one scale per 64 channels (the paper's setting), the scales powers of two
+# (dq_kernels.fp8: no loss, and the kernels' core GEMM runs them exactly in BF16).
+CORE_GROUP = 64
 PAPER_CUBES = ((0.3, (4, 1, 4)), (1.0, (4, 2, 8)))
 
 
@@ -28,7 +30,7 @@ def quantize_core(core: torch.Tensor, precision: str) -> torch.Tensor:
     if precision == "bf16":
         return core.to(torch.bfloat16).float()
     if precision == "fp8":
-        return dequantize_fp8(*quantize_fp8(core, CORE_GROUP), CORE_GROUP)
+        return dequantize_fp8(*quantize_fp8(core, CORE_GROUP, pow2_scales=True), CORE_GROUP)
     if precision == "int4":
         return dequantize_int4(*quantize_int4(core, CORE_GROUP), CORE_GROUP)
     raise ValueError(f"unknown core precision {precision!r}")

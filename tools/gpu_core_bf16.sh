@@ -1,0 +1,38 @@
+# GPU session (2026-11-30, sixth): DeltaQuant's core tokens on an exact BF16 GEMM (power-of-two FP8
+# scales) instead of the grouped FP8 GEMM. Logs and reports in $OUT.
+#   PART=kernels  the GPU kernel tests, tools/probe_core_gemm.py, `dq bench kernels` at Wan A14B 480p,
+#                 rank 128, in both of the recipe's cube sizes
+#   PART=quality  tools/profile_linear.py at rank 128 and 4x1x4 cubes; dq-tiny 16 held-out prompts with the Wan recipe's settings (compare_methods
+#                 dq_row_kv4_g64); then 8 Wan A14B blocks at 480p, BF16 and W4A4 × SDPA and sage8 ×
+#                 compile off and on
+#   PART=full     the full-size Wan A14B at 480p, BF16 and W4A4, SDPA, eager
+source tools/gpu_env.sh || exit 1
+L=$OUT/log.txt
+{ nvidia-smi --query-gpu=name,driver_version --format=csv; python -c "import torch,triton;print(torch.__version__,triton.__version__)"; } > $L 2>&1
+case "${PART:-kernels}" in
+kernels)
+  echo "== gpu tests $(date +%T)" >> $L
+  timeout -s KILL 170 python -P -m pytest -m gpu -q tests/test_kernels_w4a4.py >> $L 2>&1
+  echo "== probe $(date +%T)" >> $L
+  timeout -s KILL 150 python -P tools/probe_core_gemm.py >> $L 2>&1
+  for c in 4,1,4 4,2,8; do
+    echo "== bench kernels cube $c $(date +%T)" >> $L
+    timeout -s KILL 100 python -P -m dq_cli bench kernels --shapes wan-a14b-480p --w4a4-format int4_row --rank 128 \
+      --cube $c --out $OUT/kernels_r128_${c//,/} -q >> $L 2>&1
+  done ;;
+quality)
+  echo "== profile $(date +%T)" >> $L
+  timeout -s KILL 90 python -P tools/profile_linear.py --shapes wan-a14b-480p --rank 128 --cube 4,1,4 --no-w8a8 >> $L 2>&1
+  echo "== compare_methods $(date +%T)" >> $L
+  timeout -s KILL 260 python -P tools/compare_methods.py --out /tmp/cmp --prompts 16 --jobs 3 --only dq_row_kv4_g64 >> $L 2>&1
+  cp /tmp/cmp/quality.md /tmp/cmp/quality.json $OUT/ 2>/dev/null
+  echo "== 8 blocks $(date +%T)" >> $L
+  timeout -s KILL 280 python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p --num-layers 8 \
+    --configs bf16,w4a4 --attention sdpa,sage8 --compile off,on --steps 10 --warmup-steps 4 --no-breakdown \
+    --out $OUT/wan480_8blocks >> $L 2>&1 ;;
+full)
+  echo "== full size $(date +%T)" >> $L
+  timeout -s KILL 540 python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p --configs bf16,w4a4 \
+    --attention sdpa --compile off --steps 10 --warmup-steps 4 --out $OUT/wan480_full >> $L 2>&1 ;;
+esac
+echo "== done $(date +%T)" >> $L
