@@ -74,9 +74,12 @@ def expand_int4_kernel(packed_ptr, ratio_ptr, out_ptr, N, K,
     tl.store(out_ptr + rows[:, None] * K + cols[None, :], codes.to(out_ptr.dtype.element_ty), mask=out_mask)
 
 
-def expand_int4(packed: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def expand_int4(packed: torch.Tensor, scales: torch.Tensor,
+                dtype: torch.dtype = torch.float8_e4m3fn) -> tuple[torch.Tensor, torch.Tensor]:
     """packed uint8 [N, K/2] with power-of-two scales [N, K/64] (`int4_pow2`) or one scale per row
-    [N, 1] (`int4_row`) → (E4M3 carrier [N, K], fp32 row scale [N])."""
+    [N, 1] (`int4_row`) → (E4M3 carrier [N, K], fp32 row scale [N]). `dtype=torch.bfloat16` stores the
+    same carriers in BF16 (exact) for a BF16 GEMM: PyTorch's E4M3 → BF16 cast of the expanded weight
+    took 0.09–0.23 ms at Wan A14B's shapes on an H200, this kernel 0.01–0.03."""
     n, k = packed.shape[0], packed.shape[1] * 2
     per_row = scales.shape == (n, 1)
     if not per_row and scales.shape != (n, k // GROUP):
@@ -85,7 +88,7 @@ def expand_int4(packed: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tenso
         row, ratio = scales.float().reshape(-1), None
     else:
         row, ratio = carrier_ratios(scales)
-    out = torch.empty(n, k, dtype=torch.float8_e4m3fn, device=packed.device)
+    out = torch.empty(n, k, dtype=dtype, device=packed.device)
     block_n, block_k = 32, 128
     grid = (triton.cdiv(n, block_n), triton.cdiv(k, block_k))
     expand_int4_kernel[grid](packed.contiguous(), ratio.contiguous() if ratio is not None else row, out, n, k,

@@ -51,6 +51,10 @@ def test_expand_int4_is_exact(device, fmt):
     # carrier · row scale is the INT4 weight itself: nothing lost on the way to the tensor cores.
     group = codes.shape[1] // scales.shape[1]
     assert torch.equal(carrier.cpu().float() * ref_row[:, None], dequantize_int4(codes, scales, group))
+    # The BF16 copy (the core tokens' GEMM operand) holds the same values.
+    carrier16, row16 = expand_int4(packed.to(device), scales.to(device), torch.bfloat16)
+    assert carrier16.dtype == torch.bfloat16 and torch.equal(row16.cpu(), ref_row)
+    assert torch.equal(carrier16.cpu().float(), ref_carrier.float())
 
 
 def activations(m: int, k: int, seed: int) -> torch.Tensor:

@@ -5,6 +5,8 @@
 #   PART=quality  tools/profile_linear.py at rank 128 and 4x1x4 cubes; dq-tiny 16 held-out prompts with the Wan recipe's settings (compare_methods
 #                 dq_row_kv4_g64); then 8 Wan A14B blocks at 480p, BF16 and W4A4 × SDPA and sage8 ×
 #                 compile off and on
+#   PART=after    the GPU kernel and attention tests, `dq bench kernels` as above, then the 8 Wan blocks
+#                 as above (after the BF16 weight expansion and the sage8 compile fix)
 #   PART=full     the full-size Wan A14B at 480p, BF16 and W4A4, SDPA, eager
 source tools/gpu_env.sh || exit 1
 L=$OUT/log.txt
@@ -26,6 +28,18 @@ quality)
   echo "== compare_methods $(date +%T)" >> $L
   timeout -s KILL 260 python -P tools/compare_methods.py --out /tmp/cmp --prompts 16 --jobs 3 --only dq_row_kv4_g64 >> $L 2>&1
   cp /tmp/cmp/quality.md /tmp/cmp/quality.json $OUT/ 2>/dev/null
+  echo "== 8 blocks $(date +%T)" >> $L
+  timeout -s KILL 280 python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p --num-layers 8 \
+    --configs bf16,w4a4 --attention sdpa,sage8 --compile off,on --steps 10 --warmup-steps 4 --no-breakdown \
+    --out $OUT/wan480_8blocks >> $L 2>&1 ;;
+after)
+  echo "== gpu tests $(date +%T)" >> $L
+  timeout -s KILL 150 python -P -m pytest -m gpu -q tests/test_kernels_w4a4.py tests/test_attention.py -k "not opcheck" >> $L 2>&1
+  for c in 4,1,4 4,2,8; do
+    echo "== bench kernels cube $c $(date +%T)" >> $L
+    timeout -s KILL 100 python -P -m dq_cli bench kernels --shapes wan-a14b-480p --w4a4-format int4_row --rank 128 \
+      --cube $c --out $OUT/kernels_r128_${c//,/} -q >> $L 2>&1
+  done
   echo "== 8 blocks $(date +%T)" >> $L
   timeout -s KILL 280 python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p --num-layers 8 \
     --configs bf16,w4a4 --attention sdpa,sage8 --compile off,on --steps 10 --warmup-steps 4 --no-breakdown \
