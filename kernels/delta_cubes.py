@@ -15,13 +15,18 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["cube_ids", "cube_means", "split_deltas"]
+__all__ = ["clip_cube", "cube_ids", "cube_means", "split_deltas"]
+
+
+def clip_cube(cube: tuple[int, int, int], grid: tuple[int, int, int]) -> tuple[int, int, int]:
+    """The cube no larger than the grid (a grid smaller than the cube is one cube along that axis)."""
+    return tuple(max(1, min(c, g)) for c, g in zip(cube, grid))
 
 
 def cube_ids(grid: tuple[int, int, int], cube: tuple[int, int, int], device=None) -> tuple[torch.Tensor, int]:
     """Cube index of every token of a (T, H, W) grid in T-major order, and the number of cubes."""
     t, h, w = grid
-    ct, ch, cw = (max(1, min(c, g)) for c, g in zip(cube, grid))
+    ct, ch, cw = clip_cube(cube, grid)
     nt, nh, nw = -(-t // ct), -(-h // ch), -(-w // cw)
     ti = torch.arange(t, device=device) // ct
     hi = torch.arange(h, device=device) // ch

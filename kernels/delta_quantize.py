@@ -43,7 +43,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .delta_cubes import cube_ids, split_deltas
+from .delta_cubes import clip_cube, cube_ids, split_deltas
 from .formats import KERNEL_INT4_FORMATS, quantize_int4_format
 from .int4 import POW2_SPAN
 from .expand_int4 import CARRIER_SHIFT, GROUP, to_carriers
@@ -67,7 +67,9 @@ class DeltaActivations(NamedTuple):
 def cube_order(grid: tuple[int, int, int], cube: tuple[int, int, int], batch: int, device=None):
     """(row_token, cube_of_row, row_start, n_cubes): the rows of all batches in cube order.
     Cached per grid, cube, batch and device: a model's layers all share a step's order, and its
-    argsort and scans were ~0.1 ms of small launches per layer on an H200. Read-only tensors."""
+    argsort and scans were ~0.1 ms of small launches per layer on an H200. Read-only tensors.
+    Under CUDA graphs, fill the cache before the recording (dq_cli.models.base.ForwardTracker): tensors
+    made while a graph records come from its private pool, which must not outlive the graph."""
     dev = torch.device(device) if device is not None else torch.device("cpu")
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())
@@ -98,8 +100,7 @@ def delta_quantize_reference(x: torch.Tensor, smooth: torch.Tensor | None, lora_
     if cube is not None:
         core, deltas, _ = split_deltas(xs.reshape(batch, -1, xs.shape[-1]), grid, cube)
         core, deltas = core.reshape(-1, xs.shape[-1]), deltas.reshape(-1, xs.shape[-1])
-        row_token, cube_of_row, _, _ = cube_order(grid, tuple(max(1, min(c, g)) for c, g in zip(cube, grid)),
-                                                  batch, x.device)
+        row_token, cube_of_row, _, _ = cube_order(grid, clip_cube(cube, grid), batch, x.device)
         deltas = deltas[row_token.long()]
         down = down[row_token.long()] if down is not None else None
     delta, s_tok = to_carriers(*quantize_int4_format(deltas, fmt, GROUP))
@@ -285,7 +286,7 @@ def delta_quantize(x: torch.Tensor, smooth: torch.Tensor | None, lora_down: torc
     row_start = scale  # unused without cubes
     if cube is not None:
         t, h, w = grid
-        ct, ch, cw = (max(1, min(c, g)) for c, g in zip(cube, grid))
+        ct, ch, cw = clip_cube(cube, grid)
         row_token, cube_of_row, row_start, n_cubes = cube_order(grid, (ct, ch, cw), batch, dev)
         cube_tokens = max(16, triton.next_power_of_2(ct * ch * cw))
         core = torch.empty(batch * n_cubes, k, dtype=torch.float32, device=dev)

@@ -282,6 +282,9 @@ def test_the_tracker_hands_each_forward_its_cube(family_dir):
     attach_state(adapter)
     seen = []
     layer.register_forward_pre_hook(lambda m, args: seen.append((adapter.state.step, m.cube)))
+    from dq_kernels.delta_quantize import _cube_order
+
+    _cube_order.cache_clear()
     g = tm.GEN_KWARGS["wan"]
     adapter.generate(PROMPT, steps=4, guidance=g["guidance_scale"], seed=0, frames=g["num_frames"],
                      height=g["height"], width=g["width"])
@@ -290,6 +293,16 @@ def test_the_tracker_hands_each_forward_its_cube(family_dir):
     for step, cube in seen:
         assert cube == ((4, 1, 4) if step / 4 < 0.5 else (2, 2, 4)), (step, cube)
     assert layer.cube is None  # cleared after the forward: a stale cube cannot leak into other calls
+    # The kernels' cube orders were made by the tracker, outside the blocks (CUDA graphs must not
+    # record them): one per cube, for the grid and batch of the forwards.
+    from dq_kernels.delta_cubes import clip_cube
+    from dq_kernels.delta_quantize import cube_order
+
+    cubes = {cube for _, cube in seen}
+    made = _cube_order.cache_info().currsize
+    for cube in cubes:
+        cube_order(adapter.state.grid, clip_cube(cube, adapter.state.grid), 1, torch.device("cpu"))
+    assert made == len(cubes) and _cube_order.cache_info().currsize == made  # each found, none made
 
 
 def _text_by_branch(calls) -> dict[str, torch.Tensor]:

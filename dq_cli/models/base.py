@@ -130,6 +130,7 @@ class ForwardTracker(ModelHook):
         state.grid, state.text_tokens = self.adapter.grid_of(module, args, kwargs)
         state.in_forward = True
         self._resolve_cubes(state.progress)
+        self._prepare_cube_orders(batch, next(module.parameters()).device)
         return args, kwargs
 
     def post_forward(self, module, output):
@@ -144,6 +145,22 @@ class ForwardTracker(ModelHook):
         any other QuantLinear reads its cube from the state's step."""
         for layer in self.adapter.quant_layers.get(self.component, ()):
             layer.resolve_cube(progress)
+
+    def _prepare_cube_orders(self, batch: int, device: torch.device) -> None:
+        """Make the kernels' cube orders for this forward here, outside the compiled blocks: made
+        inside a CUDA-graph recording (`--compile-mode reduce-overhead`) they came from the graph's
+        pool and outlived it in their cache, which torch refused ("3 tensor(s) in the cudagraph pool
+        not tracked as outputs", 8 Wan A14B blocks on an H200)."""
+        grid = self.adapter.state.grid
+        cubes = {layer.cube for layer in self.adapter.quant_layers.get(self.component, ())
+                 if layer.cube is not None and layer.plan.method == "deltaquant"}
+        if not cubes or not all(grid):
+            return
+        from dq_kernels.delta_cubes import clip_cube
+        from dq_kernels.delta_quantize import cube_order
+
+        for cube in cubes:
+            cube_order(tuple(grid), clip_cube(cube, grid), batch, device)
 
     def reset_state(self, module):
         self.state_manager.reset()
