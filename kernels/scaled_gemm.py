@@ -15,10 +15,10 @@ other (`_split_extra`, see EPILOGUE). Each row is then stored to its token.
 
 The scales are applied once, after the K loop: group scales inside the loop cost the FP8 rate
 (FACTS.md: 272–355 TFLOP/s against 1,108–1,236), which is why the W4A4 path uses power-of-two
-group scales folded exactly into E4M3 carriers (dq_kernels.delta_quantize, expand_int4).
-The one exception is `a_group_scales`: A scaled per 64 columns inside the loop, used only for
-DeltaQuant's core tokens (one row per cube, 1/16–1/64 of the tokens), FP8 with a scale per 64
-channels as the paper keeps them.
+group scales folded exactly into E4M3 carriers (dq_kernels.delta_quantize, expand_int4). DeltaQuant's
+core tokens, FP8 with a scale per 64 channels, are not multiplied here: a grouped variant of this
+kernel took 0.53 ms for their 2,048 rows at 4×1×4 cubes and Wan A14B 480p on an H200, one cuBLAS BF16
+GEMM on their exact BF16 carriers 0.27 ms (dq_kernels.linear_ops, docs/measurements/probe_core_gemm_h200.txt).
 
 Accumulation: INT8 in int32 (exact); E4M3 in fp32 — on Hopper the FP8 MMA accumulator is
 narrower than fp32 (FACTS.md). `promote=True` adds each BLOCK_K step's partial sum into an fp32
@@ -38,10 +38,8 @@ from .interpreter import interpreting
 __all__ = ["scaled_gemm", "scaled_gemm_reference"]
 
 
-def scaled_gemm_reference(a, b, a_scale, b_scale, *, a_group_scales=None, core=None, cube_of_row=None,
+def scaled_gemm_reference(a, b, a_scale, b_scale, *, core=None, cube_of_row=None,
                           row_token=None, down=None, up=None, bias=None, out_dtype=torch.bfloat16) -> torch.Tensor:
-    if a_group_scales is not None:
-        a = a.float() * a_group_scales.float().repeat_interleave(a.shape[1] // a_group_scales.shape[1], dim=1)
     y = (a.double() @ b.double().T).float()
     y = y * (a_scale.float()[:, None] if a_scale is not None else 1.0) * b_scale.float()[None, :]
     if core is not None:
@@ -70,12 +68,6 @@ def _configs() -> list[triton.Config]:
     return [triton.Config(dict(tile, PREFETCH=pf), num_warps=8, num_stages=stages)
             for tile, stages in tiles for pf in (False, True)] + [
         triton.Config({"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=4)]
-
-
-def _grouped_configs() -> list[triton.Config]:
-    # Group scales inside the K loop need BLOCK_K = the group (64).
-    return [c for c in _configs() if c.kwargs["BLOCK_K"] == 64] or [
-        triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=4)]
 
 
 @triton.jit
@@ -188,7 +180,7 @@ def _split_extra(y, rm, rn, M, N, cube, first, last, core_ptr, down_ptr, up_ptr,
 @triton.jit
 def _scaled_gemm_body(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, core_ptr, cube_of_row_ptr, row_token_ptr,
                       down_ptr, up_ptr, bias_ptr, M, N, K, stride_am, stride_bn, stride_cm,
-                      A_GROUPED: tl.constexpr, HAS_A_SCALE: tl.constexpr, HAS_CORE: tl.constexpr,
+                      HAS_A_SCALE: tl.constexpr, HAS_CORE: tl.constexpr,
                       ROW_MAP: tl.constexpr, NC: tl.constexpr,
                       HAS_LORA: tl.constexpr, HAS_BIAS: tl.constexpr, R: tl.constexpr, IEEE_DOTS: tl.constexpr, ACC_INT: tl.constexpr,
                       PROMOTE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -220,11 +212,7 @@ def _scaled_gemm_body(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, core_ptr, c
         kmask = (k0 + rk) < K
         a = tl.load(a_ptrs, mask=(rm[:, None] < M) & kmask[None, :], other=0.0)
         b = tl.load(b_ptrs, mask=(rn[:, None] < N) & kmask[None, :], other=0.0)
-        if A_GROUPED:
-            part = tl.dot(a, tl.trans(b))
-            g = tl.load(a_scale_ptr + rm * (K // BLOCK_K) + k0 // BLOCK_K, mask=rm < M, other=0.0)
-            acc += part * g[:, None]
-        elif ACC_INT:
+        if ACC_INT:
             acc = tl.dot(a, tl.trans(b), acc, out_dtype=tl.int32)
         elif PROMOTE:  # Hopper's FP8 MMA accumulates with reduced precision: promote every BLOCK_K products
             acc = tl.dot(a, tl.trans(b), acc, max_num_imprecise_acc=BLOCK_K)
@@ -303,15 +291,13 @@ def _prune(configs, named_args, **kwargs):
     return configs
 
 
-_KEY = ["M", "N", "K", "A_GROUPED", "ACC_INT", "HAS_CORE", "HAS_LORA", "SPLIT"]
+_KEY = ["M", "N", "K", "ACC_INT", "HAS_CORE", "HAS_LORA", "SPLIT"]
 scaled_gemm_kernel = triton.autotune(_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune}
                                      )(_scaled_gemm_body)
-grouped_gemm_kernel = triton.autotune(_grouped_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune}
-                                      )(_scaled_gemm_body)
 
 
 def scaled_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor | None, b_scale: torch.Tensor, *,
-                a_group_scales: torch.Tensor | None = None, core: torch.Tensor | None = None,
+                core: torch.Tensor | None = None,
                 cube_of_row: torch.Tensor | None = None, row_token: torch.Tensor | None = None,
                 down: torch.Tensor | None = None,
                 up: torch.Tensor | None = None, bias: torch.Tensor | None = None,
@@ -335,18 +321,15 @@ def scaled_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor | None, 
     # (tl.dot's smallest K) for the core steps after the first.
     split = EPILOGUE == "split" or (EPILOGUE == "auto" and rank >= SPLIT_FROM_RANK)
     fuse = core is not None and up is not None and r >= 32 and not split
-    grouped = a_group_scales is not None
-    scale_a = a_group_scales if grouped else a_scale
     dummy = b_scale
-    kernel = grouped_gemm_kernel if grouped else scaled_gemm_kernel
     grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-    kernel[grid](
-        a, b, c, scale_a if scale_a is not None else dummy, b_scale,
+    scaled_gemm_kernel[grid](
+        a, b, c, a_scale if a_scale is not None else dummy, b_scale,
         core if core is not None else dummy, cube_of_row if cube_of_row is not None else dummy,
         row_token if row_token is not None else dummy,
         down.contiguous() if down is not None else dummy, up.contiguous() if up is not None else dummy,
         bias if bias is not None else dummy, m, n, k, a.stride(0), b.stride(0), c.stride(0),
-        A_GROUPED=grouped, HAS_A_SCALE=scale_a is not None and not grouped, HAS_CORE=core is not None,
+        HAS_A_SCALE=a_scale is not None, HAS_CORE=core is not None,
         ROW_MAP=row_token is not None, NC=r // 2 if fuse else 16, FUSE=fuse, SPLIT=split, RC=min(LORA_CHUNK, r),
         HAS_LORA=up is not None, HAS_BIAS=bias is not None, R=r,
         IEEE_DOTS=interpreting() or (up is not None and up.dtype == torch.float32), ACC_INT=a.dtype == torch.int8,

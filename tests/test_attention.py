@@ -146,6 +146,27 @@ def test_custom_op_registered_and_opcheck():
     assert rel(out, exact(q, k, v, 0.2)) < 0.06
 
 
+def test_sdpa_fallback_op_counts_and_matches_sdpa():
+    """Calls left on SDPA go through `dq::sdpa_fallback`, which counts them by reason (in compiled
+    graphs too) and returns SDPA's result, contiguous as its fake kernel says."""
+    import torch.nn.functional as F
+
+    from dq_cli.attention import AttentionStats, sdpa_fallback
+
+    q, k, v = qkv(s_q=24, d=12, seed=12)  # transposed views, as diffusers hands them
+    mask = torch.rand(q.shape[-2], k.shape[-2], generator=torch.Generator().manual_seed(1)) > 0.2
+    args = (q, k, v, mask, 0.0, False, 0.3, False, "attention mask")
+    result = torch.library.opcheck(sdpa_fallback, args)
+    assert all(r == "SUCCESS" for r in result.values()), result
+    stats = AttentionStats(backend="sage8")
+    out = sdpa_fallback(*args)
+    assert out.is_contiguous()
+    assert torch.equal(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.3).contiguous())
+    assert stats.fallback == {"attention mask": 1} and stats.routed == 0
+    stats.reset()
+    assert stats.fallback == {}
+
+
 def test_fallback_is_explicit(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     q, k, v = qkv(s_q=40, d=32, seed=10)

@@ -38,7 +38,7 @@ INTS = ("M", "N", "K", "stride_am", "stride_bn", "stride_cm")
 
 def compile_one(config: triton.Config, epilogue: str, rank: int):
     extras = epilogue != "none"
-    const = dict(A_GROUPED=False, HAS_A_SCALE=True, HAS_CORE=extras, ROW_MAP=extras, HAS_LORA=extras, HAS_BIAS=extras,
+    const = dict(HAS_A_SCALE=True, HAS_CORE=extras, ROW_MAP=extras, HAS_LORA=extras, HAS_BIAS=extras,
                  R=rank, IEEE_DOTS=False, ACC_INT=False, PROMOTE=False, FUSE=epilogue == "joined",
                  SPLIT=epilogue == "split", NC=rank // 2 if epilogue == "joined" else 16, RC=min(32, rank),
                  **config.kwargs)

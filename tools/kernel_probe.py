@@ -80,7 +80,7 @@ def main() -> None:
             def run():
                 _scaled_gemm_body[g](aa, bb, c, acts.scale, ws, core, acts.cube_of_row if cube else acts.scale,
                                      acts.row_token if cube else acts.scale, acts.down, up, bias, m, n, k, k, k, n,
-                                     A_GROUPED=False, HAS_A_SCALE=True, NC=16, R=32, IEEE_DOTS=False,
+                                     HAS_A_SCALE=True, NC=16, R=32, IEEE_DOTS=False,
                                      ACC_INT=aa.dtype == torch.int8, PROMOTE=False, **extra, **kw)
             try:
                 ms = t(run)

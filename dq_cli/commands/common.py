@@ -39,7 +39,7 @@ def attention_note(stats) -> str:
     left = ", ".join(f"{n} {why}" for why, n in stats.fallback.items())
     line = f"attention {stats.backend}: {stats.routed} self-attention calls in 8 bits"
     if not stats.routed and not stats.fallback:
-        line += " (no SDPA call reached the hooks: is DIFFUSERS_ATTN_BACKEND set to another backend?)"
+        line += " (no SDPA call reached the routed modules: is DIFFUSERS_ATTN_BACKEND set to another backend?)"
     return line + (f"; left on SDPA: {left}" if left else "")
 
 
