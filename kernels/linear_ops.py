@@ -57,7 +57,8 @@ def w4a4_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, sm
         # The FP8 core tokens' products exactly on BF16 tensor cores (fp8_quantize): a GEMM on the
         # E4M3 values needs a scale per 64 columns inside its K loop, which ran the 2,048 core rows
         # of 4x1x4 cubes at Wan A14B 480p far below the FP8 rate (README, "Kernels").
-        core_out = mm_fp32(fp8_group_carriers(acts.core, CORE_GROUP), expand_int4(qweight, scales, torch.bfloat16)[0])
+        w16, _ = expand_int4(qweight, scales, torch.bfloat16)
+        core_out = mm_fp32(fp8_group_carriers(acts.core, CORE_GROUP), w16)
         core_out *= w_scale[None, :]
     return scaled_gemm(acts.delta, w, acts.scale, w_scale, core=core_out, cube_of_row=acts.cube_of_row,
                        row_token=acts.row_token, down=_rows(down, acts.row_token), up=lora_up, bias=bias,
