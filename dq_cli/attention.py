@@ -110,10 +110,6 @@ _FUNCTIONAL = ((torch.Tensor.unflatten, torch.unflatten), (torch.Tensor.split, t
 class Sage8Mode(torch.overrides.TorchFunctionMode):
     """Inside it, `F.scaled_dot_product_attention(q, k, v, ...)` runs the 8-bit kernel when it can."""
 
-    def __init__(self, stats: AttentionStats):
-        super().__init__()
-        self.stats = stats
-
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.scaled_dot_product_attention:
@@ -137,11 +133,11 @@ _ROUTED: dict[type, type] = {}
 
 
 def _routed_class(cls: type) -> type:
-    """`cls` with its forward run under `Sage8Mode` (the stats it counts into: the module's
-    `_dq_attention_stats`). One subclass per class, so all blocks share one forward."""
+    """`cls` with its forward run under `Sage8Mode`. One subclass per class, so all blocks share one
+    forward."""
     if cls not in _ROUTED:
         def forward(self, *args, **kwargs):
-            with Sage8Mode(self._dq_attention_stats):
+            with Sage8Mode():
                 return super(routed, self).forward(*args, **kwargs)
 
         routed = type(cls.__name__, (cls,), {"forward": forward, "__module__": cls.__module__,
@@ -154,7 +150,6 @@ def _unroute(module: torch.nn.Module) -> None:
     original = type(module).__dict__.get("_dq_routed_from")
     if original is not None:
         module.__class__ = original
-        del module._dq_attention_stats
 
 
 def self_attention_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
@@ -163,7 +158,7 @@ def self_attention_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.M
 
 def set_attention(models: dict[str, torch.nn.Module], backend: str) -> AttentionStats:
     """Route the self-attention of every model in `models` through `backend` ('sdpa' restores the
-    modules). Returns the stats object the routed modules count into."""
+    modules). Returns the stats of the calls made from now on (counted by the ops)."""
     if backend not in BACKENDS:
         raise DQError(f"attention backend '{backend}' is not one of {', '.join(BACKENDS)}")
     stats = AttentionStats(backend=backend)
@@ -172,7 +167,6 @@ def set_attention(models: dict[str, torch.nn.Module], backend: str) -> Attention
             _unroute(module)
             if backend == "sage8":
                 module.__class__ = _routed_class(type(module))
-                module._dq_attention_stats = stats
                 stats.modules += 1
     if backend == "sage8" and stats.modules == 0:
         raise DQError("attention sage8: found no self-attention modules (attn1) to route")

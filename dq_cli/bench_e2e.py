@@ -273,7 +273,8 @@ def measure(workload: Workload, row: Row, options: Options, log: Callable[[str],
                 row.runtime = adapter.runtime.summary()
             if row.attention != "sdpa":
                 row.attention_stats = stats.as_dict()
-                if not stats.routed and options.compile_mode != "reduce-overhead":  # replays run no Python
+                graphed = row.compile and options.compile_mode == "reduce-overhead"  # replays run no Python
+                if not stats.routed and not graphed:
                     row.notes.append(f"attention {row.attention}: no call reached the kernel ({dict(stats.fallback)})")
             if row.compile:
                 row.notes.append(compiled.summary())

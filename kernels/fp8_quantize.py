@@ -2,14 +2,12 @@
 Triton kernel and launch wrappers; the reference is `dq_kernels.fp8.quantize_fp8`, matched bit for
 bit (its docstring states the numerics).
 
-One pass over X: each program takes BLOCK_M rows of one group, finds the group maxima, divides
-(correctly rounded, `div_rn`, as the reference) and stores either
-
-- E4M3 values and fp32 scales (`quantize_fp8_groups`), or
-- with power-of-two scales, the dequantized values v·s in BF16, exact (`fp8_group_carriers`): the
-  core tokens' operand for a BF16 GEMM (dq_kernels.linear_ops). A GEMM on the E4M3 values has to
-  apply a scale per 64 columns inside its K loop, which runs at a fraction of the FP8 rate
-  (dq_kernels.scaled_gemm); the BF16 GEMM applies none and computes the same products.
+One pass over X: each program takes BLOCK_M rows of one group, finds the group maximum, takes the
+power-of-two scale, divides (correctly rounded, `div_rn`, as the reference), rounds to E4M3 and
+stores the dequantized values v·s in BF16, exact (`fp8_group_carriers`): the core tokens' operand for
+a BF16 GEMM (dq_kernels.linear_ops). A GEMM on the E4M3 values would have to apply a scale per 64
+columns inside its K loop, which runs at a fraction of the FP8 rate (dq_kernels.scaled_gemm); the
+BF16 GEMM applies none and computes the same products.
 
 The PyTorch reference runs as six elementwise/reduction ops over fp32 temporaries; on the core
 tokens of 4×1×4 cubes at Wan A14B 480p (2,048 × 5,120) they took ~0.2 ms of a 3.2 ms W4A4 call on
@@ -25,7 +23,7 @@ import triton.language as tl
 from .checks import check_last_dim_multiple
 from .interpreter import interpreting, round_to_e4m3
 
-__all__ = ["quantize_fp8_groups", "fp8_group_carriers"]
+__all__ = ["fp8_group_carriers"]
 
 
 @triton.jit
@@ -39,8 +37,8 @@ def _pow2_at_least(t):
 
 
 @triton.jit
-def fp8_groups_kernel(x_ptr, v_ptr, s_ptr, M, K, stride_x, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
-                      POW2: tl.constexpr, CARRIERS: tl.constexpr, INTERPRET: tl.constexpr):
+def fp8_groups_kernel(x_ptr, out_ptr, M, K, stride_x, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
+                      INTERPRET: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     g = tl.program_id(1)
     cols = g * GROUP + tl.arange(0, GROUP)
@@ -49,44 +47,27 @@ def fp8_groups_kernel(x_ptr, v_ptr, s_ptr, M, K, stride_x, GROUP: tl.constexpr, 
                 other=0.0).to(tl.float32)
     scale = tl.math.div_rn(tl.max(tl.abs(x), axis=1), 448.0)
     nonzero = scale > 0
-    if POW2:
-        scale = tl.where(nonzero, _pow2_at_least(tl.maximum(scale, 1.1754943508222875e-38)), 0.0)
+    scale = tl.where(nonzero, _pow2_at_least(tl.maximum(scale, 1.1754943508222875e-38)), 0.0)
     v = tl.math.div_rn(x, tl.where(nonzero, scale, 1.0)[:, None])
     v = tl.where(nonzero[:, None], tl.minimum(tl.maximum(v, -448.0), 448.0), 0.0)
     if INTERPRET:
         v = round_to_e4m3(v)
-    v = v.to(tl.float8e4nv)
-    out = v_ptr + rows[:, None].to(tl.int64) * K + cols[None, :]
-    if CARRIERS:  # 4 significant bits times a power of two: exact in BF16
-        tl.store(out, (v.to(tl.float32) * scale[:, None]).to(tl.bfloat16), mask=inside[:, None])
-    else:
-        tl.store(out, v, mask=inside[:, None])
-        tl.store(s_ptr + rows * (K // GROUP) + g, scale, mask=inside)
-
-
-def _launch(x: torch.Tensor, group_size: int, pow2: bool, carriers: bool, name: str):
-    check_last_dim_multiple(x, group_size, name)
-    if group_size & (group_size - 1):
-        raise ValueError(f"{name}: group_size must be a power of two (tl.arange), got {group_size}")
-    m, k = x.shape
-    x = x if x.stride(-1) == 1 else x.contiguous()
-    values = torch.empty(m, k, dtype=torch.bfloat16 if carriers else torch.float8_e4m3fn, device=x.device)
-    scales = values if carriers else torch.empty(m, k // group_size, dtype=torch.float32, device=x.device)
-    block_m = 32
-    fp8_groups_kernel[(triton.cdiv(m, block_m), k // group_size)](
-        x, values, scales, m, k, x.stride(0), GROUP=group_size, BLOCK_M=block_m, POW2=pow2, CARRIERS=carriers,
-        INTERPRET=interpreting(), num_warps=4)
-    return values, scales
-
-
-def quantize_fp8_groups(x: torch.Tensor, group_size: int = 64,
-                        pow2_scales: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [M, K] (any float dtype) → E4M3 values [M, K] and fp32 scales [M, K / group_size]:
-    `quantize_fp8(x, group_size, pow2_scales)` in one kernel."""
-    return _launch(x, group_size, pow2_scales, False, "quantize_fp8_groups")
+    v = v.to(tl.float8e4nv).to(tl.float32)
+    # 4 significant bits times a power of two: exact in BF16
+    tl.store(out_ptr + rows[:, None].to(tl.int64) * K + cols[None, :], (v * scale[:, None]).to(tl.bfloat16),
+             mask=inside[:, None])
 
 
 def fp8_group_carriers(x: torch.Tensor, group_size: int = 64) -> torch.Tensor:
-    """x [M, K] → BF16 [M, K] holding `dequantize_fp8(*quantize_fp8(x, group_size, pow2_scales=True))`
-    exactly."""
-    return _launch(x, group_size, True, True, "fp8_group_carriers")[0]
+    """x [M, K] (any float dtype) → BF16 [M, K] holding
+    `dequantize_fp8(*quantize_fp8(x, group_size, pow2_scales=True), group_size)` exactly."""
+    check_last_dim_multiple(x, group_size, "fp8_group_carriers")
+    if group_size & (group_size - 1):
+        raise ValueError(f"fp8_group_carriers: group_size must be a power of two (tl.arange), got {group_size}")
+    m, k = x.shape
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    out = torch.empty(m, k, dtype=torch.bfloat16, device=x.device)
+    block_m = 32
+    fp8_groups_kernel[(triton.cdiv(m, block_m), k // group_size)](
+        x, out, m, k, x.stride(0), GROUP=group_size, BLOCK_M=block_m, INTERPRET=interpreting(), num_warps=4)
+    return out

@@ -275,12 +275,11 @@ def test_int8_token_quantizer_is_bit_exact(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("pow2", [False, True])
-def test_fp8_group_quantizer_is_bit_exact(device, pow2):
-    """DeltaQuant's core tokens: the kernel's E4M3 values and scales equal quantize_fp8's, and with
-    power-of-two scales its BF16 carriers equal the dequantized values exactly."""
+def test_fp8_group_carriers_are_bit_exact(device):
+    """DeltaQuant's core tokens: the kernel's BF16 carriers equal quantize_fp8's E4M3 values times its
+    power-of-two scales exactly."""
     from dq_kernels.fp8 import dequantize_fp8
-    from dq_kernels.fp8_quantize import fp8_group_carriers, quantize_fp8_groups
+    from dq_kernels.fp8_quantize import fp8_group_carriers
 
     gen = torch.Generator().manual_seed(13)
     # 37 rows (not a multiple of the 32-row block), groups spanning 12 binades of scale.
@@ -292,16 +291,11 @@ def test_fp8_group_quantizer_is_bit_exact(device, pow2):
     x[8, :64] = torch.linspace(-1e-3, 1e-3, 64)          # E4M3's subnormal range after scaling
     x[8, 0] = 448.0
     for dtype in (torch.float32, torch.bfloat16):
-        q, s = quantize_fp8_groups(x.to(dtype).to(device), 64, pow2_scales=pow2)
-        ref_q, ref_s = quantize_fp8(x.to(dtype), 64, pow2_scales=pow2)
-        assert torch.equal(s.cpu(), ref_s)
-        # Compared as values: the interpreter's cast turns -0.0 into +0 (a zero either way in the GEMM).
-        assert torch.equal(q.cpu().float(), ref_q.float())
-        if pow2:
-            assert (torch.frexp(ref_s[ref_s > 0])[0] == 0.5).all()  # powers of two
-            carriers = fp8_group_carriers(x.to(dtype).to(device), 64)
-            assert carriers.dtype == torch.bfloat16
-            assert torch.equal(carriers.cpu().float(), dequantize_fp8(ref_q, ref_s, 64))
+        ref_q, ref_s = quantize_fp8(x.to(dtype), 64, pow2_scales=True)
+        assert (torch.frexp(ref_s[ref_s > 0])[0] == 0.5).all()  # powers of two
+        carriers = fp8_group_carriers(x.to(dtype).to(device), 64)
+        assert carriers.dtype == torch.bfloat16
+        assert torch.equal(carriers.cpu().float(), dequantize_fp8(ref_q, ref_s, 64))
 
 
 def test_routed_or_rotated_layers_keep_the_reference():

@@ -7,46 +7,45 @@
 #                 compile off and on
 #   PART=after    the GPU kernel and attention tests, `dq bench kernels` as above, then the 8 Wan blocks
 #                 as above (after the BF16 weight expansion and the sage8 compile fix)
-#   PART=full     the full-size Wan A14B at 480p, BF16 and W4A4, SDPA, eager
+#   PART=graphs   the GPU attention tests, then the 8 Wan blocks compiled with --compile-mode reduce-overhead
 source tools/gpu_env.sh || exit 1
 L=$OUT/log.txt
 { nvidia-smi --query-gpu=name,driver_version --format=csv; python -c "import torch,triton;print(torch.__version__,triton.__version__)"; } > $L 2>&1
+bench_kernels() {  # one Wan A14B block's linears at 480p, rank 128, in both of the recipe's cube sizes
+  for c in 4,1,4 4,2,8; do
+    echo "== bench kernels cube $c $(date +%T)" >> $L
+    timeout -s KILL 100 python -P -m dq_cli bench kernels --shapes wan-a14b-480p --w4a4-format int4_row --rank 128 \
+      --cube $c --out $OUT/kernels_r128_${c//,/} -q >> $L 2>&1
+  done
+}
+eight_blocks() {  # 8 Wan A14B blocks at 480p; the arguments choose the compile rows
+  echo "== 8 blocks $* $(date +%T)" >> $L
+  timeout -s KILL 280 python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p --num-layers 8 \
+    --configs bf16,w4a4 --attention sdpa,sage8 "$@" --steps 10 --warmup-steps 4 --no-breakdown \
+    --out $OUT/wan480_8blocks >> $L 2>&1
+}
 case "${PART:-kernels}" in
 kernels)
   echo "== gpu tests $(date +%T)" >> $L
   timeout -s KILL 170 python -P -m pytest -m gpu -q tests/test_kernels_w4a4.py >> $L 2>&1
   echo "== probe $(date +%T)" >> $L
   timeout -s KILL 150 python -P tools/probe_core_gemm.py >> $L 2>&1
-  for c in 4,1,4 4,2,8; do
-    echo "== bench kernels cube $c $(date +%T)" >> $L
-    timeout -s KILL 100 python -P -m dq_cli bench kernels --shapes wan-a14b-480p --w4a4-format int4_row --rank 128 \
-      --cube $c --out $OUT/kernels_r128_${c//,/} -q >> $L 2>&1
-  done ;;
+  bench_kernels ;;
 quality)
   echo "== profile $(date +%T)" >> $L
   timeout -s KILL 90 python -P tools/profile_linear.py --shapes wan-a14b-480p --rank 128 --cube 4,1,4 --no-w8a8 >> $L 2>&1
   echo "== compare_methods $(date +%T)" >> $L
   timeout -s KILL 260 python -P tools/compare_methods.py --out /tmp/cmp --prompts 16 --jobs 3 --only dq_row_kv4_g64 >> $L 2>&1
   cp /tmp/cmp/quality.md /tmp/cmp/quality.json $OUT/ 2>/dev/null
-  echo "== 8 blocks $(date +%T)" >> $L
-  timeout -s KILL 280 python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p --num-layers 8 \
-    --configs bf16,w4a4 --attention sdpa,sage8 --compile off,on --steps 10 --warmup-steps 4 --no-breakdown \
-    --out $OUT/wan480_8blocks >> $L 2>&1 ;;
+  eight_blocks --compile off,on ;;
 after)
   echo "== gpu tests $(date +%T)" >> $L
   timeout -s KILL 150 python -P -m pytest -m gpu -q tests/test_kernels_w4a4.py tests/test_attention.py -k "not opcheck" >> $L 2>&1
-  for c in 4,1,4 4,2,8; do
-    echo "== bench kernels cube $c $(date +%T)" >> $L
-    timeout -s KILL 100 python -P -m dq_cli bench kernels --shapes wan-a14b-480p --w4a4-format int4_row --rank 128 \
-      --cube $c --out $OUT/kernels_r128_${c//,/} -q >> $L 2>&1
-  done
-  echo "== 8 blocks $(date +%T)" >> $L
-  timeout -s KILL 280 python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p --num-layers 8 \
-    --configs bf16,w4a4 --attention sdpa,sage8 --compile off,on --steps 10 --warmup-steps 4 --no-breakdown \
-    --out $OUT/wan480_8blocks >> $L 2>&1 ;;
-full)
-  echo "== full size $(date +%T)" >> $L
-  timeout -s KILL 540 python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p --configs bf16,w4a4 \
-    --attention sdpa --compile off --steps 10 --warmup-steps 4 --out $OUT/wan480_full >> $L 2>&1 ;;
+  bench_kernels
+  eight_blocks --compile off,on ;;
+graphs)
+  echo "== attention gpu tests $(date +%T)" >> $L
+  timeout -s KILL 200 python -P -m pytest -m gpu -q tests/test_attention.py >> $L 2>&1
+  eight_blocks --compile on --compile-mode reduce-overhead ;;
 esac
 echo "== done $(date +%T)" >> $L

@@ -129,8 +129,8 @@ class ForwardTracker(ModelHook):
         state.branches = self.adapter.branches_of(context.name if context else None, batch)
         state.grid, state.text_tokens = self.adapter.grid_of(module, args, kwargs)
         state.in_forward = True
-        self._resolve_cubes(state.progress)
-        self._prepare_cube_orders(batch, next(module.parameters()).device)
+        cubes = self._resolve_cubes(state.progress)
+        self._prepare_cube_orders(cubes, batch, next(module.parameters()).device)
         return args, kwargs
 
     def post_forward(self, module, output):
@@ -138,22 +138,24 @@ class ForwardTracker(ModelHook):
         self._resolve_cubes(None)
         return output
 
-    def _resolve_cubes(self, progress: float | None) -> None:
+    def _resolve_cubes(self, progress: float | None) -> set[tuple[int, int, int]]:
         """Hand each quantized layer its DeltaQuant cube for this forward (None after it), here
         rather than in the layer: a compiled block then sees the cube, not the step. The layers are
         the ones `attach_state` listed (walking a Wan expert's 1,138 modules took 5–10 ms on the CPU);
-        any other QuantLinear reads its cube from the state's step."""
+        any other QuantLinear reads its cube from the state's step. Returns the DeltaQuant layers' cubes."""
+        cubes = set()
         for layer in self.adapter.quant_layers.get(self.component, ()):
             layer.resolve_cube(progress)
+            if layer.cube is not None and layer.plan.method == "deltaquant":
+                cubes.add(layer.cube)
+        return cubes
 
-    def _prepare_cube_orders(self, batch: int, device: torch.device) -> None:
+    def _prepare_cube_orders(self, cubes: set[tuple[int, int, int]], batch: int, device: torch.device) -> None:
         """Make the kernels' cube orders for this forward here, outside the compiled blocks: made
         inside a CUDA-graph recording (`--compile-mode reduce-overhead`) they came from the graph's
         pool and outlived it in their cache, which torch refused ("3 tensor(s) in the cudagraph pool
         not tracked as outputs", 8 Wan A14B blocks on an H200)."""
         grid = self.adapter.state.grid
-        cubes = {layer.cube for layer in self.adapter.quant_layers.get(self.component, ())
-                 if layer.cube is not None and layer.plan.method == "deltaquant"}
         if not cubes or not all(grid):
             return
         from dq_kernels.delta_cubes import clip_cube
