@@ -1,8 +1,8 @@
 """The 8-bit tensor-core GEMM under dq's quantized linears — Triton kernel, launch wrapper and the
 PyTorch reference.
 
-    Y[row_token[m], n] = (Σ_k A[m, k]·B[n, k]) · a_scale[m] · b_scale[n]   (E4M3×E4M3 or INT8×INT8)
-                         + core[cube_of_row[m], n]                           DeltaQuant's core term
+    Y[row_token[m], n] = ((Σ_k A[m, k]·B[n, k]) · a_scale[m]                 (E4M3×E4M3 or INT8×INT8)
+                          + core[cube_of_row[m], n]) · b_scale[n]           DeltaQuant's core term
                          + down[m, :] · up[n, :]                             the 16-bit low-rank branch
                          + bias[n]
 
@@ -41,9 +41,10 @@ __all__ = ["scaled_gemm", "scaled_gemm_reference"]
 def scaled_gemm_reference(a, b, a_scale, b_scale, *, core=None, cube_of_row=None,
                           row_token=None, down=None, up=None, bias=None, out_dtype=torch.bfloat16) -> torch.Tensor:
     y = (a.double() @ b.double().T).float()
-    y = y * (a_scale.float()[:, None] if a_scale is not None else 1.0) * b_scale.float()[None, :]
+    y = y * (a_scale.float()[:, None] if a_scale is not None else 1.0)
     if core is not None:
         y = y + core.float()[cube_of_row.long()]
+    y = y * b_scale.float()[None, :]
     if down is not None:
         y = y + (down.to(up.dtype) @ up.T).float()
     if bias is not None:
@@ -71,17 +72,25 @@ def _configs() -> list[triton.Config]:
 
 
 @triton.jit
-def _epilogue_operands(pid_m, rm, rn, M, N, core_ptr, cube_of_row_ptr, row_token_ptr, down_ptr, up_ptr, bias_ptr,
-                       HAS_CORE: tl.constexpr, ROW_MAP: tl.constexpr, NC: tl.constexpr, HAS_LORA: tl.constexpr,
-                       HAS_BIAS: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr):
+def _core_slab(core_ptr, b_scale_ptr, ids, last, rn, N):
+    """Rows `ids` (up to `last`) of the core term, times the weight's column scale: [NC, BN] fp32.
+    The scale is applied here, not by the caller on the whole [n_cubes, N] tensor, which was an
+    elementwise pass of 0.04–0.10 ms per call at Wan A14B 480p on an H200."""
+    slab = tl.load(core_ptr + ids[:, None] * N + rn[None, :], mask=(ids[:, None] <= last) & (rn[None, :] < N),
+                   other=0.0)
+    return slab * tl.load(b_scale_ptr + rn, mask=rn < N, other=0.0)[None, :]
+
+
+@triton.jit
+def _epilogue_operands(pid_m, rm, rn, M, N, core_ptr, b_scale_ptr, cube_of_row_ptr, row_token_ptr, down_ptr, up_ptr,
+                       bias_ptr, HAS_CORE: tl.constexpr, ROW_MAP: tl.constexpr, NC: tl.constexpr,
+                       HAS_LORA: tl.constexpr, HAS_BIAS: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr):
     """What the epilogue reads besides the accumulator (unused ones are compiled away)."""
     if HAS_CORE:
         cube = tl.load(cube_of_row_ptr + rm, mask=rm < M, other=-1)
         first = tl.load(cube_of_row_ptr + pid_m * BLOCK_M)
         last = tl.load(cube_of_row_ptr + min(pid_m * BLOCK_M + BLOCK_M, M) - 1)
-        ids = first + tl.arange(0, NC)
-        slab = tl.load(core_ptr + ids[:, None] * N + rn[None, :], mask=(ids[:, None] <= last) & (rn[None, :] < N),
-                       other=0.0)
+        slab = _core_slab(core_ptr, b_scale_ptr, first + tl.arange(0, NC), last, rn, N)
     else:
         cube, first, last = rm, 0, 0
         slab = tl.zeros((NC, rn.shape[0]), dtype=tl.float32)
@@ -146,7 +155,7 @@ def _scaled(acc, rm, rn, M, N, a_scale_ptr, b_scale_ptr, HAS_A_SCALE: tl.constex
 
 
 @triton.jit
-def _split_extra(y, rm, rn, M, N, cube, first, last, core_ptr, down_ptr, up_ptr, HAS_CORE: tl.constexpr,
+def _split_extra(y, rm, rn, M, N, cube, first, last, core_ptr, b_scale_ptr, down_ptr, up_ptr, HAS_CORE: tl.constexpr,
                  HAS_LORA: tl.constexpr, R: tl.constexpr, RC: tl.constexpr, NC: tl.constexpr,
                  IEEE_DOTS: tl.constexpr):
     """y + down·upᵀ + one-hot(cube)·core as small bf16 MMAs into y, each operand loaded just before
@@ -165,8 +174,7 @@ def _split_extra(y, rm, rn, M, N, cube, first, last, core_ptr, down_ptr, up_ptr,
     if HAS_CORE:
         for c0 in range(first, last + 1, NC):  # one step unless the tile spans more than NC cubes
             ids = c0 + tl.arange(0, NC)
-            slab = tl.load(core_ptr + ids[:, None] * N + rn[None, :],
-                           mask=(ids[:, None] <= last) & (rn[None, :] < N), other=0.0)
+            slab = _core_slab(core_ptr, b_scale_ptr, ids, last, rn, N)
             if IEEE_DOTS:
                 y = tl.dot((cube[:, None] == ids[None, :]).to(tl.float32), slab, y, input_precision="ieee")
             else:
@@ -200,7 +208,7 @@ def _scaled_gemm_body(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, core_ptr, c
     rk = tl.arange(0, BLOCK_K)
     if PREFETCH and not SPLIT:  # issue the epilogue's loads before the K loop, so their latency hides behind it
         cube, first, last, slab, down, up, bias, out_rows = _epilogue_operands(
-            pid_m, rm, rn, M, N, core_ptr, cube_of_row_ptr, row_token_ptr, down_ptr, up_ptr, bias_ptr,
+            pid_m, rm, rn, M, N, core_ptr, b_scale_ptr, cube_of_row_ptr, row_token_ptr, down_ptr, up_ptr, bias_ptr,
             HAS_CORE, ROW_MAP, NC, HAS_LORA, HAS_BIAS, R, BLOCK_M)
     a_ptrs = a_ptr + rm[:, None] * stride_am + rk[None, :]
     b_ptrs = b_ptr + rn[:, None] * stride_bn + rk[None, :]
@@ -229,7 +237,7 @@ def _scaled_gemm_body(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, core_ptr, c
             last = tl.load(cube_of_row_ptr + min(pid_m * BLOCK_M + BLOCK_M, M) - 1)
         else:
             cube, first, last = rm, 0, -1
-        y = _split_extra(y, rm, rn, M, N, cube, first, last, core_ptr, down_ptr, up_ptr, HAS_CORE, HAS_LORA,
+        y = _split_extra(y, rm, rn, M, N, cube, first, last, core_ptr, b_scale_ptr, down_ptr, up_ptr, HAS_CORE, HAS_LORA,
                          R, RC, NC, IEEE_DOTS)
         if HAS_BIAS:
             y += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
@@ -239,8 +247,8 @@ def _scaled_gemm_body(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, core_ptr, c
     else:
         if not PREFETCH:
             cube, first, last, slab, down, up, bias, out_rows = _epilogue_operands(
-                pid_m, rm, rn, M, N, core_ptr, cube_of_row_ptr, row_token_ptr, down_ptr, up_ptr, bias_ptr,
-                HAS_CORE, ROW_MAP, NC, HAS_LORA, HAS_BIAS, R, BLOCK_M)
+                pid_m, rm, rn, M, N, core_ptr, b_scale_ptr, cube_of_row_ptr, row_token_ptr, down_ptr, up_ptr,
+                bias_ptr, HAS_CORE, ROW_MAP, NC, HAS_LORA, HAS_BIAS, R, BLOCK_M)
         y = _scaled(acc, rm, rn, M, N, a_scale_ptr, b_scale_ptr, HAS_A_SCALE)
         mask = (rm[:, None] < M) & (rn[None, :] < N)
         c_next = first
@@ -252,8 +260,7 @@ def _scaled_gemm_body(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, core_ptr, c
                 ids = c0 + tl.arange(0, NC)
                 onehot = (cube[:, None] == ids[None, :]).to(tl.float32)
                 if c0 != first:
-                    slab = tl.load(core_ptr + ids[:, None] * N + rn[None, :],
-                                   mask=(ids[:, None] <= last) & (rn[None, :] < N), other=0.0)
+                    slab = _core_slab(core_ptr, b_scale_ptr, ids, last, rn, N)
                 # Accumulate into y itself: a second [BM, BN] fp32 tile would spill registers.
                 if IEEE_DOTS:
                     y = tl.dot(onehot, slab, y, input_precision="ieee")
@@ -303,7 +310,8 @@ def scaled_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor | None, 
                 up: torch.Tensor | None = None, bias: torch.Tensor | None = None,
                 out_dtype: torch.dtype = torch.bfloat16, promote: bool = False) -> torch.Tensor:
     """A [M, K] and B [N, K], both E4M3 or both INT8 (K-major), → Y [M, N] in `out_dtype`.
-    `core` [n_cubes, N] fp32 with `cube_of_row` (non-decreasing); `row_token` scatters the rows."""
+    `core` [n_cubes, N] fp32 with `cube_of_row` (non-decreasing), in the units of A·Bᵀ·a_scale (b_scale
+    multiplies it in the epilogue); `row_token` scatters the rows."""
     m, k = a.shape
     n = b.shape[0]
     if b.shape[1] != k or a.dtype != b.dtype:

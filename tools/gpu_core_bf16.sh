@@ -8,6 +8,9 @@
 #   PART=after    the GPU kernel and attention tests, `dq bench kernels` as above, then the 8 Wan blocks
 #                 as above (after the BF16 weight expansion and the sage8 compile fix)
 #   PART=graphs   the GPU attention tests, then the 8 Wan blocks compiled with --compile-mode reduce-overhead
+# Seventh session (the GEMM's low-rank input in fp32, the weight scale of the core term in its epilogue):
+#   PART=epilogue the GPU kernel tests, tools/probe_epilogue_parts.py, `dq bench kernels` as above
+#   PART=blocks   tools/profile_linear.py as in PART=quality, then the 8 Wan blocks, compile off and on
 source tools/gpu_env.sh || exit 1
 L=$OUT/log.txt
 { nvidia-smi --query-gpu=name,driver_version --format=csv; python -c "import torch,triton;print(torch.__version__,triton.__version__)"; } > $L 2>&1
@@ -42,6 +45,16 @@ after)
   echo "== gpu tests $(date +%T)" >> $L
   timeout -s KILL 150 python -P -m pytest -m gpu -q tests/test_kernels_w4a4.py tests/test_attention.py -k "not opcheck" >> $L 2>&1
   bench_kernels
+  eight_blocks --compile off,on ;;
+epilogue)
+  echo "== gpu tests $(date +%T)" >> $L
+  timeout -s KILL 170 python -P -m pytest -m gpu -q tests/test_kernels_w4a4.py >> $L 2>&1
+  echo "== probe epilogue parts $(date +%T)" >> $L
+  timeout -s KILL 150 python -P tools/probe_epilogue_parts.py >> $L 2>&1
+  bench_kernels ;;
+blocks)
+  echo "== profile $(date +%T)" >> $L
+  timeout -s KILL 90 python -P tools/profile_linear.py --shapes wan-a14b-480p --rank 128 --cube 4,1,4 --no-w8a8 >> $L 2>&1
   eight_blocks --compile off,on ;;
 graphs)
   echo "== attention gpu tests $(date +%T)" >> $L
