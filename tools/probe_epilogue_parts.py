@@ -1,7 +1,8 @@
 """What each part of the W4A4 GEMM's epilogue costs at Wan A14B 480p (a development probe; `dq bench
 kernels` is the user-facing measurement): the delta GEMM bare, then with the row scatter, the bias,
-the core term, the rank-128 low-rank branch (its input in bf16, as `dq::w4a4_linear` passes it, and in
-fp32, as the quantizer returns it), all of them; a bare GEMM over a longer K (the cost of carrying the
+the core term, the rank-128 low-rank branch (its input in bf16, as `dq::w4a4_linear` passed it until the
+seventh session, and in fp32, as it does now), all of them (`--all-only`: that case alone, with 32 and 64 ranks per
+MMA of the split epilogue); a bare GEMM over a longer K (the cost of carrying the
 low-rank branch as extra K columns instead); cuBLAS FP8 for scale; and the whole op.
 
     python -P tools/probe_epilogue_parts.py
@@ -29,6 +30,8 @@ def best_config(key_part: str) -> str:
 
 def main() -> None:
     m, grid, rank = 32760, (21, 30, 52), 128
+    import sys
+    only_all = "--all-only" in sys.argv  # only the whole epilogue (and its variants) and the op
     for k, n in ((5120, 5120), (5120, 13824), (13824, 5120)):
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
         w = torch.randn(n, k, device="cuda") / k**0.5
@@ -58,14 +61,21 @@ def main() -> None:
                 "all, down bf16": dict(core=core, row_token=acts.row_token, down=d16, up=up, bias=bias, **g),
                 "all, down fp32": dict(core=core, row_token=acts.row_token, down=d32, up=up, bias=bias, **g),
             }
-            if cube == (4, 2, 8):
+            if only_all:
+                cases = {"all, down fp32": cases["all, down fp32"]}
+            elif cube == (4, 2, 8):
                 cases = {c: cases[c] for c in ("core", "all, down bf16")}
             for name, kw in cases.items():
                 ms = t(lambda: sg.scaled_gemm(acts.delta, wq, acts.scale, ws, **kw))
                 print(f"cube {cube} {name:16s} {ms:.3f} ms", flush=True)
+                if name.startswith("all"):  # the split epilogue with 64 ranks per MMA
+                    sg.LORA_CHUNK = 64
+                    ms = t(lambda: sg.scaled_gemm(acts.delta, wq, acts.scale, ws, **kw))
+                    sg.LORA_CHUNK = 32
+                    print(f"cube {cube} {name}, 64 ranks per MMA {ms:.3f} ms", flush=True)
             args = (x, stored["qweight"], stored["scales"], smooth, down_w, up, bias, 1, list(grid), list(cube), "int4_row")
             print(f"cube {cube} whole op         {t(lambda: torch.ops.dq.w4a4_linear(*args)):.3f} ms", flush=True)
-        for extra in (384, 768):
+        for extra in (() if only_all else (384, 768)):
             a2 = torch.zeros(m, k + extra, device="cuda").to(torch.float8_e4m3fn)
             b2 = torch.zeros(n, k + extra, device="cuda").to(torch.float8_e4m3fn)
             ms = t(lambda: sg.scaled_gemm(a2, b2, acts.scale, ws))
