@@ -84,7 +84,6 @@ def main() -> None:
         c32 = t(lambda: torch.mm(d16, up.T, out_dtype=torch.float32))
         print(f"cuBLAS low-rank term alone: bf16 out {c16:.3f} ms, fp32 out {c32:.3f} ms", flush=True)
         print(f"configs N={n} K={k}: {best_config(str(n))}", flush=True)
-        del x, w, wq, a_fp8, acts, core
         torch.cuda.empty_cache()
 
 
