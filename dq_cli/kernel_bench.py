@@ -4,8 +4,8 @@ measured in one run on the GPU at hand, with random weights and activations.
 Per shape (K → N at M tokens), medians of `triton.testing.do_bench`:
 - cuBLAS BF16 `torch.matmul`, FP8 `torch._scaled_mm` (rowwise scales) and INT8 `torch._int_mm`
   on operands quantized beforehand (their GEMM alone: the peers' floor);
-- dq W4A4 (DeltaQuant: smoothing, cubes, FP8 core tokens, a low-rank branch; `int4_row`, rank 32,
-  4×2×8 cubes and `fp8` core tokens unless `--w4a4-format` / `--rank` / `--cube` / `--core` say otherwise — the Wan recipe's 128 and early 4×1×4 cost more): the whole
+- dq W4A4 (DeltaQuant: smoothing, cubes, FP8 core tokens, a low-rank branch; `int4_row`, rank 32 and
+  4×2×8 cubes unless `--w4a4-format` / `--rank` / `--cube` say otherwise — the Wan recipe's 128 and early 4×1×4 cost more): the whole
   `dq::w4a4_linear` (quantizer, weight expansion, core GEMM, GEMM with its epilogue) and the delta
   GEMM alone;
 - dq W8A8 (the INT8 route): `dq::w8a8_linear` whole and its GEMM alone.
@@ -35,7 +35,6 @@ SHAPES = {
 CUBE = (4, 2, 8)  # DeltaQuant's late-step cube (the steps that dominate)
 RANK = 32
 FORMAT = "int4_row"  # INT4 weights and activations: one scale per channel / token, or int4_pow2
-CORE = "fp8"  # the core tokens' precision: fp8 (a power-of-two scale per 64 channels) or fp8_row
 
 
 @dataclass
@@ -66,7 +65,7 @@ def _time(fn) -> float:
 
 
 def bench_shape(model: str, layer: str, m: int, k: int, n: int, count: int, grid, rank: int = RANK,
-                cube: tuple[int, int, int] = CUBE, fmt: str = FORMAT, core_format: str = CORE) -> KernelRow:
+                cube: tuple[int, int, int] = CUBE, fmt: str = FORMAT) -> KernelRow:
     import dq_kernels.linear_ops  # noqa: F401  (registers torch.ops.dq)
     from dq_kernels.delta_quantize import delta_quantize
     from dq_kernels.expand_int4 import expand_int4
@@ -96,7 +95,7 @@ def bench_shape(model: str, layer: str, m: int, k: int, n: int, count: int, grid
 
     stored = pack_weight(w.float() * smooth, fmt, 64)
     packed, scales = stored["qweight"], stored["scales"]
-    args = (x, packed, scales, smooth, down, up, bias, 1, list(grid), list(cube), fmt, core_format)
+    args = (x, packed, scales, smooth, down, up, bias, 1, list(grid), list(cube), fmt)
     w4a4_ms = _time(lambda: torch.ops.dq.w4a4_linear(*args))
     acts = delta_quantize(x, smooth, down, 1, grid, cube, fmt)
     wq, wscale = expand_int4(packed, scales)
@@ -106,10 +105,10 @@ def bench_shape(model: str, layer: str, m: int, k: int, n: int, count: int, grid
     w8a8_ms = _time(lambda: torch.ops.dq.w8a8_linear(x, wi8, swi, None, bias))
     w8a8_gemm_ms = _time(lambda: scaled_gemm(xi8, wi8, sxi.reshape(-1), swi.reshape(-1), bias=bias))
     return KernelRow(model, layer, m, k, n, count, bf16_ms, fp8_ms, int8_ms, w4a4_ms, gemm_ms, w8a8_ms, w8a8_gemm_ms,
-                     _w4a4_error(x, packed, scales, smooth, down, up, bias, grid, n, cube, fmt, core_format))
+                     _w4a4_error(x, packed, scales, smooth, down, up, bias, grid, n, cube, fmt))
 
 
-def _w4a4_error(x, packed, scales, smooth, down, up, bias, grid, n, cube, fmt, core_format) -> float:
+def _w4a4_error(x, packed, scales, smooth, down, up, bias, grid, n, cube, fmt) -> float:
     """The kernel against QuantLinear's reference math on a slice of the tokens (whole cubes)."""
     from dq_cli.models.base import ForwardState
     from dq_cli.quant.linear import QuantLinear
@@ -119,22 +118,22 @@ def _w4a4_error(x, packed, scales, smooth, down, up, bias, grid, n, cube, fmt, c
     frames = min(t, 4)
     xs = x[: frames * h * w]
     plan = LayerPlan(method="deltaquant", weight=fmt, activation=fmt, group_size=64, rank=down.shape[0],
-                     smoothing=None, cubes=((1.0, tuple(cube)),), core=core_format)
+                     smoothing=None, cubes=((1.0, tuple(cube)),), core="fp8")
     layer = QuantLinear(x.shape[1], n, plan, "bench", {"qweight": packed, "scales": scales}, bias, smooth, up, down)
     layer.forward_state = ForwardState(step=1, num_steps=2, grid=(frames, h, w), in_forward=True)
     got = torch.ops.dq.w4a4_linear(xs, packed, scales, smooth, down, up, bias, 1, [frames, h, w], list(cube),
-                                   fmt, core_format).float()
+                                   fmt).float()
     ref = layer.reference_forward(xs[None].float())[0]
     return ((got - ref).norm() / ref.norm()).item()
 
 
 def run(models: list[str], on_shape=None, rank: int = RANK, cube: tuple[int, int, int] = CUBE,
-        fmt: str = FORMAT, core_format: str = CORE) -> list[KernelRow]:
+        fmt: str = FORMAT) -> list[KernelRow]:
     rows = []
     for model in models:
         m, grid, layers = SHAPES[model]
         for layer, k, n, count in layers:
-            rows.append(bench_shape(model, layer, m, k, n, count, grid, rank, cube, fmt, core_format))
+            rows.append(bench_shape(model, layer, m, k, n, count, grid, rank, cube, fmt))
             torch.cuda.empty_cache()
             if on_shape:
                 on_shape(rows[-1])
@@ -156,13 +155,12 @@ def summary(rows: list[KernelRow]) -> dict[str, dict[str, float]]:
 
 
 def report(rows: list[KernelRow], env: dict, rank: int = RANK, cube: tuple[int, int, int] = CUBE,
-           fmt: str = FORMAT, core_format: str = CORE) -> dict:
+           fmt: str = FORMAT) -> dict:
     from dq_cli.bench_report import new_report
 
     timed = ("bf16_ms", "fp8_cublas_ms", "w4a4_ms", "w4a4_gemm_ms", "w8a8_ms")
     rows_out = [asdict(r) | {"tflops": {c: r.tflops(getattr(r, c)) for c in timed}} for r in rows]
-    settings = {"rank": rank, "cube": list(cube), "format": fmt, "core": core_format}
-    return new_report("kernels", env, settings, rows_out,
+    return new_report("kernels", env, {"rank": rank, "cube": list(cube), "format": fmt}, rows_out,
                       summary=summary(rows))
 
 
@@ -183,6 +181,5 @@ def markdown(doc: dict) -> str:
     lines += ["", f"Device: {env.get('gpu', env['device'])}; torch {env['torch']}; triton {env.get('triton')}; "
               f"random weights and activations; W4A4 in {settings.get('format', 'int4_pow2')}, low-rank rank "
               f"{settings.get('rank', RANK)}, cubes "
-              f"{'×'.join(map(str, settings.get('cube', CUBE)))} tokens, core tokens in {settings.get('core', CORE)}; "
-              "medians of triton.testing.do_bench."]
+              f"{'×'.join(map(str, settings.get('cube', CUBE)))} tokens; medians of triton.testing.do_bench."]
     return "\n".join(lines) + "\n"

@@ -24,9 +24,7 @@ Method = Literal["none", "rtn", "smoothquant", "svdquant", "deltaquant"]
 # exactly on FP8 tensor cores); int4_row: one scale per output channel / token.
 WeightFormat = Literal["bf16", "int8", "fp8", "int4", "int4_pow2", "int4_row", "nvfp4"]
 ActivationFormat = Literal["none", "int8", "fp8", "int4", "int4_pow2", "int4_row", "nvfp4"]
-# fp8: E4M3 with a power-of-two scale per 64 channels; fp8_row: E4M3 with one scale per core token
-# (its GEMM runs on the FP8 tensor cores, not on BF16 carriers).
-CorePrecision = Literal["bf16", "fp8", "fp8_row", "int4"]
+CorePrecision = Literal["bf16", "fp8", "int4"]
 Role = Literal[
     "self_attn.q", "self_attn.k", "self_attn.v", "self_attn.out",
     "cross_attn.q", "cross_attn.k", "cross_attn.v", "cross_attn.out",

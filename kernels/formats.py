@@ -21,10 +21,6 @@ INT4_FORMATS = ("int4", "int4_pow2", "int4_row")
 # The two whose values are exact on Hopper's 8-bit tensor cores with one scale per row applied after
 # the K loop: what dq::w4a4_linear runs (dq_kernels.expand_int4, delta_quantize).
 KERNEL_INT4_FORMATS = ("int4_pow2", "int4_row")
-# DeltaQuant core-token precisions the W4A4 kernel path runs (dq_kernels.linear_ops): `fp8` (a
-# power-of-two scale per 64 channels, on BF16 carriers) and `fp8_row` (one scale per core token, on
-# the FP8 GEMM).
-KERNEL_CORE_FORMATS = ("fp8", "fp8_row")
 
 # Bits per stored weight element (values only; scales are counted from the tensors themselves).
 WEIGHT_BITS = {"bf16": 16, "int8": 8, "fp8": 8, "nvfp4": 4, **{f: 4 for f in INT4_FORMATS}}

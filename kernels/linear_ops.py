@@ -5,11 +5,9 @@ custom ops (`torch.library`) so a model of `QuantLinear`s compiles without graph
   (power-of-two group scales) or `int4_row` (one scale per output channel / token):
       quantizer (dq_kernels.delta_quantize)   X → core tokens, E4M3 delta carriers, (X/λ)·L₂ᵀ
       weight expansion (expand_int4)          packed int4 → E4M3 carriers, at rest 4-bit
-      core tokens                             cube means → FP8, in one of two precisions:
-                                              `fp8`: a power-of-two scale per 64 channels (fp8_quantize),
-                                              as exact BF16 carriers × W on cuBLAS BF16, fp32 out;
-                                              `fp8_row`: one scale per core token (dq_kernels.fp8),
-                                              × the expanded W on the FP8 GEMM (scaled_gemm), fp32 out
+      core tokens (fp8_quantize)              cube means → FP8, one power-of-two scale per 64 channels,
+                                              handed on as BF16 carriers (exact)
+      core GEMM (cuBLAS BF16, fp32 out)       core tokens × W, one row per cube
       delta GEMM (scaled_gemm)                + core term, low-rank up-projection, bias, in the epilogue
 - `dq::w8a8_linear`: INT8 weights per channel × INT8 activations per token (the 6Bit INT8 route).
 - `dq::w4a16_linear`: 4-bit weights (`int4`, `int4_pow2`, `int4_row`) with 16-bit activations, for
@@ -27,9 +25,7 @@ import torch
 from .bf16_terms import bf16_terms, mm_fp32
 from .delta_quantize import delta_quantize
 from .expand_int4 import expand_int4
-from .fp8 import quantize_fp8
 from .fp8_quantize import fp8_group_carriers
-from .formats import KERNEL_CORE_FORMATS
 from .int4 import dequantize_int4, unpack_int4
 from .int8_quantize import quantize_int8_tokens
 from .scaled_gemm import scaled_gemm
@@ -43,11 +39,9 @@ CORE_GROUP = 64
 @torch.library.custom_op("dq::w4a4_linear", mutates_args=())
 def w4a4_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, smooth: torch.Tensor | None,
                 lora_down: torch.Tensor | None, lora_up: torch.Tensor | None, bias: torch.Tensor | None,
-                batch: int, grid: list[int], cube: list[int], act_format: str = "int4_pow2",
-                core_format: str = "fp8") -> torch.Tensor:
+                batch: int, grid: list[int], cube: list[int], act_format: str = "int4_pow2") -> torch.Tensor:
     """x [M, K] (K padded to 64 for `int4_pow2` or cubes; M = batch·T·H·W when `cube` is non-empty)
-    → y [M, N] in x's dtype. `cube` empty: no core tokens (the tokens themselves in `act_format`);
-    otherwise the core tokens in `core_format` (KERNEL_CORE_FORMATS).
+    → y [M, N] in x's dtype. `cube` empty: no core tokens (the tokens themselves in `act_format`).
     The weight's format is read from its scales: [N, K/64] `int4_pow2`, [N, 1] `int4_row`."""
     # The low-rank input (X/λ)·L₂ᵀ = X·(L₂/λ)ᵀ by cuBLAS: a skinny GEMM that streams X once. Fused
     # into the quantizer it cost ~1 ms at 32,760×5,120 on an H100 (tools/kernel_probe.py). Rounded to
@@ -61,26 +55,16 @@ def w4a4_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, sm
     acts = delta_quantize(x, smooth, None, batch, tuple(grid) if cube else None, tuple(cube) if cube else None,
                           act_format)
     w, w_scale = expand_int4(qweight, scales)
-    core_out = _core_term(acts.core, qweight, scales, w, core_format) if cube else None  # the GEMM applies w_scale
+    core_out = None
+    if cube:
+        # The FP8 core tokens' products exactly on BF16 tensor cores (fp8_quantize): a GEMM on the
+        # E4M3 values needs a scale per 64 columns inside its K loop, which ran the 2,048 core rows
+        # of 4x1x4 cubes at Wan A14B 480p far below the FP8 rate (README, "Kernels").
+        w16, _ = expand_int4(qweight, scales, torch.bfloat16)
+        core_out = mm_fp32(fp8_group_carriers(acts.core, CORE_GROUP), w16)  # the GEMM applies w_scale
     return scaled_gemm(acts.delta, w, acts.scale, w_scale, core=core_out, cube_of_row=acts.cube_of_row,
                        row_token=acts.row_token, down=_rows_fp32(down, acts.row_token), up=lora_up, bias=bias,
                        out_dtype=x.dtype)
-
-
-def _core_term(core: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, w: torch.Tensor,
-               core_format: str) -> torch.Tensor:
-    """The core tokens' product with the weight before its column scale, fp32 [n_cubes, N]."""
-    if core_format == "fp8_row":
-        values, row_scale = quantize_fp8(core)
-        ones = torch.ones(w.shape[0], device=w.device)  # per call: a cached tensor would outlive a CUDA graph's pool
-        return scaled_gemm(values, w, row_scale.reshape(-1), ones, out_dtype=torch.float32)
-    if core_format != "fp8":
-        raise ValueError(f"w4a4_linear: core format {core_format!r} is not one of {KERNEL_CORE_FORMATS}")
-    # Exactly on BF16 tensor cores (fp8_quantize): a GEMM on the E4M3 values would need a scale per 64
-    # columns inside its K loop, which ran the 2,048 core rows of 4x1x4 cubes at Wan A14B 480p far
-    # below the FP8 rate (README, "Kernels").
-    w16, _ = expand_int4(qweight, scales, torch.bfloat16)
-    return mm_fp32(fp8_group_carriers(core, CORE_GROUP), w16)
 
 
 def _rows_fp32(t: torch.Tensor | None, row_token: torch.Tensor | None) -> torch.Tensor | None:
@@ -91,8 +75,7 @@ def _rows_fp32(t: torch.Tensor | None, row_token: torch.Tensor | None) -> torch.
 
 
 @w4a4_linear.register_fake
-def _(x, qweight, scales, smooth, lora_down, lora_up, bias, batch, grid, cube, act_format="int4_pow2",
-      core_format="fp8"):
+def _(x, qweight, scales, smooth, lora_down, lora_up, bias, batch, grid, cube, act_format="int4_pow2"):
     return x.new_empty(x.shape[0], qweight.shape[0])
 
 

@@ -93,8 +93,6 @@ def test_bench_kernels_refuses_bad_input_without_a_traceback():
     assert "--cube 4,2" in result.output and "t,h,w" in result.output
     result = run_dq("bench", "kernels", "--w4a4-format", "int4", code=2)
     assert "--w4a4-format int4" in result.output and "int4_row" in result.output
-    result = run_dq("bench", "kernels", "--core", "bf16", code=2)
-    assert "--core bf16" in result.output and "fp8_row" in result.output
     if not torch.cuda.is_available():
         result = run_dq("bench", "kernels", code=2)
         assert "needs a CUDA device" in result.output
@@ -111,13 +109,13 @@ def test_kernel_bench_summary_weights_layers_by_count():
     assert s["w4a4_speedup"] == 14.0 / 8.0 and s["w4a4_min_shape_speedup"] == 1.5
 
 
-def test_kernel_report_says_which_format_rank_cube_and_core_it_timed():
+def test_kernel_report_says_which_format_rank_and_cube_it_timed():
     from dq_cli.kernel_bench import KernelRow, markdown, report
 
     row = KernelRow("m", "attn", 10, 10, 10, 1, 2.0, 1, 1, 1.0, 1, 2, 1, 0.0)
-    doc = report([row], {"device": "cuda", "torch": "x"}, rank=128, cube=(4, 1, 4), fmt="int4_row", core_format="fp8_row")
-    assert doc["settings"] == {"rank": 128, "cube": [4, 1, 4], "format": "int4_row", "core": "fp8_row"}
-    assert "W4A4 in int4_row, low-rank rank 128, cubes 4×1×4 tokens, core tokens in fp8_row" in markdown(doc)
+    doc = report([row], {"device": "cuda", "torch": "x"}, rank=128, cube=(4, 1, 4), fmt="int4_row")
+    assert doc["settings"] == {"rank": 128, "cube": [4, 1, 4], "format": "int4_row"}
+    assert "W4A4 in int4_row, low-rank rank 128, cubes 4×1×4 tokens" in markdown(doc)
 
 
 def test_bench_quality_takes_the_guidance(checkpoints, tmp_path):

@@ -66,9 +66,6 @@ VARIANTS = {
     "dq_row_kv4_pow2": variant(kv_weight_only("int4_pow2"), **{**DQ, "weight": "int4_row", "activation": "int4_row"}),
     "dq_row_kv4_row": variant(kv_weight_only("int4_row"), **{**DQ, "weight": "int4_row", "activation": "int4_row"}),
     "dq_row_kv4_g64": variant(kv_weight_only("int4"), **{**DQ, "weight": "int4_row", "activation": "int4_row"}),
-    # the same with one FP8 scale per core token (their GEMM on the FP8 tensor cores)
-    "dq_row_kv4_g64_core_row": variant(kv_weight_only("int4"), **{**DQ, "weight": "int4_row", "activation": "int4_row",
-                                                                  "core": "fp8_row"}),
 }
 
 

@@ -11,16 +11,14 @@
 # Seventh session (the GEMM's low-rank input in fp32, the weight scale of the core term in its epilogue):
 #   PART=epilogue the GPU kernel tests, tools/probe_epilogue_parts.py, `dq bench kernels` as above
 #   PART=blocks   tools/profile_linear.py as in PART=quality, then the 8 Wan blocks, compile off and on
-#   PART=core_row the per-token FP8 core tokens (`core: fp8_row`): their GPU kernel tests, dq-tiny 16 held-out
-#                 prompts against the per-64 ones (compare_methods), `dq bench kernels --core fp8_row`
 source tools/gpu_env.sh || exit 1
 L=$OUT/log.txt
 { nvidia-smi --query-gpu=name,driver_version --format=csv; python -c "import torch,triton;print(torch.__version__,triton.__version__)"; } > $L 2>&1
-bench_kernels() {  # one Wan A14B block's linears at 480p, rank 128, in both of the recipe's cube sizes; $1: --core
+bench_kernels() {  # one Wan A14B block's linears at 480p, rank 128, in both of the recipe's cube sizes
   for c in 4,1,4 4,2,8; do
-    echo "== bench kernels cube $c core ${1:-fp8} $(date +%T)" >> $L
+    echo "== bench kernels cube $c $(date +%T)" >> $L
     timeout -s KILL 100 python -P -m dq_cli bench kernels --shapes wan-a14b-480p --w4a4-format int4_row --rank 128 \
-      --cube $c --core ${1:-fp8} --out $OUT/kernels_r128_${c//,/}_${1:-fp8} -q >> $L 2>&1
+      --cube $c --out $OUT/kernels_r128_${c//,/} -q >> $L 2>&1
   done
 }
 eight_blocks() {  # 8 Wan A14B blocks at 480p; the arguments choose the compile rows
@@ -58,14 +56,6 @@ blocks)
   echo "== profile $(date +%T)" >> $L
   timeout -s KILL 90 python -P tools/profile_linear.py --shapes wan-a14b-480p --rank 128 --cube 4,1,4 --no-w8a8 >> $L 2>&1
   eight_blocks --compile off,on ;;
-core_row)
-  echo "== gpu tests $(date +%T)" >> $L
-  timeout -s KILL 100 python -P -m pytest -m gpu -q tests/test_kernels_w4a4.py -k "per_token_core or opcheck" >> $L 2>&1
-  bench_kernels fp8_row
-  echo "== compare_methods $(date +%T)" >> $L
-  timeout -s KILL 330 python -P tools/compare_methods.py --out /tmp/cmp --prompts 16 --jobs 2 \
-    --only dq_row_kv4_g64 dq_row_kv4_g64_core_row >> $L 2>&1
-  cp /tmp/cmp/quality.md /tmp/cmp/quality.json $OUT/ 2>/dev/null ;;
 graphs)
   echo "== attention gpu tests $(date +%T)" >> $L
   timeout -s KILL 200 python -P -m pytest -m gpu -q tests/test_attention.py >> $L 2>&1

@@ -41,9 +41,6 @@ def command(
     kernel_format: str = typer.Option("int4_row", "--w4a4-format", help="With `kernels`: the W4A4 path's INT4 "
                                       "format for weights and activations: int4_row (one scale per output channel "
                                       "/ token) or int4_pow2 (power-of-two group scales)."),
-    kernel_core: str = typer.Option("fp8", "--core", help="With `kernels`: the DeltaQuant core tokens' precision: fp8 "
-                                    "(a power-of-two scale per 64 channels, on BF16 tensor cores) or fp8_row (one "
-                                    "scale per core token, on the FP8 GEMM)."),
     kernel_models: list[str] = typer.Option([], "--shapes", help="With `kernels`: which models' linear shapes "
                                             "(repeatable; default wan-a14b-480p). One of: wan-a14b-480p, "
                                             "wan-a14b-720p, wan-ti2v-5b, ltx-video, cogvideox-5b."),
@@ -145,7 +142,7 @@ def command(
     device = pick_device(device)
     if what == "kernels":
         return _kernels(kernel_models or ["wan-a14b-480p"], device, out, as_json, quiet, baseline, limits,
-                        command_line, kernel_rank, _cube(kernel_cube), kernel_format, kernel_core)
+                        command_line, kernel_rank, _cube(kernel_cube), kernel_format)
     for path in checkpoints:
         if not path.is_file():
             raise DQError(f"--checkpoint {path}: no such file")
@@ -321,16 +318,14 @@ def _cube(text: str) -> tuple[int, int, int]:
 
 
 def _kernels(models: list[str], device: str, out, as_json: bool, quiet: bool, baseline, limits,
-             command_line: str, rank: int, cube: tuple[int, int, int], fmt: str, core_format: str) -> None:
+             command_line: str, rank: int, cube: tuple[int, int, int], fmt: str) -> None:
     from dq_cli import bench_report as br
     from dq_cli import kernel_bench as kb
 
-    from dq_kernels.formats import KERNEL_CORE_FORMATS, KERNEL_INT4_FORMATS
+    from dq_kernels.formats import KERNEL_INT4_FORMATS
 
     if fmt not in KERNEL_INT4_FORMATS:
         raise DQError(f"--w4a4-format {fmt}: expected one of {', '.join(KERNEL_INT4_FORMATS)}")
-    if core_format not in KERNEL_CORE_FORMATS:
-        raise DQError(f"--core {core_format}: expected one of {', '.join(KERNEL_CORE_FORMATS)}")
     unknown = [m for m in models if m not in kb.SHAPES]
     if unknown:
         raise DQError(f"--shapes {unknown[0]}: unknown; choose from {', '.join(kb.SHAPES)}")
@@ -340,9 +335,8 @@ def _kernels(models: list[str], device: str, out, as_json: bool, quiet: bool, ba
 
     total = sum(len(kb.SHAPES[m][2]) for m in models)
     with progress_bar(quiet, "timing kernels", total) as advance:
-        rows = kb.run(models, on_shape=lambda r: advance(), rank=rank, cube=cube, fmt=fmt, core_format=core_format)
-    doc = kb.report(rows, br.environment(device, command_line) | {"triton": triton.__version__}, rank, cube, fmt,
-                    core_format)
+        rows = kb.run(models, on_shape=lambda r: advance(), rank=rank, cube=cube, fmt=fmt)
+    doc = kb.report(rows, br.environment(device, command_line) | {"triton": triton.__version__}, rank, cube, fmt)
     _finish(doc, out, as_json, quiet, baseline, limits)
 
 

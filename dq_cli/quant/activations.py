@@ -31,8 +31,6 @@ def quantize_core(core: torch.Tensor, precision: str) -> torch.Tensor:
         return core.to(torch.bfloat16).float()
     if precision == "fp8":
         return dequantize_fp8(*quantize_fp8(core, CORE_GROUP, pow2_scales=True), CORE_GROUP)
-    if precision == "fp8_row":
-        return dequantize_fp8(*quantize_fp8(core))
     if precision == "int4":
         return dequantize_int4(*quantize_int4(core, CORE_GROUP), CORE_GROUP)
     raise ValueError(f"unknown core precision {precision!r}")

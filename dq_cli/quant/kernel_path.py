@@ -3,7 +3,7 @@ reference math: on CUDA, for the formats the Hopper kernels implement exactly â€
 
 - INT4 weights and activations with power-of-two group scales (`int4_pow2`) or one scale per
   output channel / token (`int4_row`), in any pairing (RTN, SmoothQuant, SVDQuant, DeltaQuant with
-  FP8 core tokens, `fp8` or `fp8_row`, when every token of the sequence is a video token): `dq::w4a4_linear`;
+  FP8 core tokens when every token of the sequence is a video token): `dq::w4a4_linear`;
 - `int8` weights and activations: `dq::w8a8_linear`;
 - INT4 weights (any of the three scale layouts, round-to-nearest) with 16-bit activations: `dq::w4a16_linear`;
 - NVFP4 weights (6Bit-Diffusion) on their NVFP4 / INT8 / 16-bit routes, Hadamard rotation
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from dq_cli.quant.carrier_path import carrier_forward
-from dq_kernels.formats import INT4_FORMATS, KERNEL_CORE_FORMATS, KERNEL_INT4_FORMATS
+from dq_kernels.formats import INT4_FORMATS, KERNEL_INT4_FORMATS
 
 W4A4_METHODS = ("rtn", "smoothquant", "svdquant", "deltaquant")
 
@@ -54,7 +54,7 @@ def kernel_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
     grid, cube = [], []
     if plan.method == "deltaquant" and layer.sees_video:
         state = layer.forward_state
-        if state is None or not state.in_forward or plan.core not in KERNEL_CORE_FORMATS:
+        if state is None or not state.in_forward or plan.core != "fp8":
             return None
         t, h, w = state.grid
         if state.text_tokens or t * h * w != x.shape[1]:
@@ -63,7 +63,7 @@ def kernel_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
     k = layer.qweight.shape[1] * 2
     y = torch.ops.dq.w4a4_linear(_pad_k(x, k).reshape(-1, k), layer.qweight, layer.scales,
                                  _pad_k(layer.smooth, k, 1.0), _pad_k(layer.lora_down, k), layer.lora_up,
-                                 layer.bias, x.shape[0], grid, cube, plan.activation, plan.core)
+                                 layer.bias, x.shape[0], grid, cube, plan.activation)
     return y.reshape(*x.shape[:-1], -1)
 
 
