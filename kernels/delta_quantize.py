@@ -11,7 +11,8 @@ L₂ [r, K]. Out, in one launch:
                                    (both exact in E4M3)
 - scale       fp32 [M]             s_tok = (largest group scale of the token) · 2**-6 (`int4_pow2`),
                                    the token's scale bf16(max|d| / 7) (`int4_row`)
-- down        fp32 [M, r]          (X/λ)·L₂ᵀ, the input of the 16-bit low-rank branch
+- down        fp32 [M, r]          (X/λ)·L₂ᵀ, the input of the 16-bit low-rank branch, in token order
+                                   (the GEMM reads it by each row's token)
 - cube_of_row int32 [M]            the cube of each row (non-decreasing)
 - row_token   int32 [M]            the token (row of X and of the output) each row holds
 
@@ -102,7 +103,6 @@ def delta_quantize_reference(x: torch.Tensor, smooth: torch.Tensor | None, lora_
         core, deltas = core.reshape(-1, xs.shape[-1]), deltas.reshape(-1, xs.shape[-1])
         row_token, cube_of_row, _, _ = cube_order(grid, clip_cube(cube, grid), batch, x.device)
         deltas = deltas[row_token.long()]
-        down = down[row_token.long()] if down is not None else None
     delta, s_tok = to_carriers(*quantize_int4_format(deltas, fmt, GROUP))
     return DeltaActivations(core, delta, s_tok, down, cube_of_row, row_token)
 
@@ -195,7 +195,7 @@ def delta_stats_kernel(
         row_max = tl.maximum(row_max, tl.max(tl.abs(xt), axis=1))
     tl.store(part_max_ptr + rows * n_splits + split, row_max, mask=valid)
     if HAS_DOWN:
-        tl.store(down_part_ptr + (split * M + rows[:, None]) * R + r[None, :], down, mask=valid[:, None])
+        tl.store(down_part_ptr + (split * M + tokens[:, None]) * R + r[None, :], down, mask=valid[:, None])
 
 
 @triton.jit

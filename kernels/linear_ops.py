@@ -44,14 +44,15 @@ def w4a4_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, sm
     → y [M, N] in x's dtype. `cube` empty: no core tokens (the tokens themselves in `act_format`).
     The weight's format is read from its scales: [N, K/64] `int4_pow2`, [N, 1] `int4_row`."""
     # The low-rank input (X/λ)·L₂ᵀ = X·(L₂/λ)ᵀ by cuBLAS: a skinny GEMM that streams X once. Fused
-    # into the quantizer it cost ~1 ms at 32,760×5,120 on an H100 (tools/kernel_probe.py). Rounded to
-    # the factor's dtype like the reference, then handed to the GEMM in fp32: its epilogue ran 0.27–0.77
-    # ms slower per call on BF16 input at Wan A14B 480p shapes on an H200
-    # (tools/probe_epilogue_parts.py, docs/measurements/probe_epilogue_parts_h200.txt).
+    # into the quantizer it cost ~1 ms at 32,760×5,120 on an H100 (tools/kernel_probe.py). In fp32, in
+    # token order, as the GEMM's epilogue reads it: on BF16 input it ran 0.27–0.77 ms slower per call at
+    # Wan A14B 480p shapes on an H200 (tools/probe_epilogue_parts.py,
+    # docs/measurements/probe_epilogue_parts_h200.txt). Not rounded to BF16 in between as the reference
+    # does (~2**-9 of the branch, within the tests' tolerance): that took a pass of its own.
     down = None
     if lora_down is not None:
         factor = lora_down.float() * inverse_smooth(smooth) if smooth is not None else lora_down.float()
-        down = x.to(lora_down.dtype) @ factor.to(lora_down.dtype).T
+        down = _mm_fp32_out(x.to(lora_down.dtype), factor.to(lora_down.dtype))
     acts = delta_quantize(x, smooth, None, batch, tuple(grid) if cube else None, tuple(cube) if cube else None,
                           act_format)
     w, w_scale = expand_int4(qweight, scales)
@@ -63,15 +64,14 @@ def w4a4_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, sm
         w16, _ = expand_int4(qweight, scales, torch.bfloat16)
         core_out = mm_fp32(fp8_group_carriers(acts.core, CORE_GROUP), w16)  # the GEMM applies w_scale
     return scaled_gemm(acts.delta, w, acts.scale, w_scale, core=core_out, cube_of_row=acts.cube_of_row,
-                       row_token=acts.row_token, down=_rows_fp32(down, acts.row_token), up=lora_up, bias=bias,
-                       out_dtype=x.dtype)
+                       row_token=acts.row_token, down=down, up=lora_up, bias=bias, out_dtype=x.dtype)
 
 
-def _rows_fp32(t: torch.Tensor | None, row_token: torch.Tensor | None) -> torch.Tensor | None:
-    """Token-ordered rows → the quantizer's row order (cube order), in fp32."""
-    if t is None:
-        return None
-    return (t if row_token is None else t[row_token.long()]).float()
+def _mm_fp32_out(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a [M, K] · b [N, K]ᵀ summed and returned in fp32 (cuBLAS writes fp32 for BF16 inputs on CUDA)."""
+    if a.is_cuda and a.dtype == torch.bfloat16:
+        return torch.mm(a, b.T, out_dtype=torch.float32)
+    return (a @ b.T).float()
 
 
 @w4a4_linear.register_fake

@@ -3,7 +3,7 @@ PyTorch reference.
 
     Y[row_token[m], n] = ((Σ_k A[m, k]·B[n, k]) · a_scale[m]                 (E4M3×E4M3 or INT8×INT8)
                           + core[cube_of_row[m], n]) · b_scale[n]           DeltaQuant's core term
-                         + down[m, :] · up[n, :]                             the 16-bit low-rank branch
+                         + down[row_token[m], :] · up[n, :]                  the 16-bit low-rank branch
                          + bias[n]
 
 A's rows come in cube order (dq_kernels.delta_quantize): a tile's rows belong to a few
@@ -45,8 +45,9 @@ def scaled_gemm_reference(a, b, a_scale, b_scale, *, core=None, cube_of_row=None
     if core is not None:
         y = y + core.float()[cube_of_row.long()]
     y = y * b_scale.float()[None, :]
-    if down is not None:
-        y = y + (down.to(up.dtype) @ up.T).float()
+    if down is not None:  # down is in token (output row) order
+        rows = down if row_token is None else down[row_token.long()]
+        y = y + (rows.to(up.dtype) @ up.T).float()
     if bias is not None:
         y = y + bias.float()
     if row_token is not None:
@@ -94,9 +95,13 @@ def _epilogue_operands(pid_m, rm, rn, M, N, core_ptr, b_scale_ptr, cube_of_row_p
     else:
         cube, first, last = rm, 0, 0
         slab = tl.zeros((NC, rn.shape[0]), dtype=tl.float32)
+    if ROW_MAP:
+        out_rows = tl.load(row_token_ptr + rm, mask=rm < M, other=0)
+    else:
+        out_rows = rm
     r = tl.arange(0, R)
     if HAS_LORA:
-        down = tl.load(down_ptr + rm[:, None] * R + r[None, :], mask=rm[:, None] < M, other=0.0)
+        down = tl.load(down_ptr + out_rows[:, None] * R + r[None, :], mask=rm[:, None] < M, other=0.0)
         up = tl.load(up_ptr + rn[:, None] * R + r[None, :], mask=rn[:, None] < N, other=0.0)
     else:
         down = tl.zeros((rm.shape[0], R), dtype=tl.float32)
@@ -105,10 +110,6 @@ def _epilogue_operands(pid_m, rm, rn, M, N, core_ptr, b_scale_ptr, cube_of_row_p
         bias = tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)
     else:
         bias = tl.zeros((rn.shape[0],), dtype=tl.float32)
-    if ROW_MAP:
-        out_rows = tl.load(row_token_ptr + rm, mask=rm < M, other=0)
-    else:
-        out_rows = rm
     return cube, first, last, slab, down, up, bias, out_rows
 
 
@@ -155,7 +156,8 @@ def _scaled(acc, rm, rn, M, N, a_scale_ptr, b_scale_ptr, HAS_A_SCALE: tl.constex
 
 
 @triton.jit
-def _split_extra(y, rm, rn, M, N, cube, first, last, core_ptr, b_scale_ptr, down_ptr, up_ptr, HAS_CORE: tl.constexpr,
+def _split_extra(y, rm, out_rows, rn, M, N, cube, first, last, core_ptr, b_scale_ptr, down_ptr, up_ptr,
+                 HAS_CORE: tl.constexpr,
                  HAS_LORA: tl.constexpr, R: tl.constexpr, RC: tl.constexpr, NC: tl.constexpr,
                  IEEE_DOTS: tl.constexpr):
     """y + down·upᵀ + one-hot(cube)·core as small bf16 MMAs into y, each operand loaded just before
@@ -165,7 +167,7 @@ def _split_extra(y, rm, rn, M, N, cube, first, last, core_ptr, b_scale_ptr, down
     if HAS_LORA:
         for r0 in tl.static_range(0, R, RC):
             r = r0 + tl.arange(0, RC)
-            down = tl.load(down_ptr + rm[:, None] * R + r[None, :], mask=rm[:, None] < M, other=0.0)
+            down = tl.load(down_ptr + out_rows[:, None] * R + r[None, :], mask=rm[:, None] < M, other=0.0)
             up_t = tl.load(up_ptr + rn[None, :] * R + r[:, None], mask=rn[None, :] < N, other=0.0)  # [RC, BN]
             if IEEE_DOTS:
                 y = tl.dot(down.to(tl.float32), up_t.to(tl.float32), y, input_precision="ieee")
@@ -237,11 +239,11 @@ def _scaled_gemm_body(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, core_ptr, c
             last = tl.load(cube_of_row_ptr + min(pid_m * BLOCK_M + BLOCK_M, M) - 1)
         else:
             cube, first, last = rm, 0, -1
-        y = _split_extra(y, rm, rn, M, N, cube, first, last, core_ptr, b_scale_ptr, down_ptr, up_ptr, HAS_CORE, HAS_LORA,
-                         R, RC, NC, IEEE_DOTS)
+        out_rows = tl.load(row_token_ptr + rm, mask=rm < M, other=0) if ROW_MAP else rm
+        y = _split_extra(y, rm, out_rows, rn, M, N, cube, first, last, core_ptr, b_scale_ptr, down_ptr, up_ptr,
+                         HAS_CORE, HAS_LORA, R, RC, NC, IEEE_DOTS)
         if HAS_BIAS:
             y += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
-        out_rows = tl.load(row_token_ptr + rm, mask=rm < M, other=0) if ROW_MAP else rm
         mask = (rm[:, None] < M) & (rn[None, :] < N)
         tl.store(c_ptr + out_rows[:, None] * stride_cm + rn[None, :], y.to(c_ptr.dtype.element_ty), mask=mask)
     else:
@@ -311,7 +313,8 @@ def scaled_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor | None, 
                 out_dtype: torch.dtype = torch.bfloat16, promote: bool = False) -> torch.Tensor:
     """A [M, K] and B [N, K], both E4M3 or both INT8 (K-major), → Y [M, N] in `out_dtype`.
     `core` [n_cubes, N] fp32 with `cube_of_row` (non-decreasing), in the units of A·Bᵀ·a_scale (b_scale
-    multiplies it in the epilogue); `row_token` scatters the rows."""
+    multiplies it in the epilogue); `row_token` scatters the rows; `down` [M, R] is in the output's
+    row order (by token), `up` [N, R]."""
     m, k = a.shape
     n = b.shape[0]
     if b.shape[1] != k or a.dtype != b.dtype:

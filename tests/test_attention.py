@@ -71,7 +71,13 @@ def test_reference_k_smoothing_and_v_mean_are_exact():
     V's mean is taken out before FP8 and added back exactly."""
     q, k, v = qkv(s_q=96, d=64, seed=3)
     base = sa.sage_attention_reference(q, k, v)
-    assert rel(sa.sage_attention_reference(q, k + 50.0 * torch.randn(64), v), base) < 2e-3
+    shifted = k + 50.0 * torch.randn(64, generator=torch.Generator().manual_seed(3))
+    got = sa.sage_attention_reference(q, shifted, v)
+    # Not bit-equal: k + bias rounds in fp32 (~2**-24·50), which moves the odd INT8 code across a
+    # rounding boundary — up to ~3e-3 relative over bias draws, an order below the quantization error
+    # itself (~3.5% here); a coarser INT8 step would raise that error, not stay within 10% of it.
+    assert rel(got, base) < 1e-2
+    assert rel(got, exact(q, shifted, v)) < 1.1 * rel(base, exact(q, k, v))
     assert rel(sa.sage_attention_reference(q, k, v + 100.0), exact(q, k, v + 100.0)) < 1e-3
 
 

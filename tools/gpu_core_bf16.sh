@@ -11,6 +11,8 @@
 # Seventh session (the GEMM's low-rank input in fp32, the weight scale of the core term in its epilogue):
 #   PART=epilogue the GPU kernel tests, tools/probe_epilogue_parts.py, `dq bench kernels` as above
 #   PART=blocks   tools/profile_linear.py as in PART=quality, then the 8 Wan blocks, compile off and on
+#   PART=full     the GPU kernel tests, `dq bench kernels` as above, then the full-size Wan A14B at 480p (both
+#                 experts, BF16 and W4A4 × SDPA and sage8, eager, 2 measured steps)
 source tools/gpu_env.sh || exit 1
 L=$OUT/log.txt
 { nvidia-smi --query-gpu=name,driver_version --format=csv; python -c "import torch,triton;print(torch.__version__,triton.__version__)"; } > $L 2>&1
@@ -56,6 +58,13 @@ blocks)
   echo "== profile $(date +%T)" >> $L
   timeout -s KILL 90 python -P tools/profile_linear.py --shapes wan-a14b-480p --rank 128 --cube 4,1,4 --no-w8a8 >> $L 2>&1
   eight_blocks --compile off,on ;;
+full)
+  echo "== gpu tests $(date +%T)" >> $L
+  timeout -s KILL 130 python -P -m pytest -m gpu -q tests/test_kernels_w4a4.py >> $L 2>&1
+  bench_kernels
+  echo "== full size $(date +%T)" >> $L
+  timeout -s KILL 330 python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p --configs bf16,w4a4 \
+    --attention sdpa,sage8 --steps 2 --warmup-steps 1 --out $OUT/wan480_full >> $L 2>&1 ;;
 graphs)
   echo "== attention gpu tests $(date +%T)" >> $L
   timeout -s KILL 200 python -P -m pytest -m gpu -q tests/test_attention.py >> $L 2>&1
