@@ -169,7 +169,7 @@ def delta_stats_kernel(
     K, KP, stride_x, T, H, W, tokens_per_batch, M, n_splits,
     CT: tl.constexpr, CH: tl.constexpr, CW: tl.constexpr, CUBE_TOKENS: tl.constexpr, HAS_CUBES: tl.constexpr,
     HAS_SMOOTH: tl.constexpr, HAS_DOWN: tl.constexpr, DOWN_IEEE: tl.constexpr, R: tl.constexpr,
-    SPLIT_K: tl.constexpr, GROUP_K: tl.constexpr,
+    SPLIT_K: tl.constexpr, CHUNK_K: tl.constexpr,
 ):
     pid, split, batch = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     tokens, rows, valid = _cube_rows(pid, batch, row_start_ptr, T, H, W, tokens_per_batch, CT, CH, CW,
@@ -179,8 +179,8 @@ def delta_stats_kernel(
     r = tl.arange(0, R)
     row_max = tl.zeros((CUBE_TOKENS,), dtype=tl.float32)
     down = tl.zeros((CUBE_TOKENS, R), dtype=tl.float32)
-    for k0 in range(split * SPLIT_K, min(split * SPLIT_K + SPLIT_K, KP), GROUP_K):
-        cols = k0 + tl.arange(0, GROUP_K)
+    for k0 in range(split * SPLIT_K, min(split * SPLIT_K + SPLIT_K, KP), CHUNK_K):
+        cols = k0 + tl.arange(0, CHUNK_K)
         xt = _load_chunk(x_ptr, inv_smooth_ptr, tokens, valid, cols, K, stride_x, HAS_SMOOTH)
         if HAS_DOWN:
             lw = tl.load(down_w_ptr + r[:, None] * K + cols[None, :], mask=cols[None, :] < K, other=0.0)
@@ -204,7 +204,7 @@ def delta_round_kernel(
     delta_ptr, scale_ptr,                                       # outputs: E4M3 carriers [M, KP], scales [M]
     K, KP, stride_x, T, H, W, tokens_per_batch, n_splits,
     CT: tl.constexpr, CH: tl.constexpr, CW: tl.constexpr, CUBE_TOKENS: tl.constexpr, HAS_CUBES: tl.constexpr,
-    HAS_SMOOTH: tl.constexpr, SPLITS: tl.constexpr, SPLIT_K: tl.constexpr, GROUP_K: tl.constexpr,
+    HAS_SMOOTH: tl.constexpr, SPLITS: tl.constexpr, SPLIT_K: tl.constexpr, CHUNK_K: tl.constexpr,
     SPAN: tl.constexpr, SHIFT: tl.constexpr, ROW_SCALE: tl.constexpr,
 ):
     pid, split, batch = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -221,8 +221,8 @@ def delta_round_kernel(
     # its reciprocal (codes are d·(1/s): dq_kernels.int4)
     s_row = _bf16_rne(tl.math.div_rn(row_max, 7.0))
     inv_row = tl.math.div_rn(1.0, tl.where(nonzero, s_row, 1.0))
-    for k0 in range(split * SPLIT_K, min(split * SPLIT_K + SPLIT_K, KP), GROUP_K):
-        cols = k0 + tl.arange(0, GROUP_K)
+    for k0 in range(split * SPLIT_K, min(split * SPLIT_K + SPLIT_K, KP), CHUNK_K):
+        cols = k0 + tl.arange(0, CHUNK_K)
         xt = _load_chunk(x_ptr, inv_smooth_ptr, tokens, valid, cols, K, stride_x, HAS_SMOOTH)
         if HAS_CUBES:
             mean = tl.load(core_ptr + cube_row * KP + cols, mask=cols < KP, other=0.0)
@@ -250,6 +250,9 @@ def delta_round_kernel(
 # multiply). Small programs, many of them, keep the most loads in flight.
 SPLIT_K = 1024
 NUM_WARPS = 1
+# Columns a program loads per step: one scale group for `int4_pow2` (its rounding needs the group's
+# maximum); any width for `int4_row`, whose codes do not depend on it (tools/probe_quantizer.py).
+ROW_CHUNK_K = 64
 MIN_PROGRAMS = 2048  # one-warp programs: ~16 per SM on an H100/H200
 
 
@@ -302,7 +305,8 @@ def delta_quantize(x: torch.Tensor, smooth: torch.Tensor | None, lora_down: torc
     down_part = torch.empty(splits, m, r, dtype=torch.float32, device=dev) if lora_down is not None else None
     dummy = scale  # any tensor: pointers of absent inputs are never read
     shape = dict(CT=ct, CH=ch, CW=cw, CUBE_TOKENS=cube_tokens, HAS_CUBES=cube is not None,
-                 HAS_SMOOTH=smooth is not None, SPLIT_K=split_k, GROUP_K=GROUP,
+                 HAS_SMOOTH=smooth is not None, SPLIT_K=split_k,
+                 CHUNK_K=min(ROW_CHUNK_K, split_k) if fmt == "int4_row" else GROUP,
                  num_warps=NUM_WARPS)
     launch = (programs, splits, batch)
     sm = inverse_smooth(smooth) if smooth is not None else dummy
