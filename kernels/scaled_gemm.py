@@ -157,9 +157,8 @@ def _scaled(acc, rm, rn, M, N, a_scale_ptr, b_scale_ptr, HAS_A_SCALE: tl.constex
 
 @triton.jit
 def _split_extra(y, rm, out_rows, rn, M, N, cube, first, last, core_ptr, b_scale_ptr, down_ptr, up_ptr,
-                 HAS_CORE: tl.constexpr,
-                 HAS_LORA: tl.constexpr, R: tl.constexpr, RC: tl.constexpr, NC: tl.constexpr,
-                 IEEE_DOTS: tl.constexpr):
+                 HAS_CORE: tl.constexpr, HAS_LORA: tl.constexpr, R: tl.constexpr, RC: tl.constexpr,
+                 NC: tl.constexpr, IEEE_DOTS: tl.constexpr):
     """y + down·upᵀ + one-hot(cube)·core as small bf16 MMAs into y, each operand loaded just before
     its MMA: the low-rank branch in chunks of RC ranks, the core term NC cubes at a time (bf16 hi
     + lo, ~2**-17 relative). Nothing of the epilogue is live across the K loop or held whole, so a
