@@ -1,5 +1,6 @@
-# GPU session (2026-11-30, sixth): DeltaQuant's core tokens on an exact BF16 GEMM (power-of-two FP8
-# scales) instead of the grouped FP8 GEMM. Logs and reports in $OUT.
+# The W4A4 path's GPU runs (`run` from the project root, .whl carried): one PART per call, logs and
+# reports in $OUT. Sixth session (2026-11-30): DeltaQuant's core tokens on an exact BF16 GEMM
+# (power-of-two FP8 scales) instead of the grouped FP8 GEMM.
 #   PART=kernels  the GPU kernel tests, tools/probe_core_gemm.py, `dq bench kernels` at Wan A14B 480p,
 #                 rank 128, in both of the recipe's cube sizes
 #   PART=quality  tools/profile_linear.py at rank 128 and 4x1x4 cubes; dq-tiny 16 held-out prompts with the Wan recipe's settings (compare_methods
@@ -13,6 +14,9 @@
 #   PART=blocks   tools/profile_linear.py as in PART=quality, then the 8 Wan blocks, compile off and on
 #   PART=full     the GPU kernel tests, `dq bench kernels` as above, then the full-size Wan A14B at 480p (both
 #                 experts, BF16 and W4A4 × SDPA and sage8, eager, 2 measured steps)
+# Next (not run yet):
+#   PART=quantizer tools/probe_quantizer.py (the int4_row quantizer's step width and warps), then
+#                 `dq bench kernels` as above
 source tools/gpu_env.sh || exit 1
 L=$OUT/log.txt
 { nvidia-smi --query-gpu=name,driver_version --format=csv; python -c "import torch,triton;print(torch.__version__,triton.__version__)"; } > $L 2>&1
@@ -65,6 +69,10 @@ full)
   echo "== full size $(date +%T)" >> $L
   timeout -s KILL 330 python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p --configs bf16,w4a4 \
     --attention sdpa,sage8 --steps 2 --warmup-steps 1 --out $OUT/wan480_full >> $L 2>&1 ;;
+quantizer)
+  echo "== probe quantizer $(date +%T)" >> $L
+  timeout -s KILL 200 python -P tools/probe_quantizer.py >> $L 2>&1
+  bench_kernels ;;
 graphs)
   echo "== attention gpu tests $(date +%T)" >> $L
   timeout -s KILL 200 python -P -m pytest -m gpu -q tests/test_attention.py >> $L 2>&1
