@@ -45,7 +45,7 @@ def w4a4_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, sm
     The weight's format is read from its scales: [N, K/64] `int4_pow2`, [N, 1] `int4_row`."""
     # The low-rank input (X/λ)·L₂ᵀ = X·(L₂/λ)ᵀ by cuBLAS: a skinny GEMM that streams X once. Fused
     # into the quantizer it cost ~1 ms at 32,760×5,120 on an H100 (tools/kernel_probe.py). In fp32, in
-    # token order, as the GEMM's epilogue reads it: on BF16 input it ran 0.27–0.77 ms slower per call at
+    # token order, as the GEMM's epilogue reads it: on BF16 input it ran 0.27–0.87 ms slower per call at
     # Wan A14B 480p shapes on an H200 (tools/probe_epilogue_parts.py,
     # docs/measurements/probe_epilogue_parts_h200.txt). Not rounded to BF16 in between as the reference
     # does (~2**-9 of the branch, within the tests' tolerance): that took a pass of its own.
