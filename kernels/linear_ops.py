@@ -52,7 +52,7 @@ def w4a4_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, sm
     down = None
     if lora_down is not None:
         factor = lora_down.float() * inverse_smooth(smooth) if smooth is not None else lora_down.float()
-        down = _mm_fp32_out(x.to(lora_down.dtype), factor.to(lora_down.dtype))
+        down = mm_fp32(x, factor) if lora_down.dtype == torch.bfloat16 else x.to(lora_down.dtype) @ factor.T
     acts = delta_quantize(x, smooth, None, batch, tuple(grid) if cube else None, tuple(cube) if cube else None,
                           act_format)
     w, w_scale = expand_int4(qweight, scales)
@@ -65,13 +65,6 @@ def w4a4_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, sm
         core_out = mm_fp32(fp8_group_carriers(acts.core, CORE_GROUP), w16)  # the GEMM applies w_scale
     return scaled_gemm(acts.delta, w, acts.scale, w_scale, core=core_out, cube_of_row=acts.cube_of_row,
                        row_token=acts.row_token, down=down, up=lora_up, bias=bias, out_dtype=x.dtype)
-
-
-def _mm_fp32_out(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a [M, K] · b [N, K]ᵀ summed and returned in fp32 (cuBLAS writes fp32 for BF16 inputs on CUDA)."""
-    if a.is_cuda and a.dtype == torch.bfloat16:
-        return torch.mm(a, b.T, out_dtype=torch.float32)
-    return (a @ b.T).float()
 
 
 @w4a4_linear.register_fake

@@ -196,7 +196,7 @@ def test_quant_linear_w4a4_kernel_with_bf16_factors_is_within_their_rounding(dev
     """BF16 low-rank factors (what checkpoints hold): the reference rounds X/λ and then (X/λ)·L₂ᵀ to
     BF16, the kernel path rounds L₂/λ instead and keeps (X/λ)·L₂ᵀ in fp32 (dq_kernels.linear_ops).
     Each BF16 rounding is 1–2·10**-3 rms relative, three of them ~3·10**-3 of the branch, which here is
-    about the output's size (0.45% measured on the CPU); 2**-7 of the output's norm bounds that. On a
+    about the output's size (0.41% measured on the CPU); 2**-7 of the output's norm bounds that. On a
     GPU a few deltas may also round the other way (one step each): 2e-2, as in the tests above."""
     from dq_cli.models.base import ForwardState
 

@@ -27,6 +27,14 @@ bench_kernels() {  # one Wan A14B block's linears at 480p, rank 128, in both of 
       --cube $c --out $OUT/kernels_r128_${c//,/} -q >> $L 2>&1
   done
 }
+gpu_tests() {  # the W4A4 kernel tests on the GPU; $1: time limit in seconds
+  echo "== gpu tests $(date +%T)" >> $L
+  timeout -s KILL $1 python -P -m pytest -m gpu -q tests/test_kernels_w4a4.py >> $L 2>&1
+}
+profile() {  # tools/profile_linear.py at the Wan recipe's early-step settings
+  echo "== profile $(date +%T)" >> $L
+  timeout -s KILL 90 python -P tools/profile_linear.py --shapes wan-a14b-480p --rank 128 --cube 4,1,4 --no-w8a8 >> $L 2>&1
+}
 eight_blocks() {  # 8 Wan A14B blocks at 480p; the arguments choose the compile rows
   echo "== 8 blocks $* $(date +%T)" >> $L
   timeout -s KILL 280 python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p --num-layers 8 \
@@ -35,14 +43,12 @@ eight_blocks() {  # 8 Wan A14B blocks at 480p; the arguments choose the compile 
 }
 case "${PART:-kernels}" in
 kernels)
-  echo "== gpu tests $(date +%T)" >> $L
-  timeout -s KILL 170 python -P -m pytest -m gpu -q tests/test_kernels_w4a4.py >> $L 2>&1
+  gpu_tests 170
   echo "== probe $(date +%T)" >> $L
   timeout -s KILL 150 python -P tools/probe_core_gemm.py >> $L 2>&1
   bench_kernels ;;
 quality)
-  echo "== profile $(date +%T)" >> $L
-  timeout -s KILL 90 python -P tools/profile_linear.py --shapes wan-a14b-480p --rank 128 --cube 4,1,4 --no-w8a8 >> $L 2>&1
+  profile
   echo "== compare_methods $(date +%T)" >> $L
   timeout -s KILL 260 python -P tools/compare_methods.py --out /tmp/cmp --prompts 16 --jobs 3 --only dq_row_kv4_g64 >> $L 2>&1
   cp /tmp/cmp/quality.md /tmp/cmp/quality.json $OUT/ 2>/dev/null
@@ -53,18 +59,15 @@ after)
   bench_kernels
   eight_blocks --compile off,on ;;
 epilogue)
-  echo "== gpu tests $(date +%T)" >> $L
-  timeout -s KILL 170 python -P -m pytest -m gpu -q tests/test_kernels_w4a4.py >> $L 2>&1
+  gpu_tests 170
   echo "== probe epilogue parts $(date +%T)" >> $L
   timeout -s KILL 150 python -P tools/probe_epilogue_parts.py >> $L 2>&1
   bench_kernels ;;
 blocks)
-  echo "== profile $(date +%T)" >> $L
-  timeout -s KILL 90 python -P tools/profile_linear.py --shapes wan-a14b-480p --rank 128 --cube 4,1,4 --no-w8a8 >> $L 2>&1
+  profile
   eight_blocks --compile off,on ;;
 full)
-  echo "== gpu tests $(date +%T)" >> $L
-  timeout -s KILL 130 python -P -m pytest -m gpu -q tests/test_kernels_w4a4.py >> $L 2>&1
+  gpu_tests 130
   bench_kernels
   echo "== full size $(date +%T)" >> $L
   timeout -s KILL 330 python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p --configs bf16,w4a4 \

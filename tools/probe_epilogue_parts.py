@@ -1,8 +1,8 @@
 """What each part of the W4A4 GEMM's epilogue costs at Wan A14B 480p (a development probe; `dq bench
 kernels` is the user-facing measurement): the delta GEMM bare, then with the row scatter, the bias,
 the core term, the rank-128 low-rank branch (its input in bf16, as `dq::w4a4_linear` passed it until the
-seventh session, and in fp32, as it does now), all of them (`--all-only`: that case alone, with 32 and 64 ranks per
-MMA of the split epilogue); a bare GEMM over a longer K (the cost of carrying the
+seventh session, and in fp32, as it does now), all of them (`--all-only`: that case alone; ranks per MMA of the split
+epilogue: tools/probe_core_gemm.py); a bare GEMM over a longer K (the cost of carrying the
 low-rank branch as extra K columns instead); cuBLAS FP8 for scale; and the whole op.
 
     python -P tools/probe_epilogue_parts.py
@@ -68,11 +68,6 @@ def main() -> None:
             for name, kw in cases.items():
                 ms = t(lambda: sg.scaled_gemm(acts.delta, wq, acts.scale, ws, **kw))
                 print(f"cube {cube} {name:16s} {ms:.3f} ms", flush=True)
-                if name.startswith("all"):  # the split epilogue with 64 ranks per MMA
-                    sg.LORA_CHUNK = 64
-                    ms = t(lambda: sg.scaled_gemm(acts.delta, wq, acts.scale, ws, **kw))
-                    sg.LORA_CHUNK = 32
-                    print(f"cube {cube} {name}, 64 ranks per MMA {ms:.3f} ms", flush=True)
             args = (x, stored["qweight"], stored["scales"], smooth, down_w, up, bias, 1, list(grid), list(cube), "int4_row")
             print(f"cube {cube} whole op         {t(lambda: torch.ops.dq.w4a4_linear(*args)):.3f} ms", flush=True)
         for extra in (() if only_all else (384, 768)):
