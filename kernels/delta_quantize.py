@@ -251,8 +251,12 @@ def delta_round_kernel(
 SPLIT_K = 1024
 NUM_WARPS = 1
 # Columns a program loads per step: one scale group for `int4_pow2` (its rounding needs the group's
-# maximum); any width for `int4_row`, whose codes do not depend on it (tools/probe_quantizer.py).
-ROW_CHUNK_K = 64
+# maximum); any width for `int4_row`, whose codes do not depend on it. A one-warp program does best
+# with about 2,048 elements a step (tools/probe_quantizer.py, H200, 32,760 rows, no low-rank input):
+# 16-token cubes 0.305 → 0.281 ms at 5,120 columns and 0.807 → 0.743 ms at 13,824 going from 64 to 128
+# columns (256: 0.294 / 0.767); 64-token cubes 0.299 ms at 64 columns but 0.418 at 128.
+ROW_STEP_ELEMENTS = 2048
+ROW_CHUNK_K: int | None = None  # None: ROW_STEP_ELEMENTS // tokens per program, at least one group
 MIN_PROGRAMS = 2048  # one-warp programs: ~16 per SM on an H100/H200
 
 
@@ -264,6 +268,10 @@ def _split_k(k: int, programs: int) -> int:
     while split > GROUP and programs * triton.cdiv(k, split) < MIN_PROGRAMS:
         split //= 2
     return split
+
+
+def _row_chunk_k(tokens_per_program: int) -> int:
+    return ROW_CHUNK_K or max(GROUP, ROW_STEP_ELEMENTS // tokens_per_program)
 
 
 def delta_quantize(x: torch.Tensor, smooth: torch.Tensor | None, lora_down: torch.Tensor | None,
@@ -306,7 +314,7 @@ def delta_quantize(x: torch.Tensor, smooth: torch.Tensor | None, lora_down: torc
     dummy = scale  # any tensor: pointers of absent inputs are never read
     shape = dict(CT=ct, CH=ch, CW=cw, CUBE_TOKENS=cube_tokens, HAS_CUBES=cube is not None,
                  HAS_SMOOTH=smooth is not None, SPLIT_K=split_k,
-                 CHUNK_K=min(ROW_CHUNK_K, split_k) if fmt == "int4_row" else GROUP,
+                 CHUNK_K=min(_row_chunk_k(cube_tokens), split_k) if fmt == "int4_row" else GROUP,
                  num_warps=NUM_WARPS)
     launch = (programs, splits, batch)
     sm = inverse_smooth(smooth) if smooth is not None else dummy

@@ -12,7 +12,7 @@ The pipeline (see `sage_quant.py` for the pre-pass and its layouts):
    accumulation), an online softmax in log2 units with exp2, P = exp2(s - m + log2 448) in
    [0, 448] cast to E4M3 (448 is E4M3's largest value, so P uses the whole range; the same 448
    scales the row sum l and cancels in acc / l), then acc += P8 · V8 on the FP8 tensor cores.
-   Epilogue: out = acc / l · vs + vm.
+   Epilogue: out = acc / l · vs + v_offset (V's mean and its rounding error's mean, see sage_quant.py).
 
 Choices, and why:
 - Hopper's FP8 wgmma accumulates in reduced precision (about 22 bits, truncating). A running
@@ -105,7 +105,7 @@ def sage_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
         p8 = round_to_e4m3(p.clamp_(max=448.0))  # = p.to(float8_e4m3fn).float(), 3x faster on a CPU
         acc = acc * alpha[..., None] + torch.bmm(p8, z.v8t[:, :, n0:n1].float().transpose(1, 2))
         m = m_new
-    out = acc * (1.0 / l_)[..., None] * z.vs[:, None, :] + z.vm[:, None, :]
+    out = acc * (1.0 / l_)[..., None] * z.vs[:, None, :] + z.v_offset[:, None, :]
     return out.reshape(b, h, s_q, d).to(q.dtype)
 
 
@@ -175,7 +175,7 @@ if triton is not None:
 
     @triton.jit
     def _sage8_attn_fwd(
-        desc_q, QS, desc_k, KS, desc_v, VS, VM, Out,
+        desc_q, QS, desc_k, KS, desc_v, VS, VOFF, Out,
         so_b, so_h, so_s, so_d,
         H, S_Q, S_K, SQ_PAD, SK_PAD, SK_BUCKET,
         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -211,8 +211,8 @@ if triton is not None:
                                               PV_ACC, INTERPRET)
 
         vs = tl.load(VS + bh * HEAD_DIM + offs_d)
-        vm = tl.load(VM + bh * HEAD_DIM + offs_d)
-        out = acc * (1.0 / l_i)[:, None] * vs[None, :] + vm[None, :]
+        v_offset = tl.load(VOFF + bh * HEAD_DIM + offs_d)
+        out = acc * (1.0 / l_i)[:, None] * vs[None, :] + v_offset[None, :]
         # The output keeps the caller's strides ([B, S, H, D] memory from diffusers): a plain masked
         # store, once per program.
         o_ptrs = (Out + b.to(tl.int64) * so_b + h.to(tl.int64) * so_h + offs_m[:, None].to(tl.int64) * so_s
@@ -281,7 +281,7 @@ def sage_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sca
     desc_q = TensorDescriptor.from_tensor(z.q8.view(-1, d), [bm, d])
     desc_k = TensorDescriptor.from_tensor(z.k8.view(-1, d), [bn, d])
     desc_v = TensorDescriptor.from_tensor(z.v8t.view(-1, z.v8t.shape[-1]), [d, bn])
-    args = (desc_q, z.qs, desc_k, z.ks, desc_v, z.vs, z.vm, out, *out.stride(),
+    args = (desc_q, z.qs, desc_k, z.ks, desc_v, z.vs, z.v_offset, out, *out.stride(),
             h, s_q, s_k, z.q8.shape[1], z.k8.shape[1], 1 << max(s_k - 1, 1).bit_length())
     meta = dict(HEAD_DIM=d, QUANT_BLOCK=z.quant_block, FAST_I2F=fast_i2f, PV_ACC=pv_acc, INTERPRET=interp)
     if config is None:

@@ -17,8 +17,20 @@ the layouts the attention kernel loads without masks:
 - v8t  float8_e4m3fn [B*H, D, Sk_pad] (V - mean) · 448/amax per channel, stored transposed (tokens
                                       contiguous): Hopper's FP8 wgmma wants the reduction dim (the
                                       tokens, for P·V) contiguous in both operands.
-- vs, vm float32 [B*H, D]             V's per-channel scale amax/448 and mean: out = P·v8 · vs + vm
-                                      (the mean comes back exactly since the softmax rows sum to 1).
+- vs, v_offset float32 [B*H, D]       V's per-channel scale amax/448, and what the epilogue adds back:
+                                      out = P·v8 · vs + v_offset. v_offset is V's mean (exact, since
+                                      softmax rows sum to 1) plus the mean over the keys of V's E4M3
+                                      rounding error (below).
+
+Why the rounding error's mean: the output error that V's rounding causes is Σ p_i ε_i / Σ p_i. Its
+common part, the mean of ε over the keys, reaches the output whole, while the rest is averaged down
+like the output itself. Where attention is flat (zero-mean random data: the output shrinks as
+1/√keys) that common part is about a third of the error's energy and, with BF16 inputs, more (their
+grid makes the E4M3 rounding slightly biased): on an H200 at Wan 480p / 720p shapes the kernel's
+error against float64 was 4.4% / 5.9% with V's mean alone, growing with the keys, and 3.6% flat
+with the correction (`tools/attention_error_at_shape.py`). Restoring a constant per channel is exact
+for any attention weights, so peaked (real) attention loses nothing: its error moves by at most
+that constant, a fraction of one E4M3 step divided by √keys.
 
 The means and channel ranges (`smoothing_stats`) are reductions over all tokens, done with torch
 before the launch (one pass over K and one over V, no copies); every block of the launch needs them.
@@ -29,6 +41,7 @@ ulp):
     int8:  s = fp32(amax / 127); inv = fp32(127 / amax) (0 where amax == 0)
            code = round_half_even(fp32(x · inv))          |x·inv| <= 127 by construction
     fp8:   e4m3(clamp(fp32((v - vm) · vinv), ±448))       round to nearest even, vinv = 448/amax
+    v_offset = vm + vs · Σ_keys(fp32((v - vm) · vinv) - e4m3(...)) / S_k   (the sum in another order: to fp32 rounding)
 """
 
 from __future__ import annotations
@@ -61,7 +74,7 @@ class SageInputs(NamedTuple):
     ks: torch.Tensor
     v8t: torch.Tensor
     vs: torch.Tensor
-    vm: torch.Tensor
+    v_offset: torch.Tensor
     s_q: int
     s_k: int
     quant_block: int
@@ -123,8 +136,9 @@ def sage_quantize_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s
     kf = k.float().reshape(km.shape[0], s_k, -1) - km[:, None, :]
     k8, ks = _int8_blocks(torch.nn.functional.pad(kf, (0, 0, 0, sk_pad - s_k)), quant_block)
     vf = (v.float().reshape(vm.shape[0], s_k, -1) - vm[:, None, :]) * vinv[:, None, :]
-    v8t = _e4m3(torch.nn.functional.pad(vf, (0, 0, 0, sk_pad - s_k))).transpose(1, 2).contiguous()
-    return SageInputs(q8, qs, k8, ks, v8t, vs, vm, s_q, s_k, quant_block)
+    v8 = _e4m3(torch.nn.functional.pad(vf, (0, 0, 0, sk_pad - s_k)))
+    v_offset = vm + vs * ((vf - v8[:, :s_k].float()).sum(dim=1) / s_k)
+    return SageInputs(q8, qs, k8, ks, v8.transpose(1, 2).contiguous(), vs, v_offset, s_q, s_k, quant_block)
 
 
 # ---- the Triton kernel -------------------------------------------------------------------------
@@ -142,7 +156,7 @@ if triton is not None:
     @triton.jit
     def _sage_quant_prepass(
         Q, K, V, KM, VM, VINV,  # inputs: q/k/v [B, H, S, D] strided; km/vm/vinv [B*H, D] fp32
-        Q8, QS, K8, KS, V8T,  # outputs (dense, padded)
+        Q8, QS, K8, KS, V8T, VERR,  # outputs (dense, padded); VERR [B*H, SK_PAD // QB, D] fp32
         sq_b, sq_h, sq_s, sq_d, sk_b, sk_h, sk_s, sk_d, sv_b, sv_h, sv_s, sv_d,
         H, S_Q, S_K, SQ_PAD, SK_PAD, q_mult,
         HEAD_DIM: tl.constexpr, QUANT_BLOCK: tl.constexpr, INTERPRET: tl.constexpr,
@@ -183,10 +197,14 @@ if triton is not None:
                 vm = tl.load(VM + bh * HEAD_DIM + d)
                 vinv = tl.load(VINV + bh * HEAD_DIM + d)
                 x = tl.where(valid[:, None], (x - vm[None, :]) * vinv[None, :], 0.0)
-                x = tl.minimum(tl.maximum(x, -448.0), 448.0)
+                xc = tl.minimum(tl.maximum(x, -448.0), 448.0)
                 if INTERPRET:
-                    x = round_to_e4m3(x)
-                v8 = tl.trans(x.to(tl.float8e4nv))  # [D, QB]: tokens contiguous in memory
+                    x8 = round_to_e4m3(xc)
+                else:
+                    x8 = xc.to(tl.float8e4nv).to(tl.float32)
+                # this block's share of the rounding error's mean (padded tokens add 0)
+                tl.store(VERR + (bh64 * (SK_PAD // QUANT_BLOCK) + blk) * HEAD_DIM + d, tl.sum(x - x8, axis=0))
+                v8 = tl.trans(x8.to(tl.float8e4nv))  # [D, QB]: tokens contiguous in memory; exact
                 tl.store(V8T + bh64 * HEAD_DIM * SK_PAD + d[:, None] * SK_PAD + rows[None, :], v8)
 
 
@@ -208,15 +226,17 @@ def sage_quantize(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: floa
     v8t = torch.empty(b * h, d, sk_pad, dtype=torch.float8_e4m3fn, device=dev)
     qs = torch.empty(b * h, sq_pad // quant_block, dtype=torch.float32, device=dev)
     ks = torch.empty(b * h, sk_pad // quant_block, dtype=torch.float32, device=dev)
+    verr = torch.empty(b * h, sk_pad // quant_block, d, dtype=torch.float32, device=dev)
     grid = (max(sq_pad, sk_pad) // quant_block, b * h, 3)
     _sage_quant_prepass[grid](
-        q, k, v, km, vm, vinv, q8, qs, k8, ks, v8t,
+        q, k, v, km, vm, vinv, q8, qs, k8, ks, v8t, verr,
         *q.stride(), *k.stride(), *v.stride(),
         h, s_q, s_k, sq_pad, sk_pad, float(scale) * LOG2E,
         HEAD_DIM=d, QUANT_BLOCK=quant_block, INTERPRET=interpreting(),
         num_warps=4 if quant_block * d <= 64 * 128 else 8,
     )
-    return SageInputs(q8, qs, k8, ks, v8t, vs, vm, s_q, s_k, quant_block)
+    v_offset = vm + vs * (verr.sum(dim=1) / s_k)  # partial sums, then a fixed order: deterministic
+    return SageInputs(q8, qs, k8, ks, v8t, vs, v_offset, s_q, s_k, quant_block)
 
 
 def default_scale(head_dim: int) -> float:

@@ -43,7 +43,7 @@ def head_slice(z: SageInputs, heads: int, queries: int) -> SageInputs:
     """The pre-pass output of the first `heads` heads (batch 1) and query blocks."""
     qb = z.quant_block
     return z._replace(q8=z.q8[:heads, :queries], qs=z.qs[:heads, :queries // qb], k8=z.k8[:heads], ks=z.ks[:heads],
-                      v8t=z.v8t[:heads], vs=z.vs[:heads], vm=z.vm[:heads], s_q=queries)
+                      v8t=z.v8t[:heads], vs=z.vs[:heads], v_offset=z.v_offset[:heads], s_q=queries)
 
 
 def report(name: str, shape, heads: int, queries: int, kinds) -> None:
@@ -67,7 +67,7 @@ def report(name: str, shape, heads: int, queries: int, kinds) -> None:
                 qs_, ks_, vs_, scale, block_n=bn, quantized=z_ref)
         codes_differ = {f: (getattr(z_gpu, f).float() != getattr(z_ref, f).float()).float().mean().item()
                         for f in ("q8", "k8", "v8t")}
-        scales_differ = {f: rel(getattr(z_gpu, f), getattr(z_ref, f).double()) for f in ("qs", "ks", "vs", "vm")}
+        scales_differ = {f: rel(getattr(z_gpu, f), getattr(z_ref, f).double()) for f in ("qs", "ks", "vs", "v_offset")}
         print(f"== {name} {kind}: heads 0-{heads - 1}, queries 0-{queries - 1}, {s} keys; |out| rms "
               f"{exact.pow(2).mean().sqrt().item():.4g}", flush=True)
         print(f"   pre-pass codes differing (kernel vs reference): {codes_differ}; scales rel. diff {scales_differ}")

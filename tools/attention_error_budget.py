@@ -29,7 +29,7 @@ def budget(queries: int, keys: int, d: int = 128, seed: int = 0, kernel: bool = 
     exact = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double())
     kernel_errors = _kernel_errors(q, k, v, exact) if kernel else {}
     z = sage_quantize_reference(q, k, v, 1 / math.sqrt(d), sa.QUANT_BLOCK)
-    v_fp8 = (z.v8t.float().transpose(1, 2)[:, :keys] * z.vs[:, None, :] + z.vm[:, None, :]).reshape(v.shape)
+    v_fp8 = (z.v8t.float().transpose(1, 2)[:, :keys] * z.vs[:, None, :] + z.v_offset[:, None, :]).reshape(v.shape)
     s = q.double() @ k.double().transpose(-1, -2) / math.sqrt(d)
     p = torch.exp(s - s.amax(-1, keepdim=True)) * 448.0
     p_fp8 = p.float().to(torch.float8_e4m3fn).double()
