@@ -14,9 +14,11 @@
 #   PART=blocks   tools/profile_linear.py as in PART=quality, then the 8 Wan blocks, compile off and on
 #   PART=full     the GPU kernel tests, `dq bench kernels` as above, then the full-size Wan A14B at 480p (both
 #                 experts, BF16 and W4A4 × SDPA and sage8, eager, 2 measured steps)
-# Next (not run yet):
 #   PART=quantizer tools/probe_quantizer.py (the int4_row quantizer's step width and warps), then
-#                 `dq bench kernels` as above
+#                 `dq bench kernels` as above (eighth session: the probe alone)
+# Eighth session (int4_row steps of ~2,048 elements; 8-bit attention restores V's rounding-error mean):
+#   PART=steps    the GPU kernel tests, `dq bench kernels` as above, tools/attention_error.py on dq-tiny and
+#                 the dq-tiny 16-prompt quality of 8-bit attention against SDPA
 source tools/gpu_env.sh || exit 1
 L=$OUT/log.txt
 { nvidia-smi --query-gpu=name,driver_version --format=csv; python -c "import torch,triton;print(torch.__version__,triton.__version__)"; } > $L 2>&1
@@ -76,6 +78,13 @@ quantizer)
   echo "== probe quantizer $(date +%T)" >> $L
   timeout -s KILL 200 python -P tools/probe_quantizer.py >> $L 2>&1
   bench_kernels ;;
+steps)
+  gpu_tests 170
+  bench_kernels
+  echo "== attention error dq-tiny $(date +%T)" >> $L
+  timeout -s KILL 90 python -P tools/attention_error.py --device cuda --out $OUT/attn_error.json >> $L 2>&1
+  echo "== quality sage8 $(date +%T)" >> $L
+  timeout -s KILL 200 python -P -m dq_cli bench --quality -n 16 --attention sage8 --device cuda --out $OUT/quality_sage8 >> $L 2>&1 ;;
 graphs)
   echo "== attention gpu tests $(date +%T)" >> $L
   timeout -s KILL 200 python -P -m pytest -m gpu -q tests/test_attention.py >> $L 2>&1

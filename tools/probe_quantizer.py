@@ -26,7 +26,7 @@ def main() -> None:
                     ms = triton.testing.do_bench(lambda: dqz.delta_quantize(x, smooth, None, 1, grid, cube, "int4_row"),
                                                  warmup=5, rep=30, return_mode="median")
                     print(f"{m}x{k} cube {cube} {chunk} columns per step, {warps} warps: {ms:.3f} ms "
-                          f"({floor / ms / 1e9:.0f} GB/s of the two-pass traffic)", flush=True)
+                          f"({floor / ms / 1e6:.0f} GB/s of the two-pass traffic)", flush=True)
 
 
 if __name__ == "__main__":
