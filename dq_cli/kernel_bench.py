@@ -22,8 +22,14 @@ import torch
 # (model, tokens, grid, [(layer, K, N, count per block)]) — shapes from the diffusers configs (FACTS.md).
 WAN_A14B = [("self_attn.q/k/v/out", 5120, 5120, 4), ("cross_attn.q/out", 5120, 5120, 2),
             ("ffn.up", 5120, 13824, 1), ("ffn.down", 13824, 5120, 1)]
+# Self-attention Q/K/V as one linear (diffusers' `fuse_projections`, what SVDQuant's Nunchaku runs): one
+# activation quantization and one low-rank input for the three. Not built into dq's models yet: this
+# shape set measures what it would gain.
+WAN_A14B_FUSED_QKV = [("self_attn.qkv (fused)", 5120, 15360, 1), ("self_attn.out", 5120, 5120, 1),
+                      *WAN_A14B[1:]]
 SHAPES = {
     "wan-a14b-480p": (32760, (21, 30, 52), WAN_A14B),
+    "wan-a14b-480p-fused-qkv": (32760, (21, 30, 52), WAN_A14B_FUSED_QKV),
     "wan-a14b-720p": (75600, (21, 45, 80), WAN_A14B),
     "wan-ti2v-5b": (27280, (31, 22, 40), [("attn", 3072, 3072, 6), ("ffn.up", 3072, 14336, 1),
                                            ("ffn.down", 14336, 3072, 1)]),

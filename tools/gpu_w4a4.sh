@@ -19,6 +19,8 @@
 # Eighth session (int4_row steps of ~2,048 elements; 8-bit attention restores V's rounding-error mean):
 #   PART=steps    the GPU kernel tests, `dq bench kernels` as above, tools/attention_error.py on dq-tiny and
 #                 the dq-tiny 16-prompt quality of 8-bit attention against SDPA
+#   PART=fused    `dq bench kernels` with the self-attention Q/K/V fused into one 5,120→15,360 linear beside
+#                 the unfused block, both cube sizes (what fusing would gain; not built into the models)
 #   PART=fullcompile the full-size Wan A14B at 480p (both experts), BF16 and W4A4 × SDPA and sage8 × compile
 #                 off and on, 2 measured steps after the default warm-up (as many steps: the recipe's second
 #                 cube size first appears at step 2; a 1-step warm-up left its Triton compile and second
@@ -86,6 +88,12 @@ fullcompile)
   echo "== full size, compile off and on $(date +%T)" >> $L
   timeout -s KILL 540 python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p --configs bf16,w4a4 \
     --attention sdpa,sage8 --compile off,on --steps 2 --no-breakdown --out $OUT/wan480_full >> $L 2>&1 ;;
+fused)
+  for c in 4,2,8 4,1,4; do
+    echo "== bench kernels, fused q/k/v beside unfused, cube $c $(date +%T)" >> $L
+    timeout -s KILL 120 python -P -m dq_cli bench kernels --shapes wan-a14b-480p,wan-a14b-480p-fused-qkv \
+      --w4a4-format int4_row --rank 128 --cube $c --out $OUT/kernels_fused_${c//,/} -q >> $L 2>&1
+  done ;;
 steps)
   gpu_tests 170
   bench_kernels
