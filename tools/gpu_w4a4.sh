@@ -91,7 +91,7 @@ fullcompile)
 fused)
   for c in 4,2,8 4,1,4; do
     echo "== bench kernels, fused q/k/v beside unfused, cube $c $(date +%T)" >> $L
-    timeout -s KILL 120 python -P -m dq_cli bench kernels --shapes wan-a14b-480p,wan-a14b-480p-fused-qkv \
+    timeout -s KILL 120 python -P -m dq_cli bench kernels --shapes wan-a14b-480p --shapes wan-a14b-480p-fused-qkv \
       --w4a4-format int4_row --rank 128 --cube $c --out $OUT/kernels_fused_${c//,/} -q >> $L 2>&1
   done ;;
 steps)
