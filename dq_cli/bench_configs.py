@@ -44,7 +44,7 @@ CONFIGS = {
     "torchao-int8": "torchao Int8DynamicActivationInt8WeightConfig",
 }
 DEFAULT_CONFIGS = ("bf16", "w4a4", "6bit", "w8a8", "torchao-fp8", "torchao-int8")
-BLOCK_ROLES = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.out", "cross_attn.q", "cross_attn.k",
+BLOCK_ROLES = ("self_attn.qkv", "self_attn.q", "self_attn.k", "self_attn.v", "self_attn.out", "cross_attn.q", "cross_attn.k",
                "cross_attn.v", "cross_attn.out", "ffn.up", "ffn.down")
 
 
@@ -105,6 +105,8 @@ def _apply_dq(workload: Workload, config: str, recipe_name: str) -> list[str]:
     adapter = workload.adapter
     source, text = recipes.resolve(recipe_name)
     recipe = recipes.parse(text, source)
+    if recipe.quantization.fuse_qkv:
+        adapter.fuse_qkv()
     layers = adapter.linears()
     plans = plan_layers(recipe.quantization, layers, source,
                         hadamard=recipe.predictor.hadamard_block if recipe.predictor else 0)

@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 from dq_cli import __version__
 from dq_cli.errors import CheckpointError
 from dq_cli.models.base import LinearInfo, role_of
+from dq_cli.models.fusion import FUSED_NAME, fuse_qkv
 from dq_cli.quant.apply import set_submodule
 from dq_cli.quant.linear import QuantLinear
 from dq_cli.quant.plan import LayerPlan
@@ -110,6 +111,8 @@ def build_components(info: CheckpointInfo, device: str, dtype: torch.dtype) -> d
             with init_empty_weights():
                 model = cls.from_config(info.configs[component])
             prefix = f"{component}."
+            if any(k.startswith(prefix) and f".{FUSED_NAME}." in k for k in keys):
+                fuse_qkv(model)  # made with `quantization.fuse_qkv` (meta tensors: nothing is copied)
             for name, plan in info.layers.items():
                 if name.startswith(prefix):
                     module_name = name[len(prefix):]

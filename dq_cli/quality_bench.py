@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 
 from dq_cli.models.base import Adapter
+from dq_cli.models.fusion import part_names
 from dq_cli.quality import psnr, score, ssim
 
 
@@ -71,22 +72,35 @@ def layer_errors(baseline: Adapter, variants: dict[str, dict[str, torch.nn.Modul
     Returns {config: {layer: error}}, the error pooled over the probed calls."""
     sums = {c: {} for c in variants}
 
-    def hook_for(name: str):
+    def compare(name: str, x: torch.Tensor, y: torch.Tensor) -> None:
+        for config, layers in variants.items():
+            layer = layers.get(name)
+            if layer is None:
+                continue
+            layer.forward_state = baseline.state
+            num, den = sums[config].get(name, (0.0, 0.0))
+            sums[config][name] = (num + (layer(x).float() - y).pow(2).sum().item(), den + y.pow(2).sum().item())
+
+    def hook_for(name: str, parts: list[str], part: str, outputs: dict):
+        """A variant's layer `name` against the baseline's `parts` (one layer, or a fused Q/K/V's
+        three, which read the same input: their outputs concatenated are what the fused one computes)."""
         def hook(module, args, output):
             if baseline.state.step % probe_every:
                 return
-            x, y = args[0], output.float()
-            for config, layers in variants.items():
-                layer = layers.get(name)
-                if layer is None:
-                    continue
-                layer.forward_state = baseline.state
-                num, den = sums[config].get(name, (0.0, 0.0))
-                sums[config][name] = (num + (layer(x).float() - y).pow(2).sum().item(), den + y.pow(2).sum().item())
+            outputs[part] = output.float()
+            if part == parts[-1]:
+                compare(name, args[0], torch.cat([outputs.pop(p) for p in parts], dim=-1))
         return hook
 
-    handles = [baseline.module(info).register_forward_hook(hook_for(info.name)) for info in baseline.linears()
-               if any(info.name in layers for layers in variants.values())]
+    baseline_names = {info.name for info in baseline.linears()}
+    handles = []
+    for name in dict.fromkeys(n for layers in variants.values() for n in layers):
+        parts = part_names(name) if name not in baseline_names else [name]
+        if all(p in baseline_names for p in parts):
+            outputs = {}
+            for part in parts:
+                module = baseline.transformers()[part.split(".", 1)[0]].get_submodule(part.split(".", 1)[1])
+                handles.append(module.register_forward_hook(hook_for(name, parts, part, outputs)))
     try:
         baseline.generate(prompt, negative_prompt=run.negative_prompt, steps=run.steps, guidance=run.guidance,
                           seed=run.seed, frames=run.frames, height=run.height, width=run.width)

@@ -26,12 +26,12 @@ WeightFormat = Literal["bf16", "int8", "fp8", "int4", "int4_pow2", "int4_row", "
 ActivationFormat = Literal["none", "int8", "fp8", "int4", "int4_pow2", "int4_row", "nvfp4"]
 CorePrecision = Literal["bf16", "fp8", "int4"]
 Role = Literal[
-    "self_attn.q", "self_attn.k", "self_attn.v", "self_attn.out",
+    "self_attn.qkv", "self_attn.q", "self_attn.k", "self_attn.v", "self_attn.out",
     "cross_attn.q", "cross_attn.k", "cross_attn.v", "cross_attn.out",
     "ffn.up", "ffn.down", "embed", "head", "other",
 ]
 BLOCK_ROLES: tuple[str, ...] = (
-    "self_attn.q", "self_attn.k", "self_attn.v", "self_attn.out",
+    "self_attn.qkv", "self_attn.q", "self_attn.k", "self_attn.v", "self_attn.out",
     "cross_attn.q", "cross_attn.k", "cross_attn.v", "cross_attn.out",
     "ffn.up", "ffn.down",
 )
@@ -120,6 +120,9 @@ class QuantizationSpec(_Strict):
     roles: tuple[Role, ...] = BLOCK_ROLES
     layers: tuple[LayerRule, ...] = ()
     keep_bf16: tuple[str, ...] = ()
+    # Self-attention Q/K/V as one linear layer (role self_attn.qkv): one activation quantization, one
+    # GEMM and one low-rank branch for the three (dq_cli/models/fusion.py). Wan and dq-tiny only.
+    fuse_qkv: bool = False
 
 
 class PredictorSpec(_Strict):

@@ -17,6 +17,7 @@ from dq_cli.bench_configs import kernel_format
 from dq_cli.bench_models import _WAN_A14B_EXPERT
 from dq_cli.models.base import LinearInfo, role_of
 from dq_cli.quant.linear import QuantLinear
+from dq_cli.models.fusion import fuse_qkv
 from dq_cli.quant.plan import plan_layers
 
 
@@ -26,14 +27,17 @@ def nbytes(module: torch.nn.Module) -> int:
 
 def main() -> None:
     config = {k: v for k, v in _WAN_A14B_EXPERT.items() if not k.startswith("_")}
-    with torch.device("meta"):
-        model = WanTransformer3DModel(**config).to(torch.bfloat16)
-    bf16 = nbytes(model)
-    infos = [LinearInfo("transformer", name, role_of(name), m.in_features, m.out_features)
-             for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
     for name in sys.argv[1:] or ["wan22_w4a4.yaml"]:
         source, text = recipes.resolve(name)
-        plans = plan_layers(recipes.parse(text, source).quantization, infos, source)
+        spec = recipes.parse(text, source).quantization
+        with torch.device("meta"):
+            model = WanTransformer3DModel(**config).to(torch.bfloat16)
+        bf16 = nbytes(model)
+        if spec.fuse_qkv:
+            fuse_qkv(model)
+        infos = [LinearInfo("transformer", n, role_of(n), m.in_features, m.out_features)
+                 for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+        plans = plan_layers(spec, infos, source)
         total = bf16
         for info in infos:
             if info.name in plans:

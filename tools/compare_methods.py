@@ -67,6 +67,10 @@ VARIANTS = {
     "dq_row_kv4_row": variant(kv_weight_only("int4_row"), **{**DQ, "weight": "int4_row", "activation": "int4_row"}),
     "dq_row_kv4_g64": variant(kv_weight_only("int4"), **{**DQ, "weight": "int4_row", "activation": "int4_row"}),
 }
+# the same with self-attention Q/K/V fused into one layer (one smoothing vector and one low-rank branch
+# for the three; fitted from the unfused calibration's to_q statistics, the layers' shared input)
+VARIANTS["dq_row_kv4_g64_fused"] = copy.deepcopy(VARIANTS["dq_row_kv4_g64"])
+VARIANTS["dq_row_kv4_g64_fused"]["quantization"]["fuse_qkv"] = True
 
 
 def main() -> None:

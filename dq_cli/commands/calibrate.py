@@ -64,6 +64,8 @@ def command(
         main = world is None or world.is_main
         quiet = quiet or not main  # one voice: process 0's
         adapter = load_recipe_model(spec.model, world.device if world else device)
+        if spec.quantization.fuse_qkv:  # statistics under the fused layers' names (their shared input)
+            adapter.fuse_qkv()
         plans = plan_layers(spec.quantization, adapter.linears(), source,
                             hadamard=spec.predictor.hadamard_block if spec.predictor else 0)
         layers = [info for info in adapter.linears() if info.name in plans]

@@ -47,6 +47,8 @@ def command(
     check_writable(out, "--out")
     device = pick_device(device)
     adapter = load_recipe_model(spec.model, device)
+    if spec.quantization.fuse_qkv:
+        adapter.fuse_qkv()
     layers = adapter.linears()
     plans = plan_layers(spec.quantization, layers, source,
                         hadamard=spec.predictor.hadamard_block if spec.predictor else 0)

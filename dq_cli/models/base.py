@@ -23,6 +23,7 @@ TRACKER_HOOK = "dq_forward_tracker"
 
 # Module-name suffix → role, shared by every diffusers video DiT (Wan, LTX, CogVideoX).
 _ROLE_PATTERNS: tuple[tuple[str, str], ...] = (
+    (r"attn1\.to_qkv$", "self_attn.qkv"),  # Q/K/V fused (dq_cli/models/fusion.py)
     (r"attn1\.to_q$", "self_attn.q"),
     (r"attn1\.to_k$", "self_attn.k"),
     (r"attn1\.to_v$", "self_attn.v"),
@@ -209,6 +210,17 @@ class Adapter:
                 if isinstance(module, torch.nn.Linear) or getattr(module, "is_quant_linear", False):
                     out.append(LinearInfo(component, name, role_of(name), module.in_features, module.out_features))
         return out
+
+    def fuse_qkv(self) -> int:
+        """Fuse every self-attention's Q/K/V into one linear (`quantization.fuse_qkv`); returns how
+        many. Raises DQError where diffusers has no fused path for this family's attention."""
+        from dq_cli.models.fusion import fuse_qkv
+
+        count = sum(fuse_qkv(model) for model in self.transformers().values())
+        if not count and not any(info.role == "self_attn.qkv" for info in self.linears()):
+            raise DQError(f"quantization.fuse_qkv: the {self.family} model's self-attention has no fused Q/K/V "
+                          "path in diffusers (Wan and dq-tiny have one); set it to false")
+        return count
 
     def module(self, info: LinearInfo) -> torch.nn.Module:
         return self.transformers()[info.component].get_submodule(info.module_name)

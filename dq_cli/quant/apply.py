@@ -10,6 +10,7 @@ from dq_calib.artifact import Calibration
 from dq_calib.weights import WeightFit, fit_layer
 from dq_cli.errors import DQError
 from dq_cli.models.base import Adapter, LinearInfo
+from dq_cli.models.fusion import part_names
 from dq_cli.quant.linear import QuantLinear, uses_low_rank, uses_smoothing
 from dq_cli.quant.plan import CALIBRATED_METHODS, LayerPlan
 
@@ -67,10 +68,12 @@ def attach_state(adapter: Adapter) -> None:
 
 
 def _fit(info: LinearInfo, linear: nn.Linear, plan: LayerPlan, calibration: Calibration | None) -> WeightFit:
-    if calibration is None or info.name not in calibration.layers:
+    # A fused Q/K/V layer reads what its parts read: an artifact calibrated unfused serves it too.
+    source = next((n for n in (info.name, part_names(info.name)[0]) if calibration and n in calibration.layers), None)
+    if source is None:
         raise DQError(f"layer {info.name}: method '{plan.method}' needs calibration statistics; run "
                       "`dq calibrate` with the same recipe and pass --calibration")
-    cal = calibration.layers[info.name]
+    cal = calibration.layers[source]
     if cal.tokens.shape[0] == 0:
         raise DQError(f"layer {info.name}: the calibration artifact holds no tokens for it")
     alpha = plan.smoothing["alpha"] if uses_smoothing(plan) else None
