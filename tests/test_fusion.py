@@ -149,3 +149,19 @@ def test_quality_probe_compares_a_fused_layer_with_its_parts(family_dir):
     assert set(errors) == set(plans)
     # weight-only INT8 per channel: ~0.3% of a layer's output; a wrong concatenation order would be ~140%
     assert all(0 < e < 0.02 for e in errors.values()), errors
+
+
+def test_parts_roles_select_the_fused_layer():
+    """A recipe listing self_attn.q/k/v in `roles` (as dq-tiny's do) quantizes the fused layer too,
+    rather than leaving it in 16 bits without a word."""
+    from dq_cli.models.base import LinearInfo
+    from dq_cli.quant import plan_layers
+
+    infos = [LinearInfo("transformer", "blocks.0.attn1.to_qkv", "self_attn.qkv", 64, 192),
+             LinearInfo("transformer", "blocks.0.ffn.net.2", "ffn.down", 128, 64)]
+    text = ("version: 1\nname: t\nquantization:\n  fuse_qkv: true\n  roles: [{roles}]\n"
+            "  default: {{method: rtn, weight: int8, activation: none}}\n")
+    assert set(plan_layers(recipes.parse(text.format(roles="self_attn.k"), "t").quantization, infos, "t")) == \
+        {"transformer.blocks.0.attn1.to_qkv"}
+    assert set(plan_layers(recipes.parse(text.format(roles="ffn.down"), "t").quantization, infos, "t")) == \
+        {"transformer.blocks.0.ffn.net.2"}

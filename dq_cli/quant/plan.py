@@ -67,6 +67,11 @@ def _matches(rule, info: LinearInfo) -> bool:
     return info.role == rule.role
 
 
+def _selected(role: str, roles) -> bool:
+    """A fused Q/K/V layer (`quantization.fuse_qkv`) is selected by its own role or by any of its parts'."""
+    return role in roles or (role == "self_attn.qkv" and any(r in roles for r in ("self_attn.q", "self_attn.k", "self_attn.v")))
+
+
 def plan_layers(spec: QuantizationSpec, layers: list[LinearInfo], source: str, hadamard: int = 0
                 ) -> dict[str, LayerPlan]:
     """Resolved plan for every layer to quantize (layers left out stay in the model's dtype).
@@ -85,7 +90,7 @@ def plan_layers(spec: QuantizationSpec, layers: list[LinearInfo], source: str, h
     for info in layers:
         if any(_matches(_Glob(p), info) for p in spec.keep_bf16):
             continue
-        setting, selected = spec.default, info.role in spec.roles
+        setting, selected = spec.default, _selected(info.role, spec.roles)
         for rule in spec.layers:  # later rules refine earlier ones
             if _matches(rule, info):
                 setting, selected = _merge(setting, rule), True
