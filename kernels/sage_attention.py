@@ -226,19 +226,43 @@ if triton is not None:
         nargs["desc_k"].block_shape = [bn, d]
         nargs["desc_v"].block_shape = [d, bn]
 
-    # Hopper (checked by compiling for sm_90a, tools/attention_sass.py): with D = 128 a 128-row Q
-    # tile takes 177–199 registers a thread at 8 warps and none spill; 4 warps would spill. 64-row
-    # tiles fit 4 warps (168–183 registers). num_stages buffers the K/V TMA loads: 128×128 tiles
-    # with 4 stages use 145 KB of shared memory.
-    AUTOTUNE_CONFIGS = [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s, pre_hook=_set_block_shapes)
-        for bm, bn, w, s in [
-            (128, 128, 8, 2), (128, 128, 8, 3), (128, 128, 8, 4), (128, 64, 8, 3),
-            (128, 64, 8, 4), (64, 128, 4, 3), (64, 64, 4, 3), (64, 64, 4, 4),
-        ]
+    # Hopper (checked by compiling for sm_90a, tools/attention_sass.py; timed on an H200 with
+    # tools/attention_configs.py, docs/measurements/attention_configs_h200.md). What decides the speed is
+    # how many independent CTAs share an SM: a CTA's softmax (MUFU, conversions) and its MMAs do not
+    # overlap within a warpgroup, but the SM interleaves different CTAs'. A 128-row tile at 8 warps
+    # (177–199 registers, one CTA an SM) runs its two warpgroups in lock-step: 33.6 ms at Wan 480p. A
+    # 64-row tile at 4 warps takes 183 registers with D = 128 — two CTAs an SM (27.8 ms) — and fits 168
+    # without spilling: capped there (`maxnreg`) with 2 stages (73 KB of shared memory) three CTAs fit,
+    # 26.4 ms. With D = 64 the same tile takes 145 registers and 127 when capped at 128, no spill: four
+    # CTAs. The caps spill at larger head dims, so each config says which head dims it is for.
+    _CONFIG_TABLE = [  # BLOCK_M, BLOCK_N, warps, stages, maxnreg, head dims
+        (64, 128, 4, 2, 168, (128,)),
+        (64, 128, 4, 2, 128, (32, 64)),
+        (64, 128, 4, 2, None, HEAD_DIMS),
+        (64, 128, 4, 3, None, HEAD_DIMS),
+        (64, 64, 4, 2, None, HEAD_DIMS),
+        (64, 64, 4, 3, None, HEAD_DIMS),
+        (128, 128, 8, 3, None, HEAD_DIMS),
     ]
-    _sage8_attn_fwd_tuned = triton.autotune(AUTOTUNE_CONFIGS, key=["HEAD_DIM", "SK_BUCKET", "FAST_I2F", "PV_ACC"])(
-        _sage8_attn_fwd)
+    AUTOTUNE_CONFIGS = [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s, maxnreg=r, pre_hook=_set_block_shapes)
+        for bm, bn, w, s, r, _ in _CONFIG_TABLE
+    ]
+    _CONFIG_HEAD_DIMS = {id(c): dims for c, (*_, dims) in zip(AUTOTUNE_CONFIGS, _CONFIG_TABLE)}
+
+    def prune_configs(configs, named_args, **kwargs):
+        """The autotuner's early prune: only the configs meant for this head dim."""
+        d = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM"))
+        return [c for c in configs if d in _CONFIG_HEAD_DIMS.get(id(c), HEAD_DIMS)]
+
+    def _time_config(kernel_call, quantiles):
+        # Triton's default (100 ms of repetitions) is three calls at Wan 480p, where configs 5% apart
+        # then swap places from run to run; half a second is ~18 calls there, once per process and shape.
+        return triton.testing.do_bench(kernel_call, warmup=100, rep=500, quantiles=quantiles)
+
+    _sage8_attn_fwd_tuned = triton.autotune(AUTOTUNE_CONFIGS, key=["HEAD_DIM", "SK_BUCKET", "FAST_I2F", "PV_ACC"],
+                                            prune_configs_by={"early_config_prune": prune_configs},
+                                            do_bench=_time_config)(_sage8_attn_fwd)
 
 
 def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str | None:

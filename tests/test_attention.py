@@ -153,6 +153,46 @@ def test_kernel_matches_reference(d, fast_i2f):
 
 
 @needs_triton
+@pytest.mark.parametrize("bm,bn", sorted({(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in sa.AUTOTUNE_CONFIGS}))
+def test_kernel_at_the_autotuned_tiles(bm, bn):
+    """The tiles CUDA picks from (the default quant block of 128; a partial last tile of each)."""
+    q, k, v = qkv(s_q=150, s_k=200, d=32, seed=11, bias=0.5)
+    out = sa.sage_attention_triton(q, k, v, config=dict(BLOCK_M=bm, BLOCK_N=bn))
+    assert rel(out, sa.sage_attention_reference(q, k, v, block_n=bn)) < 1e-2
+
+
+@pytest.mark.parametrize("d", sa.HEAD_DIMS)
+def test_autotune_prune_keeps_configs_for_each_head_dim(d):
+    kept = sa.prune_configs(sa.AUTOTUNE_CONFIGS, {}, HEAD_DIM=d)
+    assert kept and all(c in sa.AUTOTUNE_CONFIGS for c in kept)
+    assert any(c.maxnreg for c in kept)  # each head dim has its occupancy config
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sa.triton is None, reason="needs triton")
+def test_register_capped_configs_do_not_spill_on_hopper():
+    """A `maxnreg` cap that the kernel outgrows makes ptxas spill to local memory, slower than the
+    occupancy it buys. tools/attention_sass.py compiles each capped config for the head dims it is
+    kept for, for sm_90a (no GPU needed: ptxas ships with triton), and reads ptxas's own report."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compile the real kernel
+    run = subprocess.run([sys.executable, "-P", str(root / "tools" / "attention_sass.py"), "--check-caps"],
+                         capture_output=True, text=True, env=env, cwd=root, timeout=900)
+    if "ptxas" in run.stderr and "No such file" in run.stderr:
+        pytest.skip("this triton wheel carries no ptxas")
+    rows = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    assert {r["head_dim"] for r in rows} == set(sa.HEAD_DIMS), run.stdout + run.stderr
+    for r in rows:
+        assert r["spill_bytes"] == 0 and r["registers"] <= r["maxnreg"], r
+    assert run.returncode == 0, run.stderr
+
+
+@needs_triton
 @pytest.mark.parametrize("s_q,s_k", [(77, 45), (33, 80), (16, 17)])
 def test_kernel_lengths_not_multiples_of_the_tiles(s_q, s_k):
     q, k, v = qkv(s_q=s_q, s_k=s_k, d=64, seed=6, bias=1.0)

@@ -162,7 +162,10 @@ def _best_config(sa) -> dict | None:
     best = getattr(tuner, "best_config", None)
     if best is None:
         return None
-    return dict(best.kwargs, num_warps=best.num_warps, num_stages=best.num_stages)
+    timings = getattr(tuner, "configs_timings", None) or {}
+    return dict(best.kwargs, num_warps=best.num_warps, num_stages=best.num_stages, maxnreg=best.maxnreg,
+                tried={f"{c.kwargs['BLOCK_M']}x{c.kwargs['BLOCK_N']} w{c.num_warps} s{c.num_stages} r{c.maxnreg}":
+                       t[0] if isinstance(t, (list, tuple)) else t for c, t in timings.items()})
 
 
 def markdown(doc: dict) -> str:

@@ -5,6 +5,10 @@
 # kernel (each variant) and the reference (on the kernel's pre-pass and its own) against float64.
 #   PART=error  that comparison at wan480 and wan720 (2 heads × 512 queries, all keys)
 #   PART=tests  the GPU attention tests
+#   PART=tuned-e2e  the bench at every shape, then PART=fullcompile of tools/gpu_w4a4.sh
+#   PART=tuned  (after the occupancy configs) the bench at every shape, the configs at LTX / CogVideoX, the tests
+#   PART=configs  the kernel alone at wan480 and wan720, one tile config at a time (tools/attention_configs.py;
+#               VARIANTS='default rowsum-mma' for several kernel variants)
 #   PART=after  (after v_offset restored the mean of V's rounding error) the comparison above, the bench at
 #               wan480 and wan720 (default variant, no peer), then the GPU attention tests
 source tools/gpu_env.sh || exit 1
@@ -21,6 +25,22 @@ after)
   timeout -s KILL 200 python -P tools/bench_attention.py --shapes wan480,wan720 --no-peer --out $OUT/attention >> $L 2>&1
   echo "== gpu tests attention $(date +%T)" >> $L
   timeout -s KILL 170 python -P -m pytest -m gpu -q tests/test_attention.py >> $L 2>&1 ;;
+configs)
+  echo "== configs $(date +%T)" >> $L
+  timeout -s KILL ${LIMIT:-400} python -P tools/attention_configs.py --shapes wan480 wan720 --variants ${VARIANTS:-default} --out $OUT/attention_configs >> $L 2>&1 ;;
+tuned)
+  echo "== bench, autotuned $(date +%T)" >> $L
+  timeout -s KILL 240 python -P tools/bench_attention.py --no-peer --out $OUT/attention >> $L 2>&1
+  echo "== configs at the D=64 shapes $(date +%T)" >> $L
+  timeout -s KILL 120 python -P tools/attention_configs.py --shapes ltx cogvideox --out $OUT/attention_configs_d64 >> $L 2>&1
+  echo "== gpu tests attention $(date +%T)" >> $L
+  timeout -s KILL 150 python -P -m pytest -m gpu -q tests/test_attention.py >> $L 2>&1 ;;
+tuned-e2e)
+  echo "== bench, autotuned $(date +%T)" >> $L
+  timeout -s KILL 200 python -P tools/bench_attention.py --no-peer --out $OUT/attention >> $L 2>&1
+  echo "== full size Wan 480p, compile off and on $(date +%T)" >> $L
+  timeout -s KILL 330 python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p --configs bf16,w4a4 \
+    --attention sdpa,sage8 --compile off,on --steps 2 --no-breakdown --out $OUT/wan480_full >> $L 2>&1 ;;
 tests)
   echo "== gpu tests attention $(date +%T)" >> $L
   timeout -s KILL 250 python -P -m pytest -m gpu -q -x tests/test_attention.py >> $L 2>&1 ;;
