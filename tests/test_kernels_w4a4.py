@@ -192,6 +192,26 @@ def test_quant_linear_w4a4_kernel_matches_reference(method, progress_step, forma
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("text_tokens,after", [(9, 0), (0, 6), (9, 6)])
+def test_quant_linear_w4a4_kernel_joint_text_and_video_sequence(text_tokens, after, device, monkeypatch):
+    """CogVideoX feeds its linears text tokens and then the video: the kernel path quantizes the
+    video through the cubes and the rest per token (one call each), as the reference does."""
+    from dq_cli.models.base import ForwardState
+
+    layer = quant_layer("deltaquant", "int4_row").to(device)
+    layer.forward_state = ForwardState(step=0, num_steps=4, grid=(3, 5, 7), text_tokens=text_tokens,
+                                       in_forward=True)
+    x = activations(2 * (text_tokens + 105 + after), 150, seed=23).reshape(2, -1, 150).to(device)
+    got, ref = both_paths(layer, x, monkeypatch)
+    tol = 1e-4 if device == "cpu" else 2e-2
+    torch.testing.assert_close(got, ref, rtol=tol, atol=tol * ref.abs().max().item())
+    # the cubes matter: quantizing every token alone (the text path) gives another result
+    layer.forward_state = None
+    alone = layer.reference_forward(x)
+    assert (alone - ref).abs().max() > 10 * tol * ref.abs().max()
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_quant_linear_w4a4_kernel_with_bf16_factors_is_within_their_rounding(device, monkeypatch):
     """BF16 low-rank factors (what checkpoints hold): the reference rounds X/λ and then (X/λ)·L₂ᵀ to
     BF16, the kernel path rounds L₂/λ instead and keeps (X/λ)·L₂ᵀ in fp32 (dq_kernels.linear_ops).

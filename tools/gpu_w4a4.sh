@@ -25,6 +25,9 @@
 #                 off and on, 2 measured steps after the default warm-up (as many steps: the recipe's second
 #                 cube size first appears at step 2; a 1-step warm-up left its Triton compile and second
 #                 inductor graph inside the measured run — first try, forward medians only), no breakdown
+# Ninth session:
+#   PART=models   the other models at full size, random weights: TI2V-5B 720p, CogVideoX-5B 480p, LTX-Video 512p;
+#                 BF16, W4A4, W8A8 and torchao FP8 × SDPA and sage8, eager, 2 measured steps, with the breakdown
 source tools/gpu_env.sh || exit 1
 L=$OUT/log.txt
 { nvidia-smi --query-gpu=name,driver_version --format=csv; python -c "import torch,triton;print(torch.__version__,triton.__version__)"; } > $L 2>&1
@@ -88,6 +91,12 @@ fullcompile)
   echo "== full size, compile off and on $(date +%T)" >> $L
   timeout -s KILL 540 python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p --configs bf16,w4a4 \
     --attention sdpa,sage8 --compile off,on --steps 2 --no-breakdown --out $OUT/wan480_full >> $L 2>&1 ;;
+models)
+  for m in wan2.2-ti2v-5b cogvideox-5b ltx-video; do
+    echo "== full size $m $(date +%T)" >> $L
+    timeout -s KILL ${LIMIT:-170} python -P -m dq_cli bench e2e --model $m --configs bf16,w4a4,w8a8,torchao-fp8 \
+      --attention sdpa,sage8 --steps 2 --out $OUT/$m >> $L 2>&1
+  done ;;
 fused)
   for c in 4,2,8 4,1,4; do
     echo "== bench kernels, fused q/k/v beside unfused, cube $c $(date +%T)" >> $L

@@ -3,14 +3,14 @@ reference math: on CUDA, for the formats the Hopper kernels implement exactly �
 
 - INT4 weights and activations with power-of-two group scales (`int4_pow2`) or one scale per
   output channel / token (`int4_row`), in any pairing (RTN, SmoothQuant, SVDQuant, DeltaQuant with
-  FP8 core tokens when every token of the sequence is a video token): `dq::w4a4_linear`;
+  FP8 core tokens; in a joint text + video sequence, as CogVideoX's, the video tokens through the
+  cubes and the text tokens per token, one call each): `dq::w4a4_linear`;
 - `int8` weights and activations: `dq::w8a8_linear`;
 - INT4 weights (any of the three scale layouts, round-to-nearest) with 16-bit activations: `dq::w4a16_linear`;
 - NVFP4 weights (6Bit-Diffusion) on their NVFP4 / INT8 / 16-bit routes, Hadamard rotation
   included: exact BF16 carriers on cuBLAS (dq_cli/quant/carrier_path.py).
 
-Everything else (free group scales, DeltaQuant's cube route with NVFP4 deltas, CogVideoX's joint
-text+video sequence under DeltaQuant) keeps the reference path. `DQ_KERNELS=triton` forces the kernels on the CPU (under
+Everything else (free group scales, DeltaQuant's cube route with NVFP4 deltas) keeps the reference path. `DQ_KERNELS=triton` forces the kernels on the CPU (under
 TRITON_INTERPRET=1, for tests); `DQ_KERNELS=reference` keeps the reference everywhere.
 """
 
@@ -51,19 +51,32 @@ def kernel_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
         return y.reshape(*x.shape[:-1], -1)
     if not (plan.weight in KERNEL_INT4_FORMATS and plan.activation in KERNEL_INT4_FORMATS and plan.method in W4A4_METHODS):
         return None
-    grid, cube = [], []
-    if plan.method == "deltaquant" and layer.sees_video:
-        state = layer.forward_state
-        if state is None or not state.in_forward or plan.core != "fp8":
-            return None
-        t, h, w = state.grid
-        if state.text_tokens or t * h * w != x.shape[1]:
-            return None  # tokens other than video in the sequence: the reference handles the split
-        grid, cube = [t, h, w], list(layer.current_cube())
+    if not (plan.method == "deltaquant" and layer.sees_video):
+        return _w4a4(layer, x, [], [])
+    state = layer.forward_state
+    if state is None or not state.in_forward or plan.core != "fp8":
+        return None
+    t, h, w = state.grid
+    video = state.video_tokens
+    if t * h * w == 0 or video.stop > x.shape[1]:
+        return None  # not this forward's video sequence (e.g. a slice of it): the reference decides
+    grid, cube = [t, h, w], list(layer.current_cube())
+    if video.start == 0 and video.stop == x.shape[1]:
+        return _w4a4(layer, x, grid, cube)
+    # A joint sequence (CogVideoX: 226 text tokens, then the video): as in the reference
+    # (dq_cli/quant/activations.py), the video tokens go through the cubes and the others are
+    # quantized token by token — one call each, joined along the sequence.
+    parts = [(x[:, :video.start], [], []), (x[:, video], grid, cube), (x[:, video.stop:], [], [])]
+    return torch.cat([_w4a4(layer, part.contiguous(), g, c) for part, g, c in parts if part.shape[1]], dim=1)
+
+
+def _w4a4(layer, x: torch.Tensor, grid: list[int], cube: list[int]) -> torch.Tensor:
+    """dq::w4a4_linear on x [B, S, K]: DeltaQuant's cubes over `grid` (S = its t·h·w tokens), or
+    per-token quantization where grid is empty."""
     k = layer.qweight.shape[1] * 2
     y = torch.ops.dq.w4a4_linear(_pad_k(x, k).reshape(-1, k), layer.qweight, layer.scales,
                                  _pad_k(layer.smooth, k, 1.0), _pad_k(layer.lora_down, k), layer.lora_up,
-                                 layer.bias, x.shape[0], grid, cube, plan.activation)
+                                 layer.bias, x.shape[0], grid, cube, layer.plan.activation)
     return y.reshape(*x.shape[:-1], -1)
 
 
