@@ -8,7 +8,7 @@
 #   PART=tuned-e2e  the bench at every shape, then PART=fullcompile of tools/gpu_w4a4.sh
 #   PART=tuned  (after the occupancy configs) the bench at every shape, the configs at LTX / CogVideoX, the tests
 #   PART=configs  the kernel alone at wan480 and wan720, one tile config at a time (tools/attention_configs.py;
-#               VARIANTS='default rowsum-mma' for several kernel variants)
+#               VARIANTS='default pv-acc2' for several of bench_attention.py's kernel variants)
 #   PART=after  (after v_offset restored the mean of V's rounding error) the comparison above, the bench at
 #               wan480 and wan720 (default variant, no peer), then the GPU attention tests
 source tools/gpu_env.sh || exit 1

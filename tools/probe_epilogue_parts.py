@@ -28,19 +28,26 @@ def best_config(key_part: str) -> str:
     return "; ".join(f"{c}" for k, c in sg.scaled_gemm_kernel.cache.items() if key_part in str(k))
 
 
+def wan_linear_inputs(m: int, k: int, n: int, rank: int):
+    """Random inputs of one Wan-shaped W4A4 linear on CUDA: x [m, k] bf16, smoothing λ, the stored
+    int4_row weight and its expansion (wq, ws), the low-rank factors (up, down_w) and the bias."""
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(n, k, device="cuda") / k**0.5
+    smooth = torch.rand(k, device="cuda") + 0.5
+    stored = pack_weight(w * smooth, "int4_row", 64)
+    wq, ws = expand_int4(stored["qweight"], stored["scales"])
+    up = (torch.randn(n, rank, device="cuda") / rank**0.5).bfloat16()
+    down_w = (torch.randn(rank, k, device="cuda") / k**0.5).bfloat16()
+    bias = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+    return x, smooth, stored, wq, ws, up, down_w, bias
+
+
 def main() -> None:
     m, grid, rank = 32760, (21, 30, 52), 128
     import sys
     only_all = "--all-only" in sys.argv  # only the whole epilogue (and its variants) and the op
     for k, n in ((5120, 5120), (5120, 13824), (13824, 5120)):
-        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-        w = torch.randn(n, k, device="cuda") / k**0.5
-        smooth = torch.rand(k, device="cuda") + 0.5
-        stored = pack_weight(w * smooth, "int4_row", 64)
-        wq, ws = expand_int4(stored["qweight"], stored["scales"])
-        up = (torch.randn(n, rank, device="cuda") / rank**0.5).bfloat16()
-        down_w = (torch.randn(rank, k, device="cuda") / k**0.5).bfloat16()
-        bias = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+        x, smooth, stored, wq, ws, up, down_w, bias = wan_linear_inputs(m, k, n, rank)
         a_fp8 = torch.randn(m, k, device="cuda").to(torch.float8_e4m3fn)
         sa = torch.rand(m, 1, device="cuda")
         fp8 = t(lambda: torch._scaled_mm(a_fp8, wq.T, scale_a=sa, scale_b=ws[None, :], out_dtype=torch.bfloat16))

@@ -12,14 +12,18 @@ Wan recipe's rank 128, one config at a time, at Wan A14B 480p.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import torch
 import triton
 import triton.testing
 
 import dq_kernels.scaled_gemm as sg
 from dq_kernels.delta_quantize import delta_quantize
-from dq_kernels.expand_int4 import expand_int4
-from dq_kernels.formats import pack_weight
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/ (python -P leaves it out)
+from probe_epilogue_parts import wan_linear_inputs  # noqa: E402
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, maxnreg)
 CONFIGS = [
@@ -46,14 +50,7 @@ def timed(cfg, fn) -> float:
 def main() -> None:
     m, grid, rank = 32760, (21, 30, 52), 128
     for k, n in ((5120, 5120), (5120, 13824), (13824, 5120)):
-        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-        w = torch.randn(n, k, device="cuda") / k**0.5
-        smooth = torch.rand(k, device="cuda") + 0.5
-        stored = pack_weight(w * smooth, "int4_row", 64)
-        wq, ws = expand_int4(stored["qweight"], stored["scales"])
-        up = (torch.randn(n, rank, device="cuda") / rank**0.5).bfloat16()
-        down_w = (torch.randn(rank, k, device="cuda") / k**0.5).bfloat16()
-        bias = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+        x, smooth, _, wq, ws, up, down_w, bias = wan_linear_inputs(m, k, n, rank)
         for cube in ((4, 1, 4), (4, 2, 8)):
             acts = delta_quantize(x, smooth, down_w, 1, grid, cube, "int4_row")
             core = torch.randn(acts.core.shape[0], n, device="cuda")

@@ -58,7 +58,7 @@ def quantize_input(x: torch.Tensor, plan: LayerPlan, state: ForwardState | None,
     if plan.method == "deltaquant" and sees_video and _sharded_video(x, state):
         core, deltas, ids = split_deltas_sharded(x, state.grid, cube, shard)
         return quantize_core(core, plan.core)[:, ids] + flat(deltas)
-    video = _video_slice(x, state) if plan.method == "deltaquant" and sees_video else None
+    video = video_slice(x, state) if plan.method == "deltaquant" and sees_video else None
     if video is None:
         return flat(x)
     out = flat(x) if (video.start > 0 or video.stop < x.shape[1]) else torch.empty_like(x, dtype=torch.float32)
@@ -75,7 +75,9 @@ def _sharded_video(x: torch.Tensor, state: ForwardState | None) -> bool:
     return t * h * w > 0 and state.shard.holds_slice_of(x.shape[1], t * h * w)
 
 
-def _video_slice(x: torch.Tensor, state: ForwardState | None) -> slice | None:
+def video_slice(x: torch.Tensor, state: ForwardState | None) -> slice | None:
+    """Where this forward's video tokens lie in x [B, S, K] (a joint sequence puts text around
+    them), or None when x is not that sequence: the reference and the kernel path both ask here."""
     if state is None or not state.in_forward or x.dim() != 3:
         return None
     t, h, w = state.grid

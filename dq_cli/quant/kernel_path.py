@@ -21,6 +21,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from dq_cli.quant.activations import video_slice
 from dq_cli.quant.carrier_path import carrier_forward
 from dq_kernels.formats import INT4_FORMATS, KERNEL_INT4_FORMATS
 
@@ -54,13 +55,10 @@ def kernel_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
     if not (plan.method == "deltaquant" and layer.sees_video):
         return _w4a4(layer, x, [], [])
     state = layer.forward_state
-    if state is None or not state.in_forward or plan.core != "fp8":
-        return None
-    t, h, w = state.grid
-    video = state.video_tokens
-    if t * h * w == 0 or video.stop > x.shape[1]:
+    video = video_slice(x, state) if plan.core == "fp8" else None
+    if video is None:
         return None  # not this forward's video sequence (e.g. a slice of it): the reference decides
-    grid, cube = [t, h, w], list(layer.current_cube())
+    grid, cube = list(state.grid), list(layer.current_cube())
     if video.start == 0 and video.stop == x.shape[1]:
         return _w4a4(layer, x, grid, cube)
     # A joint sequence (CogVideoX: 226 text tokens, then the video): as in the reference
