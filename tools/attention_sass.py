@@ -101,13 +101,19 @@ def check_caps() -> int:
     return int(failed)
 
 
-def report(k, d, bm, bn, warps, stages, variant, dump: Path | None) -> None:
+def usage_and_sass(k) -> tuple[str, str]:
+    """A compiled kernel's resource usage (cuobjdump) and SASS (nvdisasm), as text."""
     with tempfile.TemporaryDirectory() as tmp:
         cubin = Path(tmp) / "k.cubin"
         cubin.write_bytes(k.asm["cubin"])
         usage = subprocess.run([BIN / "cuobjdump", "--dump-resource-usage", cubin], capture_output=True,
                                text=True).stdout
         sass = subprocess.run([BIN / "nvdisasm", "-c", cubin], capture_output=True, text=True).stdout
+    return usage, sass
+
+
+def report(k, d, bm, bn, warps, stages, variant, dump: Path | None) -> None:
+    usage, sass = usage_and_sass(k)
     regs = re.search(r"REG:(\d+)", usage).group(1)
     stack = re.search(r"STACK:(\d+)", usage).group(1)
     cvt = k.asm["ttgir"].count("ttg.convert_layout")

@@ -43,6 +43,12 @@ SHAPES = {  # name: (batch, heads, tokens, head_dim)
     "ltx": (1, 32, 6144, 64),         # LTX-Video 2B, 768×512 121 frames: 16×16×24
     "cogvideox": (1, 48, 17776, 64),  # CogVideoX-5B, 720×480 49 frames: 17,550 video + 226 text
 }
+# Where does the 8-bit attention (pre-pass included) start to beat SDPA? Short sequences at both head
+# dims: LTX-like (2 CFG branches × 32 heads × 64) and Wan-like (40 × 128). `--shapes sweep` runs these.
+SWEEP = {f"d{d}-{s // 1024}k": (b, h, s, d) for b, h, d in ((2, 32, 64), (1, 40, 128))
+         for s in (2048, 4096, 8192, 12288, 16384)}
+MODEL_SHAPES = tuple(SHAPES)
+SHAPES |= SWEEP
 VARIANTS = {  # name: kwargs of sage_attention_triton
     "default": dict(pv_acc=0, fast_i2f=True),
     "pv-acc1": dict(pv_acc=1, fast_i2f=True),      # Triton's promotion: ptxas serializes the wgmmas
@@ -195,7 +201,8 @@ def markdown(doc: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for attention.json and attention.md")
-    parser.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, from {', '.join(SHAPES)}")
+    parser.add_argument("--shapes", default=",".join(MODEL_SHAPES),
+                        help=f"comma-separated, from {', '.join(SHAPES)}; 'sweep' for the d64-*/d128-* ones")
     parser.add_argument("--variants", default="default",
                         help=f"comma-separated kernel variants, or 'all' ({', '.join(VARIANTS)})")
     parser.add_argument("--no-peer", action="store_true", help="skip sageattention even if installed")
@@ -210,6 +217,7 @@ def main() -> None:
     elif not torch.cuda.is_available():
         raise SystemExit("bench_attention: needs a CUDA GPU (the CPU runs the reference; see tests/test_attention.py)")
     shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    shapes = [n for s in shapes for n in (SWEEP if s == "sweep" else [s])]
     variants = list(VARIANTS) if args.variants == "all" else [v.strip() for v in args.variants.split(",")]
     for name in shapes:
         if name not in SHAPES:
