@@ -359,22 +359,23 @@ def _run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> tor
     if reason not in _warned:
         _warned.add(reason)
         log.warning("sage8 attention: %s", reason)
-    return sage_attention_reference(q, k, v, scale)
+    return torch.empty_like(q).copy_(sage_attention_reference(q, k, v, scale))  # q's layout, as the kernel
 
 
 @torch.library.custom_op("dq::sage8_attention", mutates_args=())
 def sage8_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """softmax(scale · q kᵀ) v with 8-bit Q/K (INT8) and P/V (FP8); [B, H, S, D], q's dtype out,
-    contiguous whatever q's strides (the fake below promises that layout to torch.compile)."""
+    """softmax(scale · q kᵀ) v with 8-bit Q/K (INT8) and P/V (FP8); [B, H, S, D], q's dtype out, laid out
+    like `torch.empty_like(q)` (the fake below promises that layout to torch.compile). For diffusers' q,
+    a [B, H, S, D] view of [B, S, H, D] memory, that is [B, S, H, D] memory too, as SDPA returns it: the
+    caller's transpose back and flatten are then views. (A contiguous out cost two copies of the output
+    per call: one here, one in the caller's flatten.)"""
     _op_calls[0] += 1
-    return _run(q, k, v, scale).contiguous()
+    return _run(q, k, v, scale)
 
 
 @sage8_attention_op.register_fake
 def _(q, k, v, scale):
-    # Not empty_like(q): a transposed q (diffusers' [B, S, H, D] → [B, H, S, D]) would give the traced
-    # graph q's strides while the kernels return a contiguous tensor; a later view then failed.
-    return q.new_empty(q.shape)
+    return torch.empty_like(q)
 
 
 def sage_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:

@@ -225,6 +225,8 @@ def test_custom_op_registered_and_opcheck():
     assert all(v == "SUCCESS" for v in result.values()), result
     out = torch.ops.dq.sage8_attention(q, k, v, 0.2)
     assert rel(out, exact(q, k, v, 0.2)) < 0.06
+    # diffusers' layout in, the same out (as SDPA's): the caller's transpose back and flatten are views
+    assert out.stride() == q.stride() and out.transpose(1, 2).is_contiguous()
 
 
 def test_sdpa_fallback_op_counts_and_matches_sdpa():
