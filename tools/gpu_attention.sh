@@ -11,6 +11,12 @@
 #               VARIANTS='default pv-acc2' for several of bench_attention.py's kernel variants)
 #   PART=after  (after v_offset restored the mean of V's rounding error) the comparison above, the bench at
 #               wan480 and wan720 (default variant, no peer), then the GPU attention tests
+# Tenth session:
+#   PART=gluon  the Gluon kernel (kernels/sage_attention_gluon.py) against the Triton kernel and SDPA,
+#               kernel alone (tools/bench_attention_gluon.py), then its GPU tests
+#   PART=overhead  the op's GPU time per CUDA kernel and host time (tools/profile_attention_op.py), the
+#               one-pass statistics candidate against torch's (tools/probe_attention_stats.py), the bench
+#               at short sequences (--shapes sweep) and the model shapes
 source tools/gpu_env.sh || exit 1
 L=$OUT/log.txt
 { nvidia-smi --query-gpu=name,driver_version --format=csv; python -c "import torch,triton;print(torch.__version__,triton.__version__)"; } > $L 2>&1
@@ -41,6 +47,19 @@ tuned-e2e)
   echo "== full size Wan 480p, compile off and on $(date +%T)" >> $L
   timeout -s KILL 330 python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p --configs bf16,w4a4 \
     --attention sdpa,sage8 --compile off,on --steps 2 --no-breakdown --out $OUT/wan480_full >> $L 2>&1 ;;
+gluon)
+  echo "== gluon $(date +%T)" >> $L
+  timeout -s KILL 280 python -P tools/bench_attention_gluon.py --out $OUT/gluon >> $L 2>&1
+  echo "== gpu tests gluon $(date +%T)" >> $L
+  timeout -s KILL 100 python -P -m pytest -m gpu -q -s tests/test_attention_gluon.py >> $L 2>&1 ;;
+overhead)
+  echo "== profile op $(date +%T)" >> $L
+  timeout -s KILL 90 python -P tools/profile_attention_op.py >> $L 2>&1
+  echo "== probe stats $(date +%T)" >> $L
+  timeout -s KILL 90 python -P tools/probe_attention_stats.py >> $L 2>&1
+  echo "== bench sweep $(date +%T)" >> $L
+  timeout -s KILL 200 python -P tools/bench_attention.py --shapes sweep,wan480,ltx,cogvideox --no-peer \
+    --out $OUT/attention >> $L 2>&1 ;;
 tests)
   echo "== gpu tests attention $(date +%T)" >> $L
   timeout -s KILL 250 python -P -m pytest -m gpu -q -x tests/test_attention.py >> $L 2>&1 ;;
