@@ -6,6 +6,8 @@ Status: an experiment, not dispatched (`--attention sage8` runs `sage_attention.
 H200, but slower: 31.3–31.8 ms at Wan 480p against the Triton kernel's 27.1–27.8 ms (kernel alone;
 docs/measurements/attention_gluon_*_h200.md) — 207–246 registers give two CTAs an SM where the Triton
 kernel fits three, and P's re-packing and the barrier per refill cost more than the overlap gains.
+A warp-specialized variant (WARP-SPECIALIZED below: TMA producer warp, two consumer warpgroups, one
+CTA an SM) compiles without spills but has not been run on a GPU yet.
 
     out = softmax(scale · q kᵀ) v      q, k, v [B, H, S, D] bf16 (any strides), D in 64/128, non-causal
 
@@ -70,6 +72,39 @@ columns to keys the same way. `permuted_k=False` keeps K in key order and lets c
 ptxas scheduling: α_{j-1} is tied to l_j (α + l·0) so the acc update cannot start before the last
 exp2 of tile j; otherwise ptxas hoists the wait for the P·V above most of the softmax.
 
+WARP-SPECIALIZED (wrapper `warp_specialized=True`, `_sage8_attn_fwd_gluon_ws`; FA3's structure; compiled
+for sm_90a only, NOT YET RUN ON A GPU). BLOCK_M = 128, launched with num_warps = 4; `gl.warp_specialize`
+makes three partitions (Triton pads the 1-warp producer to a warpgroup: 384 threads, launch cap 168
+registers, then setmaxnreg: consumers 240 each, producer 24 — 2·128·240 + 128·24 ≤ 64K, one CTA an SM):
+    default   consumer warpgroup 0 (4 warps, query rows 0..63 of the tile)      setmaxnreg 240 (leftover)
+    worker 0  consumer warpgroup 1 (4 warps, rows 64..127), same code, WG = 1   worker_num_regs 240
+    worker 1  TMA producer (1 warp)                                             worker_num_regs 24
+  Barriers (shared memory): q_bars[2] (one Q tile [64, D] per consumer), k_full / v_full[STAGES]
+  (count 1, expect-tx by the producer), k_empty / v_empty[STAGES] (count 2: one arrival per consumer
+  warpgroup), turn_bars[2] (ping-pong only).
+    producer   Q_0, Q_1; for t: wait k_empty[t%S] (parity (t/S & 1) ^ 1: the first round passes on the
+               fresh barriers); TMA K_t; wait v_empty[t%S]; TMA V_t
+    consumer   wait Q; wait K_0; S_0 = Q·K_0ᵀ; wait(0); arrive k_empty[0]; softmax_0
+    step j     wait K_j; issue S_j; wait V_{j-1}; issue P_{j-1}·V_{j-1}            (_issue_step)
+               wait(1) → S_j done;  arrive k_empty[j%S]                             (K_j is free)
+               softmax_j → P_j                                                      (under the P·V)
+               wait(0) → P·V done;  arrive v_empty[(j-1)%S]                         (V_{j-1} is free)
+               acc update (fresh or CHAINED, as above)
+    epilogue   wait V_last; P_last·V_last; wait(0); store its 64 rows
+  No CTA-wide barrier per refill: Gluon's mbarrier.arrive lowers to a warpgroup-local `bar.sync id, 128`
+  then one elected thread's arrive (so one arrival per consumer warpgroup), and Triton's membar adds one
+  more warpgroup-local bar.sync before the K_j wait: 3 per step (4 with ping-pong), 128 threads each.
+  PINGPONG (`pingpong=True`): before each GEMM issue a warpgroup waits for its turn (turn_bars[WG]),
+  and passes the turn to the other one after its S_j is in (right after the K release): the two
+  warpgroups alternate on the tensor cores, one's softmax under the other's wgmmas. (Passing the turn
+  right after the issue, as FA3 does, made ptxas hoist the P·V wait above the softmax.) Without it the
+  two warpgroups run free, synchronised only through the shared K/V stages.
+  Compile report (D = 128; tools/attention_gluon_sass.py --warp-specialized [--chained] [--pingpong]):
+  CHAINED at BLOCK_N 128 and 64, fresh at BLOCK_N 64: no spill, not serialized; fresh at BLOCK_N 128 spills
+  60 bytes (it needs ~246 registers, above the 240 a consumer can get). ex2|| is full (64 of 64) at
+  BLOCK_N 128; at BLOCK_N 64 ptxas hoists the P·V wait in the loop body (1-4 of 32), as it does for the
+  non-specialized 64x64 tile.
+
 Tiles: BLOCK_M = 16·num_warps rows (one warpgroup of 4 warps per 64 rows: 64 / 4 warps or 128 / 8
 warps, the two warpgroups sharing the K/V stages), BLOCK_N 64 or 128 (one K scale per tile: it must
 divide the quantization block of 128).
@@ -94,7 +129,8 @@ if triton is not None:
                                                                   warpgroup_mma, warpgroup_mma_wait)
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-__all__ = ["sage_attention_gluon", "make_descriptors", "GLUON_CONFIGS", "DEFAULT_GLUON_CONFIG", "HEAD_DIMS"]
+__all__ = ["sage_attention_gluon", "make_descriptors", "GLUON_CONFIGS", "DEFAULT_GLUON_CONFIG", "WS_CONFIGS",
+           "HEAD_DIMS"]
 
 HEAD_DIMS = (64, 128)
 QUANT_BLOCK = 128
@@ -105,6 +141,11 @@ GLUON_CONFIGS = [
     (128, 128, 8, 2), (128, 64, 8, 2), (128, 64, 8, 3),
 ]
 DEFAULT_GLUON_CONFIG = dict(block_m=64, block_n=128, num_warps=4, num_stages=2)
+# The warp-specialized kernel (_sage8_attn_fwd_gluon_ws): (BLOCK_M, BLOCK_N, consumer warps, stages),
+# plus one producer warp; and the registers warp_specialize hands its worker partitions.
+WS_CONFIGS = [(128, 128, 8, 2), (128, 128, 8, 3), (128, 64, 8, 2), (128, 64, 8, 3)]
+WS_CONSUMER_REGS = 240
+WS_PRODUCER_REGS = 24
 
 
 if triton is not None:
@@ -262,6 +303,21 @@ if triton is not None:
         return p8_new, alpha_new, m_i, l_i, acc
 
     @gluon.jit
+    def _store_out(acc, l_i, row0, bh, b, h, VS, VOFF, Out, so_b, so_h, so_s, so_d, S_Q,
+                   o_layout: gl.constexpr, ROWS: gl.constexpr, HEAD_DIM: gl.constexpr):
+        """Epilogue: out = acc / l · vs + v_offset for ROWS query rows from row0, stored with the
+        caller's strides (diffusers' [B, S, H, D] memory), rows past S_Q masked."""
+        offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
+        offs_m = row0 + gl.arange(0, ROWS, layout=gl.SliceLayout(1, o_layout))
+        vs = gl.load(VS + bh * HEAD_DIM + offs_d)
+        v_offset = gl.load(VOFF + bh * HEAD_DIM + offs_d)
+        inv_l = gl.convert_layout(1.0 / l_i, gl.SliceLayout(1, o_layout))
+        out = acc * gl.expand_dims(inv_l, 1) * gl.expand_dims(vs, 0) + gl.expand_dims(v_offset, 0)
+        base = Out + b.to(gl.int64) * so_b + h.to(gl.int64) * so_h
+        o_ptrs = (base + gl.expand_dims(offs_m.to(gl.int64) * so_s, 1) + gl.expand_dims(offs_d * so_d, 0))
+        gl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=gl.expand_dims(offs_m < S_Q, 1))
+
+    @gluon.jit
     def _sage8_attn_fwd_gluon(
         desc_q, QS, desc_k, KS, desc_v, VS, VOFF, Out,
         so_b, so_h, so_s, so_d,
@@ -381,17 +437,196 @@ if triton is not None:
             mbarrier.invalidate(k_bars.index(i))
             mbarrier.invalidate(v_bars.index(i))
 
-        offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
-        offs_m = start_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, o_layout))
-        vs = gl.load(VS + bh * HEAD_DIM + offs_d)
-        v_offset = gl.load(VOFF + bh * HEAD_DIM + offs_d)
-        inv_l = gl.convert_layout(1.0 / l_i, gl.SliceLayout(1, o_layout))
-        out = acc * gl.expand_dims(inv_l, 1) * gl.expand_dims(vs, 0) + gl.expand_dims(v_offset, 0)
-        # The caller's strides (diffusers' [B, S, H, D] memory): a masked store, once per program.
-        base = Out + b.to(gl.int64) * so_b + h.to(gl.int64) * so_h
-        o_ptrs = (base + gl.expand_dims(offs_m.to(gl.int64) * so_s, 1) + gl.expand_dims(offs_d * so_d, 0))
-        gl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=gl.expand_dims(offs_m < S_Q, 1))
+        _store_out(acc, l_i, start_m * BLOCK_M, bh, b, h, VS, VOFF, Out, so_b, so_h, so_s, so_d, S_Q,
+                   o_layout, BLOCK_M, HEAD_DIM)
 
+
+    # ---- warp-specialized variant (FA3's structure): a 1-warp TMA producer, two consumer warpgroups ----
+
+    @gluon.jit
+    def _ws_producer(desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_full, v_full, k_empty, v_empty,
+                     q_row, k_row, v_row, n_tiles, WG_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+                     PERMUTED_K: gl.constexpr, CONSUMERS: gl.constexpr):
+        """The producer partition (one warp, few registers): each consumer's Q tile, then K_t and V_t
+        into stage t % STAGES once both consumers released it (empty barrier, count CONSUMERS; the
+        first round passes on the fresh barriers: parity 1)."""
+        for i in gl.static_range(CONSUMERS):
+            mbarrier.expect(q_bars.index(i), desc_q.block_type.nbytes)
+            tma.async_copy_global_to_shared(desc_q, [q_row + i * WG_M, 0], q_bars.index(i), q_smem.index(i))
+        for t in range(n_tiles):
+            s = t % STAGES
+            phase = ((t // STAGES) & 1) ^ 1
+            mbarrier.wait(k_empty.index(s), phase)
+            _load_k(desc_k, k_smem, k_full, t, k_row, n_tiles, BLOCK_N, STAGES, PERMUTED_K)
+            mbarrier.wait(v_empty.index(s), phase)
+            _load_v(desc_v, v_smem, v_full, t, v_row, n_tiles, BLOCK_N, STAGES)
+
+    @gluon.jit
+    def _ws_turn_wait(turn_bars, n, WG: gl.constexpr, PINGPONG: gl.constexpr):
+        """Ping-pong: before its n-th GEMM issue, warpgroup 0 waits for warpgroup 1's (n-1)-th turn pass
+        and warpgroup 1 for warpgroup 0's n-th, so the issues alternate 0, 1, 0, 1, ... (turn_bars[WG]
+        completes one phase per pass of the other warpgroup; WG 0's first wait, parity 1, passes on the
+        fresh barrier)."""
+        if PINGPONG:
+            mbarrier.wait(turn_bars.index(WG), (n + 1 - WG) & 1)
+
+    @gluon.jit
+    def _ws_turn_pass(turn_bars, WG: gl.constexpr, PINGPONG: gl.constexpr):
+        if PINGPONG:
+            mbarrier.arrive(turn_bars.index(1 - WG))
+
+    @gluon.jit
+    def _ws_step(j, q_tile, k_smem, v_smem, k_full, v_full, k_empty, v_empty, turn_bars, p8, acc, alpha, m_i, l_i,
+                 ks_ptr, qs, S_K, s_layout: gl.constexpr, o_layout: gl.constexpr, p_layout: gl.constexpr,
+                 WG: gl.constexpr, WG_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+                 QUANT_BLOCK: gl.constexpr, STAGES: gl.constexpr, MASKED: gl.constexpr, FAST_I2F: gl.constexpr,
+                 PERMUTED_K: gl.constexpr, CHAINED: gl.constexpr, PINGPONG: gl.constexpr):
+        """One pipelined step of a consumer warpgroup: issue S_j and P_{j-1}·V_{j-1} (_issue_step), wait
+        for S_j → release K stage j, softmax_j under the P·V, wait for the P·V → release V stage j-1,
+        update acc (as _finish_step, without its thread barrier and refills)."""
+        _ws_turn_wait(turn_bars, j, WG, PINGPONG)
+        qk_a, o_a = _issue_step(j, q_tile, k_smem, v_smem, k_full, v_full, p8, acc, s_layout, o_layout, WG_M,
+                                BLOCK_N, HEAD_DIM, STAGES, CHAINED, p_layout, False)
+        ks = gl.load(ks_ptr + (j * BLOCK_N) // QUANT_BLOCK)
+        qk = warpgroup_mma_wait(num_outstanding=1, deps=[qk_a])  # S_j done; the P·V still in flight
+        mbarrier.arrive(k_empty.index(j % STAGES))  # K stage j is read by S_j only: free
+        _ws_turn_pass(turn_bars, WG, PINGPONG)
+        p8_new, alpha_new, m_i, l_i = _softmax_tile(qk, qs * ks, m_i, l_i, j * BLOCK_N, S_K, s_layout, p_layout,
+                                                    BLOCK_N, MASKED, FAST_I2F, PERMUTED_K)
+        # l_j as a `deps` of the wait orders it after the softmax in the PTX; ptxas may still move the
+        # WARPGROUP.DEPBAR up (it does in the BLOCK_N 64 loop body: column ex2|| of
+        # tools/attention_gluon_sass.py --warp-specialized)
+        o, l_i = warpgroup_mma_wait(num_outstanding=0, deps=[o_a, l_i])
+        mbarrier.arrive(v_empty.index((j - 1) % STAGES))  # V stage j-1, read by the P·V: free
+        # α tied to l_j as well (see _finish_step)
+        if CHAINED:
+            alpha_o = gl.convert_layout(alpha_new + l_i * 0.0, gl.SliceLayout(1, o_layout))
+            acc = o * gl.expand_dims(alpha_o, 1)
+        else:
+            alpha_o = gl.convert_layout(alpha + l_i * 0.0, gl.SliceLayout(1, o_layout))
+            acc = acc * gl.expand_dims(alpha_o, 1) + o
+        return p8_new, alpha_new, m_i, l_i, acc
+
+    @gluon.jit
+    def _ws_consumer(q_smem, k_smem, v_smem, q_bars, k_full, v_full, k_empty, v_empty, turn_bars, QS, KS, VS, VOFF,
+                     Out, so_b, so_h, so_s, so_d, H, S_Q, S_K, SQ_PAD, SK_PAD, WG: gl.constexpr, HEAD_DIM: gl.constexpr,
+                     WG_M: gl.constexpr, BLOCK_N: gl.constexpr, QUANT_BLOCK: gl.constexpr, STAGES: gl.constexpr,
+                     CONSUMERS: gl.constexpr, FAST_I2F: gl.constexpr, PERMUTED_K: gl.constexpr,
+                     CHAINED: gl.constexpr, PINGPONG: gl.constexpr):
+        """One consumer warpgroup (4 warps, rows WG·64.. of the CTA's 128): the intra-warpgroup
+        pipeline of _sage8_attn_fwd_gluon (_issue_step / _softmax_tile), with the refills replaced by
+        arrivals on the empty barriers — K stage j after the wait(1) that retires S_j, V stage j-1 after
+        the wait(0) that retires P_{j-1}·V_{j-1} — and the output stored by the warpgroup itself."""
+        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                           instr_shape=[16, BLOCK_N, 32])
+        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                           instr_shape=[16, HEAD_DIM, 32])
+        p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=4)
+        start_m = gl.program_id(0)
+        bh = gl.program_id(1)
+        b = bh // H
+        h = bh % H
+        n_tiles = gl.cdiv(S_K, BLOCK_N)
+        q_tile = q_smem.index(WG)
+        qs = gl.load(QS + bh * (SQ_PAD // QUANT_BLOCK) + (start_m * WG_M * CONSUMERS) // QUANT_BLOCK)
+        ks_ptr = KS + bh * (SK_PAD // QUANT_BLOCK)
+        m_i = gl.full([WG_M], -float("inf"), gl.float32, gl.SliceLayout(1, s_layout))
+        l_i = gl.zeros([WG_M], gl.float32, gl.SliceLayout(1, s_layout))
+        acc = gl.zeros([WG_M, HEAD_DIM], gl.float32, o_layout)
+
+        # Tile 0: its scores alone (masked: also the last tile when S_K <= BLOCK_N).
+        mbarrier.wait(q_bars.index(WG), 0)
+        mbarrier.wait(k_full.index(0), 0)
+        _ws_turn_wait(turn_bars, 0, WG, PINGPONG)
+        qk = warpgroup_mma(q_tile, k_smem.index(0).permute((1, 0)), gl.zeros([WG_M, BLOCK_N], gl.int32, s_layout),
+                           use_acc=False, is_async=True)
+        _ws_turn_pass(turn_bars, WG, PINGPONG)
+        ks = gl.load(ks_ptr)
+        qk = warpgroup_mma_wait(num_outstanding=0, deps=[qk])
+        mbarrier.arrive(k_empty.index(0))
+        p8, alpha, m_i, l_i = _softmax_tile(qk, qs * ks, m_i, l_i, 0, S_K, s_layout, p_layout, BLOCK_N, True,
+                                            FAST_I2F, PERMUTED_K)
+        for j in range(1, n_tiles - 1):
+            p8, alpha, m_i, l_i, acc = _ws_step(j, q_tile, k_smem, v_smem, k_full, v_full, k_empty, v_empty,
+                                                turn_bars, p8, acc, alpha, m_i, l_i, ks_ptr, qs, S_K, s_layout,
+                                                o_layout, p_layout, WG, WG_M, BLOCK_N, HEAD_DIM, QUANT_BLOCK, STAGES,
+                                                False, FAST_I2F, PERMUTED_K, CHAINED, PINGPONG)
+        if n_tiles > 1:  # the last tile, masked (a no-op when S_K is a multiple of BLOCK_N)
+            p8, alpha, m_i, l_i, acc = _ws_step(n_tiles - 1, q_tile, k_smem, v_smem, k_full, v_full, k_empty,
+                                                v_empty, turn_bars, p8, acc, alpha, m_i, l_i, ks_ptr, qs, S_K,
+                                                s_layout, o_layout, p_layout, WG, WG_M, BLOCK_N, HEAD_DIM,
+                                                QUANT_BLOCK, STAGES, True, FAST_I2F, PERMUTED_K, CHAINED, PINGPONG)
+
+        # The last tile's P·V.
+        last = n_tiles - 1
+        mbarrier.wait(v_full.index(last % STAGES), (last // STAGES) & 1)
+        _ws_turn_wait(turn_bars, n_tiles, WG, PINGPONG)
+        if CHAINED:  # acc is already scaled to the last m
+            acc = warpgroup_mma(p8, v_smem.index(last % STAGES).permute((1, 0)), acc, use_acc=True, is_async=True)
+            _ws_turn_pass(turn_bars, WG, PINGPONG)
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
+        else:
+            o = warpgroup_mma(p8, v_smem.index(last % STAGES).permute((1, 0)),
+                              gl.zeros([WG_M, HEAD_DIM], gl.float32, o_layout), use_acc=False, is_async=True)
+            _ws_turn_pass(turn_bars, WG, PINGPONG)
+            o = warpgroup_mma_wait(num_outstanding=0, deps=[o])
+            acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1) + o
+
+        _store_out(acc, l_i, (start_m * CONSUMERS + WG) * WG_M, bh, b, h, VS, VOFF, Out, so_b, so_h, so_s, so_d,
+                   S_Q, o_layout, WG_M, HEAD_DIM)
+
+    @gluon.jit
+    def _sage8_attn_fwd_gluon_ws(
+        desc_q, QS, desc_k, KS, desc_v, VS, VOFF, Out,
+        so_b, so_h, so_s, so_d,
+        H, S_Q, S_K, SQ_PAD, SK_PAD,
+        HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, QUANT_BLOCK: gl.constexpr,
+        STAGES: gl.constexpr, FAST_I2F: gl.constexpr, PERMUTED_K: gl.constexpr, CHAINED: gl.constexpr,
+        PINGPONG: gl.constexpr, PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+    ):
+        """Warp-specialized: launched with num_warps = 4 (the default partition = consumer warpgroup 0);
+        warp_specialize adds consumer warpgroup 1 (4 warps, CONSUMER_REGS) and the TMA producer (1 warp,
+        PRODUCER_REGS). BLOCK_M = 128: 64 query rows per consumer warpgroup, Q tiles [64, D]."""
+        WG_M: gl.constexpr = 64
+        CONSUMERS: gl.constexpr = BLOCK_M // WG_M
+        gl.static_assert(CONSUMERS == 2)
+        gl.static_assert(QUANT_BLOCK % BLOCK_M == 0)  # one Q scale per program
+        gl.static_assert(QUANT_BLOCK % BLOCK_N == 0)  # one K scale per key tile
+        start_m = gl.program_id(0)
+        bh = gl.program_id(1)
+        n_tiles = gl.cdiv(S_K, BLOCK_N)
+
+        q_smem = gl.allocate_shared_memory(gl.int8, [CONSUMERS, WG_M, HEAD_DIM], desc_q.layout)
+        k_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], gl.int8)
+        k_smem = gl.allocate_shared_memory(gl.int8, [STAGES, BLOCK_N, HEAD_DIM], k_layout)
+        v_smem = gl.allocate_shared_memory(gl.float8e4nv, [STAGES, HEAD_DIM, BLOCK_N], desc_v.layout)
+        q_bars = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], mbarrier.MBarrierLayout())
+        k_full = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        v_full = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        turn_bars = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(CONSUMERS):
+            mbarrier.init(q_bars.index(i), count=1)
+            mbarrier.init(turn_bars.index(i), count=1)
+        for i in gl.static_range(STAGES):
+            mbarrier.init(k_full.index(i), count=1)
+            mbarrier.init(v_full.index(i), count=1)
+            mbarrier.init(k_empty.index(i), count=CONSUMERS)  # one arrival per consumer warpgroup
+            mbarrier.init(v_empty.index(i), count=CONSUMERS)
+        fence_async_shared()
+
+        gl.warp_specialize([
+            (_ws_consumer, (q_smem, k_smem, v_smem, q_bars, k_full, v_full, k_empty, v_empty, turn_bars, QS, KS, VS,
+                            VOFF, Out, so_b, so_h, so_s, so_d, H, S_Q, S_K, SQ_PAD, SK_PAD, 0, HEAD_DIM, WG_M, BLOCK_N,
+                            QUANT_BLOCK, STAGES, CONSUMERS, FAST_I2F, PERMUTED_K, CHAINED, PINGPONG)),
+            (_ws_consumer, (q_smem, k_smem, v_smem, q_bars, k_full, v_full, k_empty, v_empty, turn_bars, QS, KS, VS,
+                            VOFF, Out, so_b, so_h, so_s, so_d, H, S_Q, S_K, SQ_PAD, SK_PAD, 1, HEAD_DIM, WG_M, BLOCK_N,
+                            QUANT_BLOCK, STAGES, CONSUMERS, FAST_I2F, PERMUTED_K, CHAINED, PINGPONG)),
+            (_ws_producer, (desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bars, k_full, v_full, k_empty,
+                            v_empty, bh * SQ_PAD + start_m * BLOCK_M, bh * SK_PAD, bh * HEAD_DIM, n_tiles, WG_M,
+                            BLOCK_N, STAGES, PERMUTED_K, CONSUMERS)),
+        ], worker_num_warps=[4, 1], worker_num_regs=[CONSUMER_REGS, PRODUCER_REGS])
 
 def _layout_for(block_shape, torch_dtype):
     gdt = {torch.int8: gl.int8, torch.float8_e4m3fn: gl.float8e4nv}[torch_dtype]
@@ -430,13 +665,18 @@ def sage_attention_gluon(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scal
                          num_warps: int = DEFAULT_GLUON_CONFIG["num_warps"],
                          num_stages: int = DEFAULT_GLUON_CONFIG["num_stages"], fast_i2f: bool = True,
                          permuted_k: bool = True, chained: bool = False, maxnreg: int | None = None,
-                         packed_p: bool = False, rotated: bool = False,
+                         packed_p: bool = False, rotated: bool = False, warp_specialized: bool = False,
+                         pingpong: bool = False, consumer_regs: int | None = None, producer_regs: int | None = None,
                          quant_block: int = QUANT_BLOCK) -> torch.Tensor:
     """The pre-pass (`sage_quantize`, skipped when `quantized` is given) and the Gluon kernel.
     [B, H, S, D] tensors of any strides in, q's dtype and strides out. sm_90 GPUs only.
     `chained`: P·V accumulated into acc by the FP8 wgmma itself (see _attn_step); `maxnreg`: ptxas's
     register cap (168 at 64x128, 4 warps, D = 128, would be three CTAs an SM). `packed_p`, `rotated`:
-    experiments that ptxas currently serializes (notes C7513 / C7514; see the kernel), off by default."""
+    experiments that ptxas currently serializes (notes C7513 / C7514; see the kernel), off by default.
+    `warp_specialized`: _sage8_attn_fwd_gluon_ws (block_m = 128, num_warps = 8 consumer warps = two
+    consumer warpgroups, plus a 1-warp TMA producer; `pingpong`: the two warpgroups take turns issuing
+    their wgmmas; `consumer_regs` / `producer_regs`: warp_specialize's worker_num_regs, default
+    WS_CONSUMER_REGS / WS_PRODUCER_REGS). Not yet run on a GPU."""
     if triton is None:
         raise RuntimeError("sage_attention_gluon: triton is not installed")
     if q.dim() != 4 or k.shape[:2] != q.shape[:2] or v.shape[:3] != k.shape[:3]:
@@ -446,6 +686,14 @@ def sage_attention_gluon(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scal
         raise ValueError(f"sage_attention_gluon: head dim {d} is not one of {HEAD_DIMS}")
     if not q.is_cuda or torch.cuda.get_device_capability(q.device)[0] != 9:
         raise RuntimeError("sage_attention_gluon: needs an sm_90 (Hopper) GPU; Gluon has no interpreter")
+    if warp_specialized:
+        if (block_m, num_warps) != (128, 8):
+            raise ValueError(f"warp_specialized: block_m 128 and num_warps 8 (two consumer warpgroups), got "
+                             f"{block_m}, {num_warps}")
+        if packed_p or rotated or maxnreg is not None:
+            raise ValueError("warp_specialized: packed_p, rotated and maxnreg are not options of the WS kernel")
+    elif pingpong:
+        raise ValueError("pingpong needs warp_specialized")
     if block_m != 16 * num_warps:
         raise ValueError(f"block_m must be 16·num_warps (one warpgroup per 64 rows), got {block_m}, {num_warps}")
     if packed_p and not permuted_k:
@@ -456,8 +704,18 @@ def sage_attention_gluon(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scal
     if z.quant_block % block_m or z.quant_block % block_n:
         raise ValueError(f"block_m {block_m} and block_n {block_n} must divide the quant block {z.quant_block}")
     out = torch.empty_like(q)  # keeps q's strides, as sage_attention_triton does
-    desc_q, desc_k, desc_v = make_descriptors(z, block_m, block_n, permuted_k)
     grid = (triton.cdiv(s_q, block_m), b * h)
+    if warp_specialized:  # Q in [64, D] tiles, one per consumer warpgroup
+        desc_q, desc_k, desc_v = make_descriptors(z, 64, block_n, permuted_k)
+        _sage8_attn_fwd_gluon_ws[grid](
+            desc_q, z.qs, desc_k, z.ks, desc_v, z.vs, z.v_offset, out, *out.stride(),
+            h, s_q, s_k, z.q8.shape[1], z.k8.shape[1],
+            HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=block_n, QUANT_BLOCK=z.quant_block, STAGES=num_stages,
+            FAST_I2F=fast_i2f, PERMUTED_K=permuted_k, CHAINED=chained, PINGPONG=pingpong,
+            PRODUCER_REGS=producer_regs or WS_PRODUCER_REGS, CONSUMER_REGS=consumer_regs or WS_CONSUMER_REGS,
+            num_warps=4)  # the default partition (consumer warpgroup 0); warp_specialize adds 4 + 1 warps
+        return out
+    desc_q, desc_k, desc_v = make_descriptors(z, block_m, block_n, permuted_k)
     _sage8_attn_fwd_gluon[grid](
         desc_q, z.qs, desc_k, z.ks, desc_v, z.vs, z.v_offset, out, *out.stride(),
         h, s_q, s_k, z.q8.shape[1], z.k8.shape[1],

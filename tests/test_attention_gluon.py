@@ -39,9 +39,9 @@ def qkv(b, h, s_q, s_k, d, seed, bias=0.0):
     return make(s_q, 0.0), make(s_k, bias), make(s_k, bias)
 
 
-def _compile_check(*extra: str) -> dict:
-    """tools/attention_gluon_sass.py --check on the 64x128 / 4-warp / 2-stage tile at D = 128 (sm_90a,
-    no GPU needed): its one report row."""
+def _compile_check(*extra: str, config: str = "64x128x4x2") -> dict:
+    """tools/attention_gluon_sass.py --check on one tile (default 64x128 / 4 warps / 2 stages) at D = 128
+    (sm_90a, no GPU needed): its one report row."""
     import json
     import subprocess
     import sys
@@ -50,7 +50,7 @@ def _compile_check(*extra: str) -> dict:
     root = Path(__file__).resolve().parents[1]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compile the real kernel
     run = subprocess.run([sys.executable, "-P", str(root / "tools" / "attention_gluon_sass.py"), "--check",
-                          "--head-dims", "128", "--configs", "64x128x4x2", *extra],
+                          "--head-dims", "128", "--configs", config, *extra],
                          capture_output=True, text=True, env=env, cwd=root, timeout=600)
     if "ptxas" in run.stderr and "No such file" in run.stderr:
         pytest.skip("this triton wheel carries no ptxas")
@@ -87,6 +87,22 @@ def test_gluon_chained_compiles_without_spills():
     r = _compile_check("--chained")
     _assert_pipelined_without_spill(r)
     assert r["registers"] <= 232, r["registers"]
+
+
+@pytest.mark.skipif(sa.triton is None, reason="needs triton")
+@pytest.mark.parametrize("pingpong", [False, True])
+def test_gluon_warp_specialized_compiles_without_spills(pingpong):
+    """The warp-specialized kernel (1-warp TMA producer, two consumer warpgroups; chained, 128 x 128 keys,
+    2 stages): no spill, wgmmas not serialized, the softmax between the two waits in every step of both
+    consumer warpgroups, and warp_specialize's register split lowered to setmaxnreg (consumers 240,
+    producer 24: 2·128·240 + 128·24 ≤ 64K registers, one CTA an SM)."""
+    r = _compile_check("--warp-specialized", "--chained", *(["--pingpong"] if pingpong else []),
+                       config="128x128x8x2")
+    _assert_pipelined_without_spill(r)
+    assert len(r["ex2_overlapped"]) == 4, r["ex2_overlapped"]  # loop + last tile, per consumer warpgroup
+    assert r["counts"]["USETMAXREG"] > 0, r["counts"]
+    assert "dec24" in r["setmaxnreg"] and "inc240" in r["setmaxnreg"], r["setmaxnreg"]
+    assert r["threads"] == 384 and r["smem_bytes"] <= 227 * 1024, r
 
 
 @pytest.mark.gpu
@@ -147,3 +163,27 @@ def test_gluon_chained_matches_reference(num_stages, maxnreg):
         err, err_fresh = rel(out, ref), rel(fresh, ref)
         print(f"chained s_q={s_q} s_k={s_k}: {err:.2e} (fresh accumulator {err_fresh:.2e})")
         assert err < tol, (s_q, s_k, err, err_fresh)
+
+
+@pytest.mark.gpu
+@hopper
+@pytest.mark.parametrize("block_n,num_stages,chained,pingpong", [
+    (128, 2, True, False), (128, 3, True, False), (128, 2, True, True), (128, 3, True, True),
+    (64, 2, False, False), (64, 3, False, True), (128, 2, False, False)])
+def test_gluon_warp_specialized_matches_reference(block_n, num_stages, chained, pingpong):
+    """The warp-specialized kernel against the reference: partial last key and query tiles, one key tile
+    only (S_K ≤ BLOCK_N), more key tiles than stages (the empty-barrier handshake wraps around), and a
+    query tile whose second warpgroup has no valid row (S_Q = 150: rows 192..255; S_Q = 64: rows 64..127)."""
+    from dq_kernels.sage_attention_gluon import sage_attention_gluon
+
+    d = 128
+    for s_q, s_k, bias in [(1000, 1000, 0.0), (777, 1297, 1.0), (150, 100, 0.5), (64, 3000, 0.5)]:
+        q, k, v = qkv(1, 3, s_q, s_k, d, seed=s_q + s_k, bias=bias)
+        scale = 1 / math.sqrt(d)
+        z = sage_quantize(q, k, v, scale)
+        out = sage_attention_gluon(q, k, v, scale, quantized=z, block_m=128, block_n=block_n, num_warps=8,
+                                   num_stages=num_stages, chained=chained, warp_specialized=True, pingpong=pingpong)
+        ref = sa.sage_attention_reference(q, k, v, scale, block_n=block_n, quantized=z)
+        assert out.dtype == torch.bfloat16 and out.shape == q.shape and out.stride() == q.stride()
+        assert torch.isfinite(out).all()
+        assert rel(out, ref) < 1e-2, (s_q, s_k, rel(out, ref))

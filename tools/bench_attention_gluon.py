@@ -59,7 +59,8 @@ def configs(d: int, all_configs: bool = False) -> list[dict]:
     """The default sweep: the 64x128 / 4-warp tile (fresh accumulator, s2 and s3; chained, with and
     without the 168-register cap that would give three CTAs an SM), 128x128 / 8 warps, and the plain-K
     fallback. all_configs adds the rest of GLUON_CONFIGS (64x64 / 4 warps and 128x64 / 8 warps, which
-    lost by 15-30% on the H200) and plain-K 64x64."""
+    lost by 15-30% on the H200) and plain-K 64x64. Then the warp-specialized kernel (not yet timed):
+    128 x 128 keys chained, s2 / s3, free-running and ping-pong; 128 x 64 keys fresh; 128 x 128 fresh."""
     from dq_kernels.sage_attention_gluon import GLUON_CONFIGS
 
     base = dict(permuted_k=True, chained=False, maxnreg=None)
@@ -75,13 +76,22 @@ def configs(d: int, all_configs: bool = False) -> list[dict]:
     out += [dict(tile, num_stages=2, permuted_k=False)]
     if all_configs:
         out += [dict(base, block_m=64, block_n=64, num_warps=4, num_stages=2, permuted_k=False)]
+    # warp-specialized (_sage8_attn_fwd_gluon_ws): a 1-warp TMA producer, two consumer warpgroups of 64
+    # rows, 240 registers each (setmaxnreg). Chained at 64x128 keys: the fresh-accumulator consumer spills
+    # at 240 (60 bytes; tools/attention_gluon_sass.py --warp-specialized); fresh fits at BLOCK_N 64.
+    ws = dict(base, block_m=128, num_warps=8, warp_specialized=True)
+    out += [dict(ws, block_n=128, num_stages=s, chained=True) for s in (2, 3)]
+    out += [dict(ws, block_n=128, num_stages=s, chained=True, pingpong=True) for s in (2, 3)]
+    out += [dict(ws, block_n=64, num_stages=2), dict(ws, block_n=64, num_stages=2, pingpong=True),
+            dict(ws, block_n=128, num_stages=2)]  # the last: spills (60 bytes), for comparison
     return out
 
 
 def label_of(c: dict) -> str:
     return (f"gluon {c['block_m']}x{c['block_n']} w{c['num_warps']} s{c['num_stages']}"
             + ("" if c["permuted_k"] else " plain-K") + (" chained" if c.get("chained") else "")
-            + (f" maxnreg {c['maxnreg']}" if c.get("maxnreg") else ""))
+            + (f" maxnreg {c['maxnreg']}" if c.get("maxnreg") else "")
+            + (" WS" if c.get("warp_specialized") else "") + (" pingpong" if c.get("pingpong") else ""))
 
 
 def make_inputs(shape, seed: int = 0):

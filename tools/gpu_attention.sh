@@ -49,9 +49,9 @@ tuned-e2e)
     --attention sdpa,sage8 --compile off,on --steps 2 --no-breakdown --out $OUT/wan480_full >> $L 2>&1 ;;
 gluon)
   echo "== gluon $(date +%T)" >> $L
-  timeout -s KILL 280 python -P tools/bench_attention_gluon.py --out $OUT/gluon >> $L 2>&1
+  timeout -s KILL 400 python -P tools/bench_attention_gluon.py --out $OUT/gluon >> $L 2>&1
   echo "== gpu tests gluon $(date +%T)" >> $L
-  timeout -s KILL 100 python -P -m pytest -m gpu -q -s tests/test_attention_gluon.py >> $L 2>&1 ;;
+  timeout -s KILL 150 python -P -m pytest -m gpu -q -s tests/test_attention_gluon.py >> $L 2>&1 ;;
 overhead)
   echo "== profile op $(date +%T)" >> $L
   timeout -s KILL 90 python -P tools/profile_attention_op.py >> $L 2>&1
