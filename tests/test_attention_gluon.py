@@ -18,25 +18,15 @@ import torch
 
 from dq_kernels import sage_attention as sa
 from dq_kernels.sage_quant import sage_quantize
+from test_attention import qkv as attention_inputs, rel  # the same inputs and error measure as the Triton kernel's tests
 
 hopper = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9,
                             reason="the Gluon kernel needs an sm_90 GPU")
 
 
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm()).item()
-
-
 def qkv(b, h, s_q, s_k, d, seed, bias=0.0):
-    """bf16 inputs in diffusers' memory layout [B, S, H, D], seen as [B, H, S, D]."""
-    g = torch.Generator().manual_seed(seed)
-
-    def make(s, offset):
-        x = torch.randn(b, s, h, d, generator=g) + offset * torch.randn(d, generator=g)
-        return x.to("cuda", torch.bfloat16).permute(0, 2, 1, 3)
-
-    return make(s_q, 0.0), make(s_k, bias), make(s_k, bias)
+    """bf16 CUDA inputs in diffusers' memory layout [B, S, H, D], seen as [B, H, S, D]."""
+    return attention_inputs(b, h, s_q, s_k, d, seed, bias, device="cuda", dtype=torch.bfloat16)
 
 
 def _compile_check(*extra: str, config: str = "64x128x4x2") -> dict:

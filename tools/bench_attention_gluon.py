@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/ (python -P le
 from repo_kernels import import_dq_kernels  # noqa: E402
 
 import_dq_kernels()
+from bench_attention import make_inputs, rel  # noqa: E402  (the attention bench's inputs: diffusers' layout)
 
 SHAPES = {  # name: (batch, heads, tokens, head_dim)
     "small1000": (1, 2, 1000, 128),
@@ -94,21 +95,6 @@ def label_of(c: dict) -> str:
             + (" WS" if c.get("warp_specialized") else "") + (" pingpong" if c.get("pingpong") else ""))
 
 
-def make_inputs(shape, seed: int = 0):
-    b, h, s, d = shape
-    g = torch.Generator(device="cuda").manual_seed(seed)
-
-    def one():
-        return torch.randn(b, s, h, d, device="cuda", generator=g).to(torch.bfloat16).permute(0, 2, 1, 3)
-
-    return one(), one(), one()
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm()).item()
-
-
 def bench(fn) -> float:
     import triton
 
@@ -137,7 +123,7 @@ def run_shape(name, shape, doc, log, fatal, all_configs: bool = False) -> None:
     scale = 1.0 / math.sqrt(d)
     entry = doc["shapes"].setdefault(name, {"shape": list(shape), "rows": []})
     rows = entry["rows"]
-    q, k, v = make_inputs(shape)
+    q, k, v = make_inputs(shape, seed=0, bias=0.0)
     z = sage_quantize(q, k, v, scale)
     torch.cuda.synchronize()
     big = h * s > 200_000
