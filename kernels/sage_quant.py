@@ -32,8 +32,9 @@ with the correction (`tools/attention_error_at_shape.py`). Restoring a constant 
 for any attention weights, so peaked (real) attention loses nothing: its error moves by at most
 that constant, a fraction of one E4M3 step divided by √keys.
 
-The means and channel ranges (`smoothing_stats`) are reductions over all tokens, done with torch
-before the launch (one pass over K and one over V, no copies); every block of the launch needs them.
+The means and channel ranges (`sage_stats.py`) are reductions over all tokens, done before the
+launch (two small Triton launches that read K and V once; torch's reductions in the reference);
+every block of the launch needs them.
 
 Numerics shared bit for bit by `sage_quantize_reference` and the kernel (checked under
 TRITON_INTERPRET=1; on a GPU a code can differ by one where the kernel's reciprocal differs by an
@@ -52,6 +53,7 @@ from typing import NamedTuple
 import torch
 
 from .interpreter import interpreting
+from .sage_stats import smoothing_stats, smoothing_stats_triton
 
 try:  # Triton is optional: the reference below runs anywhere.
     import triton
@@ -82,23 +84,6 @@ class SageInputs(NamedTuple):
 
 def _padded(n: int, block: int) -> int:
     return -(-n // block) * block
-
-
-def smoothing_stats(k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """K's mean, V's mean and V's per-channel scale/reciprocal over the tokens, fp32 [B*H, D].
-
-    `aminmax` and `mean(dtype=fp32)` read K and V once each without a converted copy. V's range
-    around its mean is max(vmax - vm, vm - vmin): the same fp32 subtraction the quantizer makes,
-    so |v - vm| · 448/amax never exceeds 448 by more than an ulp (clamped anyway)."""
-    b, h, _, d = k.shape
-    km = k.mean(dim=2, dtype=torch.float32).reshape(b * h, d)
-    vm = v.mean(dim=2, dtype=torch.float32).reshape(b * h, d)
-    vmin, vmax = torch.aminmax(v, dim=2)
-    vmin, vmax = vmin.float().reshape(b * h, d), vmax.float().reshape(b * h, d)
-    vamax = torch.maximum(vmax - vm, vm - vmin)
-    vs = vamax / E4M3_MAX
-    vinv = torch.where(vamax > 0, E4M3_MAX / vamax, torch.zeros_like(vamax))
-    return km.contiguous(), vm.contiguous(), vs.contiguous(), vinv.contiguous()
 
 
 # ---- the PyTorch reference ---------------------------------------------------------------------
@@ -209,15 +194,16 @@ if triton is not None:
 
 
 def sage_quantize(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-                  quant_block: int = 128) -> SageInputs:
+                  quant_block: int = 128, stats: tuple[torch.Tensor, ...] | None = None) -> SageInputs:
     """Quantize q, k, v [B, H, S, D] for `sage_attention` with the Triton pre-pass (CUDA, or the
-    CPU under TRITON_INTERPRET=1)."""
+    CPU under TRITON_INTERPRET=1). `stats` (km, vm, vs, vinv as `smoothing_stats` returns them)
+    replaces the statistics kernel: the tests pass torch's to compare the pre-pass bit for bit."""
     if triton is None:
         raise RuntimeError("sage_quantize: triton is not installed")
     b, h, s_q, d = q.shape
     s_k = k.shape[2]
     sq_pad, sk_pad = _padded(s_q, quant_block), _padded(s_k, quant_block)
-    km, vm, vs, vinv = smoothing_stats(k, v)
+    km, vm, vs, vinv = stats if stats is not None else smoothing_stats_triton(k, v)
     dev = q.device
     # Padding rows are written by the kernel (zeros) for Q/K codes; V's padded tokens too: every
     # block that holds a valid token is written whole, and there are no blocks without one.

@@ -27,6 +27,7 @@ import torch
 
 from dq_kernels import sage_attention as sa
 from dq_kernels.sage_quant import sage_quantize, sage_quantize_reference
+from dq_kernels.sage_stats import smoothing_stats, smoothing_stats_triton
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 needs_triton = pytest.mark.skipif(sa.triton is None or not (INTERPRET or torch.cuda.is_available()),
@@ -115,7 +116,10 @@ def test_round_to_e4m3_matches_torch_cast():
 @pytest.mark.parametrize("d", [64, 128])
 def test_prepass_matches_reference(d):
     q, k, v = qkv(d=d, seed=4, bias=1.0)
-    z, r = sage_quantize(q, k, v, 0.125, 32), sage_quantize_reference(q, k, v, 0.125, 32)
+    # torch's statistics on both sides: the pre-pass alone, bit for bit (the statistics kernel is
+    # checked against them in test_stats_kernel_matches_torch_and_float64)
+    z = sage_quantize(q, k, v, 0.125, 32, stats=smoothing_stats(k, v))
+    r = sage_quantize_reference(q, k, v, 0.125, 32)
     for name in ("qs", "ks", "vs"):
         assert torch.equal(getattr(z, name), getattr(r, name)), name
     # v_offset sums the rounding errors per block, then over blocks; the reference in one pass: the
@@ -127,6 +131,28 @@ def test_prepass_matches_reference(d):
     assert torch.equal(z.v8t.view(torch.uint8), r.v8t.view(torch.uint8))
     assert z.q8.shape == (2, 96, d) and z.v8t.shape == (2, d, 96)
     assert not z.q8[:, 80:].any() and not z.k8[:, 80:].any() and not z.v8t[:, :, 80:].float().any()
+
+
+@needs_triton
+@pytest.mark.parametrize("b,h,s_k,d", [(1, 2, 1300, 64),   # 6 chunks of 256, the last partial
+                                       (2, 3, 777, 128),   # two batches; 777 not a multiple of 16
+                                       (1, 1, 17, 32)])    # one partial chunk, one partial row tile
+def test_stats_kernel_matches_torch_and_float64(b, h, s_k, d):
+    """The statistics kernel against float64 math and torch's `smoothing_stats`, on BF16 K/V with
+    channel offsets, strided as diffusers hands them. Means: fp32 sums in the kernel's order (≤ 32
+    terms per element accumulator, a 16-row tree, ≤ 6 chunks) are within (32 + 4 + 6) fp32 epsilons
+    of the sum of |x| / S, asserted as 64 eps · max|x|. Min and max are exact, and given the
+    kernel's vm, vs = amax / 448 and vinv = 448 / amax are torch's arithmetic bit for bit."""
+    _, k, v = qkv(b=b, h=h, s_q=1, s_k=s_k, d=d, seed=s_k, bias=3.0, dtype=torch.bfloat16)
+    km, vm, vs, vinv = smoothing_stats_triton(k, v)
+    eps = torch.finfo(torch.float32).eps
+    for got, x in ((km, k), (vm, v)):
+        mean64 = x.double().mean(dim=2).reshape(b * h, d)
+        assert (got.double() - mean64).abs().max() <= 64 * eps * x.double().abs().max(), "mean"
+    vmin, vmax = (t.float().reshape(b * h, d) for t in torch.aminmax(v, dim=2))
+    amax = torch.maximum(vmax - vm, vm - vmin)
+    assert torch.equal(vs, amax / 448.0)
+    assert torch.equal(vinv, torch.where(amax > 0, 448.0 / amax, torch.zeros_like(amax)))
 
 
 @needs_triton

@@ -32,6 +32,7 @@
 #   PART=wan720   the full-size Wan A14B at 720p (both experts), BF16, W4A4 and W8A8 × SDPA and sage8, eager, one
 #                 measured step after a one-step warm-up (step 0: the high-noise expert, 4x1x4 cubes), no breakdown
 #   PART=modelscompile  TI2V-5B and CogVideoX-5B (MODELS=...), BF16 and W4A4 × SDPA and sage8, compiled, as above
+#               (STEPS=2 for ltx-video, whose scheduler needs two)
 source tools/gpu_env.sh || exit 1
 L=$OUT/log.txt
 { nvidia-smi --query-gpu=name,driver_version --format=csv; python -c "import torch,triton;print(torch.__version__,triton.__version__)"; } > $L 2>&1
@@ -110,7 +111,7 @@ modelscompile)
   for m in ${MODELS:-wan2.2-ti2v-5b cogvideox-5b}; do
     echo "== full size compiled $m $(date +%T)" >> $L
     timeout -s KILL ${LIMIT:-270} python -P -m dq_cli bench e2e --model $m --configs bf16,w4a4 \
-      --attention sdpa,sage8 --compile on --steps 1 --warmup-steps 1 --no-breakdown --out $OUT/${m}_compiled >> $L 2>&1
+      --attention sdpa,sage8 --compile on --steps ${STEPS:-1} --warmup-steps 1 --no-breakdown --out $OUT/${m}_compiled >> $L 2>&1
   done ;;
 fused)
   for c in 4,2,8 4,1,4; do
