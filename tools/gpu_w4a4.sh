@@ -33,6 +33,9 @@
 #                 measured step after a one-step warm-up (step 0: the high-noise expert, 4x1x4 cubes), no breakdown
 #   PART=modelscompile  TI2V-5B and CogVideoX-5B (MODELS=...), BF16 and W4A4 × SDPA and sage8, compiled, as above
 #               (STEPS=2 for ltx-video, whose scheduler needs two)
+# Eleventh session:
+#   PART=ltxgraphs  the full-size LTX-Video, BF16 and W4A4 × SDPA and sage8, compiled into CUDA graphs
+#               (--compile-mode reduce-overhead), 4 measured steps after 4 of warm-up
 source tools/gpu_env.sh || exit 1
 L=$OUT/log.txt
 { nvidia-smi --query-gpu=name,driver_version --format=csv; python -c "import torch,triton;print(torch.__version__,triton.__version__)"; } > $L 2>&1
@@ -130,5 +133,10 @@ graphs)
   echo "== attention gpu tests $(date +%T)" >> $L
   timeout -s KILL 200 python -P -m pytest -m gpu -q tests/test_attention.py >> $L 2>&1
   eight_blocks --compile on --compile-mode reduce-overhead ;;
+ltxgraphs)
+  echo "== full size ltx-video, CUDA graphs $(date +%T)" >> $L
+  timeout -s KILL ${LIMIT:-400} python -P -m dq_cli bench e2e --model ltx-video --configs bf16,w4a4 \
+    --attention sdpa,sage8 --compile on --compile-mode reduce-overhead --steps 4 --warmup-steps 4 --no-breakdown \
+    --out $OUT/ltx-video_graphs >> $L 2>&1 ;;
 esac
 echo "== done $(date +%T)" >> $L

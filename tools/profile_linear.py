@@ -2,11 +2,20 @@
 for `dq::w4a4_linear` and `dq::w8a8_linear` at a model's linear shapes (a development probe).
 
     python -P tools/profile_linear.py --shapes wan-a14b-480p
+    python -P tools/profile_linear.py --shapes ltx-video --only attn --no-w8a8 --host   # + host time
+
+--host adds where the host's time goes, for shapes where it and not the GPU is the bound: the host
+time per call (100 calls issued back to back, timed before the GPU catches up), the GPU launches per
+call, and cProfile's functions by own time.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
+import pstats
+import time
 from collections import defaultdict
 
 import torch
@@ -36,6 +45,64 @@ def kernel_times(fn, reps: int = 5) -> dict[str, float]:
     return dict(sorted(times.items(), key=lambda kv: -kv[1]))
 
 
+def host_ms(fn, calls: int = 100) -> float:
+    """Host ms per call, `calls` issued back to back after a sync (the GPU far behind: host-bound)."""
+    for _ in range(5):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    host = (time.perf_counter() - t0) / calls * 1e3
+    torch.cuda.synchronize()
+    return host
+
+
+def host_stages(x, packed, scales, smooth, down, up, bias, grid, cube, fmt) -> None:
+    """The host time of dq::w4a4_linear's parts, each alone, and of its body called without the
+    custom-op dispatch (`_init_fn`): where a host-bound call spends its time."""
+    from dq_kernels.delta_quantize import delta_quantize
+    from dq_kernels.expand_int4 import expand_int4
+    from dq_kernels.linear_ops import w4a4_linear
+    from dq_kernels.scaled_gemm import scaled_gemm
+
+    args = (x, packed, scales, smooth, down, up, bias, 1, list(grid), cube, fmt)
+    acts = delta_quantize(x, smooth, None, 1, tuple(grid), tuple(cube), fmt)
+    w, w_scale = expand_int4(packed, scales)
+    stages = {
+        "torch.ops.dq.w4a4_linear": lambda: torch.ops.dq.w4a4_linear(*args),
+        "its body, no dispatch (_init_fn)": lambda: w4a4_linear._init_fn(*args),
+        "delta_quantize": lambda: delta_quantize(x, smooth, None, 1, tuple(grid), tuple(cube), fmt),
+        "expand_int4 (E4M3)": lambda: expand_int4(packed, scales),
+        "expand_int4 (BF16)": lambda: expand_int4(packed, scales, torch.bfloat16),
+        "scaled_gemm (delta only)": lambda: scaled_gemm(acts.delta, w, acts.scale, w_scale,
+                                                        cube_of_row=acts.cube_of_row, row_token=acts.row_token,
+                                                        bias=bias, out_dtype=x.dtype),
+        "torch.mm bf16 (the BF16 linear)": lambda: torch.nn.functional.linear(x, w.to(torch.bfloat16)),
+    }
+    for name, fn in stages.items():
+        print(f"   host {host_ms(fn):7.3f} ms  {name}", flush=True)
+
+
+def host_profile(fn, calls: int = 100, top: int = 22) -> None:
+    """Host ms per call and launches per call, then cProfile's top functions by own time."""
+    host = host_ms(fn, calls)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    launches = sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+    print(f"   host {host:.3f} ms per call (issued back to back), {launches} GPU kernels/memsets per call")
+    pr = cProfile.Profile()
+    pr.enable()
+    for _ in range(calls):
+        fn()
+    pr.disable()
+    torch.cuda.synchronize()
+    out = io.StringIO()
+    pstats.Stats(pr, stream=out).sort_stats("tottime").print_stats(top)
+    print("\n".join(line for line in out.getvalue().splitlines() if line.strip())[:6000])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shapes", default="wan-a14b-480p")
@@ -44,6 +111,7 @@ def main() -> None:
     ap.add_argument("--format", choices=KERNEL_INT4_FORMATS, default="int4_row", help="W4A4 weights and activations")
     ap.add_argument("--only", default=None, help="profile only this layer name")
     ap.add_argument("--no-w8a8", action="store_true")
+    ap.add_argument("--host", action="store_true", help="also the host's time per call and its cProfile")
     ap.add_argument("--epilogue", choices=["joined", "split", "auto"], default=None,
                     help="the GEMM epilogue (dq_kernels.scaled_gemm.EPILOGUE); default: the module's")
     a = ap.parse_args()
@@ -80,6 +148,10 @@ def main() -> None:
                   f"{sum(times.values()):.3f} ms in kernels, {wall:.3f} ms per call", flush=True)
             for kname, ms in list(times.items())[:14]:
                 print(f"   {ms:8.3f} ms  {kname}")
+            if a.host:
+                host_profile(fn)
+                if name == "w4a4":
+                    host_stages(x, packed, scales, smooth, down, up, bias, grid, cube, a.format)
         del x, w
 
 
