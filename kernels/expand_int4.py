@@ -22,7 +22,7 @@ import triton.language as tl
 
 from .int4 import unpack_int4
 
-__all__ = ["expand_int4", "expand_int4_reference"]
+__all__ = ["expand_int4", "expand_int4_both", "expand_int4_reference"]
 
 GROUP = 64
 CARRIER_SHIFT = 6  # carriers reach 7·2**6 = 448, E4M3's largest finite value
@@ -55,8 +55,9 @@ def expand_int4_reference(packed: torch.Tensor, scales: torch.Tensor) -> tuple[t
 
 
 @triton.jit
-def expand_int4_kernel(packed_ptr, ratio_ptr, out_ptr, N, K,
-                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_K: tl.constexpr, HAS_RATIO: tl.constexpr):
+def expand_int4_kernel(packed_ptr, ratio_ptr, out_ptr, out16_ptr, N, K,
+                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_K: tl.constexpr, HAS_RATIO: tl.constexpr,
+                       HAS_OUT16: tl.constexpr):
     pid_n, pid_k = tl.program_id(0), tl.program_id(1)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     half = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
@@ -72,6 +73,8 @@ def expand_int4_kernel(packed_ptr, ratio_ptr, out_ptr, N, K,
         groups = K // GROUP_K
         codes *= tl.load(ratio_ptr + rows[:, None] * groups + cols[None, :] // GROUP_K, mask=out_mask, other=0.0)
     tl.store(out_ptr + rows[:, None] * K + cols[None, :], codes.to(out_ptr.dtype.element_ty), mask=out_mask)
+    if HAS_OUT16:  # the same carriers in BF16 too (exact), from the same pass
+        tl.store(out16_ptr + rows[:, None] * K + cols[None, :], codes.to(tl.bfloat16), mask=out_mask)
 
 
 def expand_int4(packed: torch.Tensor, scales: torch.Tensor,
@@ -80,6 +83,18 @@ def expand_int4(packed: torch.Tensor, scales: torch.Tensor,
     [N, 1] (`int4_row`) → (E4M3 carrier [N, K], fp32 row scale [N]). `dtype=torch.bfloat16` stores the
     same carriers in BF16 (exact) for a BF16 GEMM: PyTorch's E4M3 → BF16 cast of the expanded weight
     took 0.09–0.23 ms at Wan A14B's shapes on an H200, this kernel 0.01–0.03."""
+    out, _, row = _expand(packed, scales, dtype, both=False)
+    return out, row
+
+
+def expand_int4_both(packed: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`expand_int4` to E4M3 and to BF16 in one launch → (E4M3 carrier, BF16 carrier, row scale): a
+    DeltaQuant layer needs both (delta GEMM, core GEMM), and at small layers each call's host time,
+    not the GPU's, is the bound (docs/performance.md, LTX-Video)."""
+    return _expand(packed, scales, torch.float8_e4m3fn, both=True)
+
+
+def _expand(packed, scales, dtype, both: bool):
     n, k = packed.shape[0], packed.shape[1] * 2
     per_row = scales.shape == (n, 1)
     if not per_row and scales.shape != (n, k // GROUP):
@@ -89,8 +104,10 @@ def expand_int4(packed: torch.Tensor, scales: torch.Tensor,
     else:
         row, ratio = carrier_ratios(scales)
     out = torch.empty(n, k, dtype=dtype, device=packed.device)
+    out16 = torch.empty(n, k, dtype=torch.bfloat16, device=packed.device) if both else None
     block_n, block_k = 32, 128
     grid = (triton.cdiv(n, block_n), triton.cdiv(k, block_k))
-    expand_int4_kernel[grid](packed.contiguous(), ratio.contiguous() if ratio is not None else row, out, n, k,
-                             BLOCK_N=block_n, BLOCK_K=block_k, GROUP_K=GROUP, HAS_RATIO=ratio is not None)
-    return out, row
+    expand_int4_kernel[grid](packed.contiguous(), ratio.contiguous() if ratio is not None else row, out,
+                             out16 if both else out, n, k, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_K=GROUP,
+                             HAS_RATIO=ratio is not None, HAS_OUT16=both)
+    return out, out16, row

@@ -24,7 +24,7 @@ import torch
 
 from .bf16_terms import bf16_terms, mm_fp32
 from .delta_quantize import delta_quantize
-from .expand_int4 import expand_int4
+from .expand_int4 import expand_int4, expand_int4_both
 from .fp8_quantize import fp8_group_carriers
 from .int4 import dequantize_int4, unpack_int4
 from .int8_quantize import quantize_int8_tokens
@@ -51,18 +51,20 @@ def w4a4_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, sm
     # does (~2**-9 of the branch, within the tests' tolerance): that took a pass of its own.
     down = None
     if lora_down is not None:
-        factor = lora_down.float() * inverse_smooth(smooth) if smooth is not None else lora_down.float()
+        # (bf16 · fp32 promotes to fp32: the same products as lora_down.float() · 1/λ, one launch fewer)
+        factor = lora_down * inverse_smooth(smooth) if smooth is not None else lora_down.float()
         down = mm_fp32(x, factor) if lora_down.dtype == torch.bfloat16 else x.to(lora_down.dtype) @ factor.T
     acts = delta_quantize(x, smooth, None, batch, tuple(grid) if cube else None, tuple(cube) if cube else None,
                           act_format)
-    w, w_scale = expand_int4(qweight, scales)
     core_out = None
     if cube:
         # The FP8 core tokens' products exactly on BF16 tensor cores (fp8_quantize): a GEMM on the
         # E4M3 values needs a scale per 64 columns inside its K loop, which ran the 2,048 core rows
         # of 4x1x4 cubes at Wan A14B 480p far below the FP8 rate (README, "Kernels").
-        w16, _ = expand_int4(qweight, scales, torch.bfloat16)
+        w, w16, w_scale = expand_int4_both(qweight, scales)
         core_out = mm_fp32(fp8_group_carriers(acts.core, CORE_GROUP), w16)  # the GEMM applies w_scale
+    else:
+        w, w_scale = expand_int4(qweight, scales)
     return scaled_gemm(acts.delta, w, acts.scale, w_scale, core=core_out, cube_of_row=acts.cube_of_row,
                        row_token=acts.row_token, down=down, up=lora_up, bias=bias, out_dtype=x.dtype)
 

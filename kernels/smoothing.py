@@ -15,8 +15,9 @@ __all__ = ["inverse_smooth", "apply_smooth"]
 
 
 def inverse_smooth(smooth: torch.Tensor) -> torch.Tensor:
-    """1/λ in fp32 (what the kernels multiply by)."""
-    return 1.0 / smooth.float()
+    """1/λ in fp32 (what the kernels multiply by). `torch.reciprocal`: the same correctly rounded
+    values as `1.0 / λ`, which torch computes as reciprocal times 1.0 (a second launch)."""
+    return torch.reciprocal(smooth.float())
 
 
 def apply_smooth(x: torch.Tensor, smooth: torch.Tensor | None) -> torch.Tensor:

@@ -16,7 +16,7 @@ import torch
 
 import dq_kernels.delta_quantize as delta_quantize_module
 from dq_kernels.delta_quantize import delta_quantize, delta_quantize_reference
-from dq_kernels.expand_int4 import expand_int4, expand_int4_reference
+from dq_kernels.expand_int4 import expand_int4, expand_int4_both, expand_int4_reference
 from dq_kernels.fp8 import quantize_fp8
 from dq_kernels.int4 import dequantize_int4, pack_int4, quantize_int4
 from dq_kernels.int8 import quantize_int8_rowwise
@@ -56,6 +56,10 @@ def test_expand_int4_is_exact(device, fmt):
     carrier16, row16 = expand_int4(packed.to(device), scales.to(device), torch.bfloat16)
     assert carrier16.dtype == torch.bfloat16 and torch.equal(row16.cpu(), ref_row)
     assert torch.equal(carrier16.cpu().float(), ref_carrier.float())
+    # Both from one launch (what a DeltaQuant layer with cubes takes): the same tensors.
+    both8, both16, both_row = expand_int4_both(packed.to(device), scales.to(device))
+    assert torch.equal(both8.view(torch.uint8), carrier.view(torch.uint8)) and torch.equal(both16, carrier16)
+    assert torch.equal(both_row, row)
 
 
 def activations(m: int, k: int, seed: int) -> torch.Tensor:

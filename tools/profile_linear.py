@@ -62,7 +62,7 @@ def host_stages(x, packed, scales, smooth, down, up, bias, grid, cube, fmt) -> N
     """The host time of dq::w4a4_linear's parts, each alone, and of its body called without the
     custom-op dispatch (`_init_fn`): where a host-bound call spends its time."""
     from dq_kernels.delta_quantize import delta_quantize
-    from dq_kernels.expand_int4 import expand_int4
+    from dq_kernels.expand_int4 import expand_int4, expand_int4_both
     from dq_kernels.linear_ops import w4a4_linear
     from dq_kernels.scaled_gemm import scaled_gemm
 
@@ -75,6 +75,7 @@ def host_stages(x, packed, scales, smooth, down, up, bias, grid, cube, fmt) -> N
         "delta_quantize": lambda: delta_quantize(x, smooth, None, 1, tuple(grid), tuple(cube), fmt),
         "expand_int4 (E4M3)": lambda: expand_int4(packed, scales),
         "expand_int4 (BF16)": lambda: expand_int4(packed, scales, torch.bfloat16),
+        "expand_int4_both (E4M3 + BF16, one launch)": lambda: expand_int4_both(packed, scales),
         "scaled_gemm (delta only)": lambda: scaled_gemm(acts.delta, w, acts.scale, w_scale,
                                                         cube_of_row=acts.cube_of_row, row_token=acts.row_token,
                                                         bias=bias, out_dtype=x.dtype),
