@@ -5,9 +5,11 @@ in [0, 448] and V per channel around its mean scaled to ±448, both rounded to E
 relative error against float64 is ~3.5-3.9%, about half from P's rounding and half from V's. Hopper's INT8 tensor
 cores run at the FP8 rate, so INT8 P·V would cost no speed; this tool measures what it would do to the error.
 
-One loop over key tiles (block_n 64, as `sage_attention_reference`, on the same INT8 Q/K from
-`sage_quantize_reference`) runs every variant at once: the scores s, the running max m and the rescale α are
-shared; each variant rounds P and V its own way and keeps its own accumulator and row sum l.
+The kernel's online softmax over key tiles (block_n 64, as `sage_attention_reference`, on the same INT8 Q/K from
+`sage_quantize_reference`) runs every variant at once: the scores s, the running max m per tile and the rescaling are
+shared; each variant rounds P (against the running max, as the kernel) and V its own way and keeps its own
+accumulator and row sum l. The loop is vectorized over the tiles (see `all_variants`); its e4m3 variant is checked
+against `sage_attention_reference` itself on every input (relative difference ~2e-7, asserted < 1e-5).
 
     P schemes   fp32   exp2(s - m + log2 448), not rounded
                 e4m3   the same, rounded to E4M3 (the kernel today)
@@ -15,7 +17,11 @@ shared; each variant rounds P and V its own way and keeps its own accumulator an
                        grid, so weights under 0.5/127 of the running max become 0
                 uint8  exp2(s - m + log2 255) in [0, 255], rounded likewise (an extra: PTX's integer wgmma takes
                        u8 × s8; whether Triton's tl.dot does was not checked)
-    V schemes   fp32   v itself
+                fp16   exp2(s - m + log2 448) rounded to FP16 (an extra: a 16-bit P·V, at the FP16 tensor-core rate)
+    V schemes   fp32   v - mean, not rounded, mean added back after the division by l (as the kernel's v_offset)
+                fp32-raw  v itself, not centered: shows what centering does when P's small weights round to 0
+                fp16   v - mean rounded to FP16, mean added back (INT8 V codes are exact in FP16: p_fp16 v_int8 is
+                       an FP16 P·V reading 8-bit V)
                 e4m3   `sage_quantize_reference`'s v8t/vs/v_offset (the kernel today)
                 int8   (v - mean) · 127/amax per channel, amax = max |v - mean| over the keys, rounded to the nearest
                        integer (ties to even); v_offset = mean + amax/127 · mean over the keys of the rounding error,
@@ -24,27 +30,38 @@ shared; each variant rounds P and V its own way and keeps its own accumulator an
                 "l rounded": Σ rounded p (the normalization consistent with the weights actually used)
 
 The named variants of the study: e4m3 (= `sage_attention_reference`, asserted to ~1e-6 on every case), p_int8,
-v_int8, pv_int8, p_fp32_v_fp32 (only Q/K quantized: the floor); the rest isolate one rounding.
+v_int8, pv_int8, p_fp32_v_fp32 (only Q/K quantized: the floor); "alone" rows isolate one rounding (on top of the
+INT8 Q/K that every row has); the last rows are other 8/16-bit choices.
 
-Error: ‖out - exact‖_F / ‖exact‖_F over all heads and (measured) queries, exact = float64
-`scaled_dot_product_attention` of the same inputs. Cases (fixed seeds):
+Why "l raw" matters with INT8 P: V is centered, so P's weights that round to 0 leave the numerator while l (from the
+unrounded p) keeps their mass: that mass is in effect given V's per-channel mean (v_offset), which is close to the
+V average of a diffuse tail. With "l rounded" the lost mass goes to the weights that survive (the peak) instead.
+
+Error: ‖out - exact‖_F / ‖exact‖_F over all heads and measured queries, exact = float64
+`scaled_dot_product_attention` of the same inputs (pooled over inputs for dq-tiny). Cases (fixed seeds):
     a. randn            zero-mean Gaussian q, k, v (the worst case for rounding P and V: flat attention)
     b. dit-bias         k = randn + 3·randn(D) per channel, v = randn + 1·randn(D) (the shared channel bias of DiT
-                        keys and values; the error's denominator then includes V's mean, see |out - vmean| printed)
+                        keys and values; the error's denominator then includes V's mean, see |exact - vmean| printed)
     c. peaked           q·4, q·8 (sharp softmax); "spike f": every query i gets one key perm[i] whose logit is raised
                         by log(f/(1-f) · Σ_j exp(logit_j)) so the spike carries ~f of the row's mass and the rest is a
-                        long random tail; "spike 6q": k[perm[i]] += 6·q[i] (the spike takes everything)
+                        long random tail; "spike 6q": k[perm[i]] += 6·q[i] (the spike takes everything); "local":
+                        a positional bump on the logits (peak +12, decaying over a few to hundreds of tokens) and
+                        smooth V, so the small weights sit on keys whose values resemble the peak's
     d. bf16             q, k, v made in fp32, rounded to BF16 and handed over as BF16 (the GPU bench's inputs); the
                         outputs here stay fp32 (the kernel would round them to BF16: ~0.1% rms more)
+    e. dq-tiny          the q, k, v of every self-attention call (6 blocks × 2 CFG branches; 4 heads × 4,096 tokens,
+                        D 32) at two steps of an 8-step sampling of dq-tiny on the CPU (fp32 model; the GPU runs it
+                        in BF16); --no-tiny skips it
 Per case it also prints: |exact| rms and |exact - V's mean| rms, the mean over rows of the largest softmax weight,
-and the mean / max over rows of the fraction of the softmax mass whose P rounded to 0 (int8, uint8, e4m3).
+and the mean / max over rows of the fraction of the softmax mass whose P rounded to 0 (per P scheme).
 
     python -P tools/attention_int8_pv_error.py [--out docs/measurements/attention_int8_pv_error_cpu.txt]
     python -P tools/attention_int8_pv_error.py --quick          # small shapes, a smoke run (~10 s)
-    python -P tools/attention_int8_pv_error.py --cases randn-8192-d128 spike-0.5   # a subset (names: --list)
+    python -P tools/attention_int8_pv_error.py --cases randn-8192-d128 spike-0.5 --no-tiny   # a subset (--list)
 
-Sizes are chosen for ~10 minutes on 2 CPU cores (torch.set_num_threads(2)); the 32,760-key case measures 2,048 of
-its queries against all keys (the error is a per-row statistic; a query subset estimates it without bias).
+Sizes are chosen for under ~10 minutes on 2 CPU cores (torch.set_num_threads(2)). Some cases measure every n-th
+block of 128 queries against all keys (Q is quantized whole first; the error is a per-row statistic, so a subset of
+rows estimates it without bias): the case line says how many queries.
 """
 
 from __future__ import annotations
@@ -71,7 +88,7 @@ from dq_kernels.sage_quant import sage_quantize_reference  # noqa: E402
 
 QB = sa.QUANT_BLOCK
 BLOCK_N = 64
-P_MAX = {"fp32": 448.0, "e4m3": 448.0, "int8": 127.0, "uint8": 255.0}
+P_MAX = {"fp32": 448.0, "e4m3": 448.0, "fp16": 448.0, "int8": 127.0, "uint8": 255.0}  # fp32 first: e4m3 reuses p
 _MAGIC_RINT = 12582912.0  # 1.5 · 2**23, as kernels/sage_quant.py rounds to INT8
 
 # name: (P scheme, V scheme, l mode)
@@ -84,13 +101,19 @@ VARIANTS: dict[str, tuple[str, str, str]] = {
     "pv_int8": ("int8", "int8", "raw"),
     "pv_int8, l rounded": ("int8", "int8", "rounded"),
     "p_fp32_v_fp32 (floor)": ("fp32", "fp32", "raw"),
+    # one rounding alone
     "P e4m3 alone (V fp32)": ("e4m3", "fp32", "raw"),
     "P int8 alone (V fp32)": ("int8", "fp32", "raw"),
     "P int8 alone, l rounded": ("int8", "fp32", "rounded"),
+    "P int8, V fp32 not centered": ("int8", "fp32-raw", "raw"),
+    "P int8, V not centered, l rounded": ("int8", "fp32-raw", "rounded"),
     "V e4m3 alone (P fp32)": ("fp32", "e4m3", "raw"),
     "V int8 alone (P fp32)": ("fp32", "int8", "raw"),
+    # other 8/16-bit options
     "p_uint8 v_int8": ("uint8", "int8", "raw"),
     "p_uint8 v_int8, l rounded": ("uint8", "int8", "rounded"),
+    "p_fp16 v_int8": ("fp16", "int8", "raw"),
+    "p_fp16 v_fp16": ("fp16", "fp16", "raw"),
 }
 
 
@@ -114,6 +137,8 @@ def round_p(p: torch.Tensor, scheme: str) -> torch.Tensor:
         return p
     if scheme == "e4m3":
         return round_to_e4m3(p.clamp(max=448.0))
+    if scheme == "fp16":
+        return p.half().float()
     return torch.round(p.clamp(max=P_MAX[scheme]))  # torch.round: half to even
 
 
@@ -137,11 +162,15 @@ def all_variants(q, k, v, scale: float, block_n: int = BLOCK_N, chunk: int = 512
     bh = b * h
     n_tiles = -(-s_k // block_n)
     v_i8, vs_i8, voff_i8 = quantize_v_int8(v)
-    vsrc = {"fp32": (v.float().reshape(bh, s_k, d), torch.ones(bh, d), torch.zeros(bh, d)),
+    vm = v.mean(dim=2, dtype=torch.float32).reshape(bh, d)
+    vc = v.float().reshape(bh, s_k, d) - vm[:, None, :]
+    ones = torch.ones(bh, d)
+    vsrc = {"fp32": (vc, ones, vm), "fp32-raw": (v.float().reshape(bh, s_k, d), ones, torch.zeros(bh, d)),
+            "fp16": (vc.half().float(), ones, vm),
             "e4m3": (z.v8t.float().transpose(1, 2)[:, :s_k], z.vs, z.v_offset),
             "int8": (v_i8, vs_i8, voff_i8)}
     pairs = sorted({(ps, vsch) for ps, vsch, _ in VARIANTS.values()})
-    p_schemes = [ps for ps in P_MAX if any(ps == pair[0] for pair in pairs)]  # fp32 first: e4m3 reuses its p
+    p_schemes = [ps for ps in P_MAX if any(ps == pair[0] for pair in pairs)]
     qs = z.qs.repeat_interleave(QB, dim=1)[:, :s_q]  # [BH, Sq]
     ks = z.ks.repeat_interleave(QB, dim=1)[:, :s_k]  # [BH, Sk]
     acc = {pair: torch.zeros(bh, s_q, d) for pair in pairs}
@@ -167,7 +196,7 @@ def all_variants(q, k, v, scale: float, block_n: int = BLOCK_N, chunk: int = 512
             w_key = w.repeat_interleave(block_n, dim=1)[:, :s_k]
             p_round = {}
             for ps in p_schemes:
-                if ps == "e4m3" and "fp32" in p_round:
+                if ps in ("e4m3", "fp16") and "fp32" in p_round:
                     p = p_round["fp32"]  # the same exp2 values
                 else:
                     p = (s - (m_key - math.log2(P_MAX[ps]))).exp2_()  # as the loop: s - (m_new - log2 P_MAX)
@@ -411,9 +440,10 @@ def run_tiny(steps: int, capture: tuple[int, ...], q_stride: int, say: Callable[
 
 def table(cases: list[str], results: dict[str, dict[str, float]]) -> list[str]:
     w = max(10, max(len(c) for c in cases) + 2)
-    lines = [f"{'variant':27s}" + "".join(f"{c:>{w}s}" for c in cases)]
+    lw = max(len(v) for v in VARIANTS)
+    lines = [f"{'variant':{lw}s}" + "".join(f"{c:>{w}s}" for c in cases)]
     for vname in VARIANTS:
-        lines.append(f"{vname:27s}" + "".join(f"{results[c][vname]:>{w}.4f}" for c in cases))
+        lines.append(f"{vname:{lw}s}" + "".join(f"{100 * results[c][vname]:>{w}.4g}" for c in cases))
     return lines
 
 
@@ -448,7 +478,7 @@ def main() -> None:
     say(f"# python -P tools/attention_int8_pv_error.py {' '.join(sys.argv[1:])}".rstrip())
     say(f"# {datetime.datetime.now().isoformat(timespec='seconds')}, torch {torch.__version__}, "
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; block_n {BLOCK_N}, "
-        f"quant block {QB}; relative Frobenius error against float64 SDPA")
+        f"quant block {QB}; tables: relative Frobenius error against float64 SDPA, in %")
     t0 = time.perf_counter()
     results: dict[str, dict[str, float]] = {}
     groups = {n: catalog[n][0] for n in names}
