@@ -358,3 +358,35 @@ def test_fake_quantize_is_bit_exact_with_quantize_then_dequantize():
     x[5, 16:32] = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0] * 2)
     ref = dequantize_nvfp4(*quantize_nvfp4(x))
     assert torch.equal(fake_quantize_nvfp4(x), ref)
+
+
+# ---- the one-pass Triton carrier kernel (dq_kernels.nvfp4_quantize), under the interpreter ---------
+def edge_activations() -> torch.Tensor:
+    """Heavy-tailed channels (block scales from E4M3 subnormal to normal), an all-zero block, -0.0,
+    E2M1 ties at block scale 1, a block past ±6 (saturating), a ragged row count (37) and K = 272
+    (not a multiple of the kernel's 64)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(37, 272, generator=g) * torch.logspace(-6, 3, 272)
+    x[3, :16] = 0.0
+    x[4, 0] = -0.0
+    x[5, 16:32] = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0] * 2)  # exact ties when ts = 1
+    x[6, 32:48] = 1e-30
+    return x
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA")])])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("amax", [None, 2.0e3, 2688.0])  # own; a shard's (larger); ts = 1 (exact ties)
+def test_triton_carrier_is_bit_exact_with_the_reference(dtype, amax, device):
+    from dq_kernels.nvfp4 import nvfp4_carrier
+    from dq_kernels.nvfp4_quantize import nvfp4_carrier_triton, triton
+
+    if triton is None:
+        pytest.skip("triton is not installed")
+    x = edge_activations().to(device, dtype)
+    amax = None if amax is None else torch.tensor(amax, device=device)
+    carrier, ts = nvfp4_carrier_triton(x, amax)
+    ref_carrier, ref_ts = nvfp4_carrier(x, amax=amax)
+    assert carrier.dtype == torch.bfloat16 and ts.item() == ref_ts.item()
+    assert torch.equal(carrier.float(), ref_carrier)  # the carriers are exact in BF16

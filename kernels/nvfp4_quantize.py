@@ -1,0 +1,88 @@
+"""NVFP4 rounding of activations in one pass — Triton kernel and launch wrapper; the reference is
+`dq_kernels.nvfp4.nvfp4_carrier` (ModelOpt's numerics, see `dq_kernels.nvfp4`), matched bit for bit.
+
+6Bit-Diffusion's NVFP4 route on Hopper multiplies exact BF16 *carriers* (e2m1 · float(s8), the
+tensor scale factored out; dq_cli/quant/carrier_path.py). The PyTorch reference forms them with
+about fifteen elementwise and reduction passes over an fp32 X, then a cast to BF16 for the GEMM:
+at Wan A14B's 32,760 × 5,120 each pass moves ~0.7 GB. This kernel reads X once and writes the BF16
+carrier once, given the tensor scale (one reduction, `nvfp4_tensor_scale`, before the launch).
+
+Per block of 16 along K, as the reference:
+    s    = fp32(block_amax / fp32(6 · ts)); 1.0 for an all-zero block
+    s8   = e4m3(clamp(s, 2**-9, 448))                     round to nearest even, subnormals kept
+    v    = fp32(x / fp32(float(s8) · ts))                 0 where that product underflows to 0
+    q    = e2m1(v): |v| clamped to 6, rounded half to even on the E2M1 grid (steps .5, 1, 2)
+    carrier = q · float(s8)                               exact in BF16 (2- and 4-bit significands)
+
+Divisions are correctly rounded (`div_rn`), as torch's. Not yet run on a GPU: checked bit for bit
+against the reference under TRITON_INTERPRET=1 (tests/test_formats_nvfp4.py, with E2M1 ties,
+subnormal and clamped block scales, all-zero blocks, a shard's tensor scale), and not dispatched
+(carrier_path keeps `nvfp4_carrier`) until `pytest -m gpu` has run the same test on a GPU and
+`dq bench e2e --configs bf16,6bit` has timed it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .checks import check_last_dim_multiple
+from .interpreter import interpreting
+from .nvfp4 import E2M1_MAX, E4M3_MAX, E4M3_MIN_SUBNORMAL, NVFP4_BLOCK, nvfp4_tensor_scale
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - CPU-only installs without triton
+    triton = None
+
+__all__ = ["nvfp4_carrier_triton"]
+
+if triton is not None:
+    from .interpreter import round_to_e4m3
+
+    @triton.jit
+    def nvfp4_carrier_kernel(x_ptr, out_ptr, ts_ptr, M, K, stride_x, stride_out,
+                             BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, INTERPRET: tl.constexpr):
+        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+        inside = (rows < M)[:, None] & (cols < K)[None, :]
+        x = tl.load(x_ptr + rows[:, None].to(tl.int64) * stride_x + cols[None, :], mask=inside, other=0.0)
+        xb = tl.reshape(x.to(tl.float32), (BLOCK_M, BLOCK_K // 16, 16))
+        ts = tl.load(ts_ptr)
+        s = tl.math.div_rn(tl.max(tl.abs(xb), axis=2), tl.full((BLOCK_M, BLOCK_K // 16), 6.0, tl.float32) * ts)
+        s = tl.where(s == 0, 1.0, s)
+        s = tl.minimum(tl.maximum(s, 0.001953125), 448.0)  # [2**-9, 448]: the E4M3 range, subnormals kept
+        if INTERPRET:
+            s = round_to_e4m3(s)
+        s8 = s.to(tl.float8e4nv).to(tl.float32)
+        dq_scale = (s8 * ts)[:, :, None]
+        v = tl.where(dq_scale > 0, tl.math.div_rn(xb, tl.where(dq_scale > 0, dq_scale, 1.0)), 0.0)
+        m = tl.minimum(tl.abs(v), 6.0)
+        step = tl.where(m < 2.0, 0.5, tl.where(m < 4.0, 1.0, 2.0))
+        # m / step is exact (a power-of-two step) and below 2**22: the magic add rounds half to even
+        q = ((tl.math.div_rn(m, step) + 12582912.0) - 12582912.0) * step
+        q = tl.where(v < 0, -q, q)
+        carrier = tl.reshape(q * s8[:, :, None], (BLOCK_M, BLOCK_K))
+        tl.store(out_ptr + rows[:, None].to(tl.int64) * stride_out + cols[None, :], carrier.to(tl.bfloat16),
+                 mask=inside)
+
+
+def nvfp4_carrier_triton(x: torch.Tensor, amax: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`nvfp4_carrier(x)` for x [M, K] (K a multiple of 16) in one Triton pass: (BF16 carrier [M, K],
+    fp32 tensor scale). `amax`: the whole tensor's absmax when x is a shard of it."""
+    if triton is None:
+        raise RuntimeError("nvfp4_carrier_triton: triton is not installed")
+    check_last_dim_multiple(x, NVFP4_BLOCK, "nvfp4_carrier_triton")
+    m, k = x.shape
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    ts = nvfp4_tensor_scale(x, amax).reshape(1)
+    out = torch.empty(m, k, dtype=torch.bfloat16, device=x.device)
+    block_m, block_k = 32, 64
+    nvfp4_carrier_kernel[(triton.cdiv(m, block_m), triton.cdiv(k, block_k))](
+        x, out, ts, m, k, x.stride(0), out.stride(0), BLOCK_M=block_m, BLOCK_K=block_k, INTERPRET=interpreting(),
+        num_warps=4)
+    return out, ts.reshape(())
+
+
+# The constants the kernel spells out (tl.constexpr literals), kept equal to the reference's.
+assert (E2M1_MAX, E4M3_MAX, E4M3_MIN_SUBNORMAL) == (6.0, 448.0, 0.001953125)
