@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import torch
 
-from .nvfp4 import NVFP4_BLOCK, dequantize_nvfp4, quantize_nvfp4, unpack_fp4
+from .nvfp4 import NVFP4_BLOCK, dequantize_nvfp4, unpack_fp4
 
 try:  # Triton is optional: the reference below runs anywhere.
     import triton
@@ -174,8 +174,10 @@ def nvfp4_gemm(a_packed: torch.Tensor, a_scales: torch.Tensor, a_ts: torch.Tenso
 
 def nvfp4_linear(x: torch.Tensor, w_packed: torch.Tensor, w_scales: torch.Tensor, w_ts: torch.Tensor | float,
                  bias: torch.Tensor | None = None, x_ts: torch.Tensor | None = None) -> torch.Tensor:
-    """y = NVFP4(x) · Wᵀ + bias for x [M, K]: x quantized with `quantize_nvfp4` (ModelOpt's numerics;
-    `x_ts` a calibrated tensor scale, else x's own amax), then `nvfp4_gemm`. Output in x's dtype."""
-    codes, scales, ts = quantize_nvfp4(x, x_ts)
-    packed = codes[..., 0::2] | (codes[..., 1::2] << 4)  # pack_fp4 without its range check (a host sync)
+    """y = NVFP4(x) · Wᵀ + bias for x [M, K]: x rounded as `quantize_nvfp4` does (ModelOpt's numerics;
+    `x_ts` a calibrated tensor scale, else x's own amax) by one Triton pass, then `nvfp4_gemm`.
+    Output in x's dtype."""
+    from .nvfp4_quantize import quantize_nvfp4_triton
+
+    packed, scales, ts = quantize_nvfp4_triton(x, x_ts)
     return nvfp4_gemm(packed, scales, ts, w_packed, w_scales, w_ts, bias, out_dtype=x.dtype)

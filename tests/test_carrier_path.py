@@ -56,7 +56,9 @@ DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipi
 @pytest.mark.parametrize("route", ["nvfp4", "int8", "none"])
 @pytest.mark.parametrize("hadamard", [0, 16])
 @pytest.mark.parametrize("low_rank", [False, True])
-def test_carrier_path_matches_reference(route, hadamard, low_rank, device, monkeypatch):
+@pytest.mark.parametrize("triton_carriers", [False, True])  # torch's carriers, or one Triton pass each
+def test_carrier_path_matches_reference(route, hadamard, low_rank, device, triton_carriers, monkeypatch):
+    monkeypatch.setattr("dq_cli.quant.carrier_path.TRITON_CARRIERS", triton_carriers)
     layer = nvfp4_layer(hadamard, low_rank).to(device)
     layer.route = route
     x = inputs().to(device)

@@ -390,3 +390,40 @@ def test_triton_carrier_is_bit_exact_with_the_reference(dtype, amax, device):
     ref_carrier, ref_ts = nvfp4_carrier(x, amax=amax)
     assert carrier.dtype == torch.bfloat16 and ts.item() == ref_ts.item()
     assert torch.equal(carrier.float(), ref_carrier)  # the carriers are exact in BF16
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA")])])
+def test_triton_weight_expansion_is_bit_exact(device):
+    """Every code (both nibbles, both signs) with block scales from E4M3 subnormals to 448; N = 45
+    and K = 208 ragged against the kernel's 32 × 128 tiles."""
+    from dq_kernels.expand_nvfp4 import expand_nvfp4, triton
+    from dq_kernels.nvfp4 import weight_carrier
+
+    if triton is None:
+        pytest.skip("triton is not installed")
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, 16, (45, 208), generator=g, dtype=torch.uint8)
+    codes[0, :16] = torch.arange(16, dtype=torch.uint8)
+    scales = E4M3_MAGS[torch.randint(1, 127, (45, 13), generator=g)].to(torch.float8_e4m3fn)
+    scales[1, 0] = torch.tensor(2.0**-9).to(torch.float8_e4m3fn)  # the smallest subnormal
+    scales[2, 0] = torch.tensor(448.0).to(torch.float8_e4m3fn)
+    out = expand_nvfp4(pack_fp4(codes).to(device), scales.to(device))
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out.cpu().float(), weight_carrier(codes, scales))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA")])])
+@pytest.mark.parametrize("tensor_scale", [None, 1.0, 0.37])  # own amax; 1 (exact ties); a calibrated one
+def test_triton_codes_are_bit_exact(tensor_scale, device):
+    """The same rounding to packed codes and E4M3 scales (the Blackwell GEMM's operands)."""
+    from dq_kernels.nvfp4_quantize import quantize_nvfp4_triton, triton
+
+    if triton is None:
+        pytest.skip("triton is not installed")
+    x = edge_activations().to(device)
+    packed, scales, ts = quantize_nvfp4_triton(x, tensor_scale)
+    codes, ref_scales, ref_ts = quantize_nvfp4(x.cpu(), tensor_scale)
+    assert torch.equal(packed.cpu(), pack_fp4(codes))
+    assert torch.equal(scales.cpu().view(torch.uint8), ref_scales.view(torch.uint8)) and ts.item() == ref_ts.item()

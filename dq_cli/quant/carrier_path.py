@@ -19,8 +19,21 @@ import torch
 
 from dq_kernels.bf16_terms import bf16_terms, mm_fp32
 from dq_kernels.int8 import quantize_int8_rowwise
+from dq_kernels.interpreter import interpreting
 from dq_kernels.nvfp4 import nvfp4_carrier, unpack_fp4, weight_carrier
 from dq_kernels.smoothing import apply_smooth
+
+# The carriers from one Triton pass each (dq_kernels.nvfp4_quantize, dq_kernels.expand_nvfp4) instead
+# of ~15 torch passes over X and 5 over W: bit-exact with them in the interpreter and compiled for
+# sm_90, but not yet run on a GPU — off until `pytest -m gpu tests/test_carrier_path.py
+# tests/test_formats_nvfp4.py` has passed on one (the tests run this path both ways).
+TRITON_CARRIERS = False
+
+
+def _triton_carriers(x: torch.Tensor) -> bool:
+    from dq_kernels.nvfp4_quantize import triton
+
+    return TRITON_CARRIERS and triton is not None and (x.is_cuda or interpreting())
 
 
 def carrier_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
@@ -34,10 +47,17 @@ def carrier_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
         return None
     y, xin = layer.gemm_input(xs, plan)
     xin = xin.reshape(-1, xin.shape[-1])
-    w = weight_carrier(unpack_fp4(layer.qweight), layer.block_scales)
+    fused = _triton_carriers(xin)
+    if fused:
+        from dq_kernels.expand_nvfp4 import expand_nvfp4
+        from dq_kernels.nvfp4_quantize import nvfp4_carrier_triton
+
+        w = expand_nvfp4(layer.qweight, layer.block_scales)
+    else:
+        w = weight_carrier(unpack_fp4(layer.qweight), layer.block_scales)
     k = w.shape[1]  # the route's padding may exceed the weight's: scales see it, the GEMM does not
     if plan.activation == "nvfp4":
-        a, a_scale = nvfp4_carrier(xin)
+        a, a_scale = nvfp4_carrier_triton(xin) if fused else nvfp4_carrier(xin)
         out = mm_fp32(a[:, :k], w) * a_scale
     elif plan.activation == "int8":
         q, a_scale = quantize_int8_rowwise(xin)
