@@ -9,7 +9,7 @@ N·K/2 bytes of codes and the N·K/16 scales once and writes the BF16 carrier on
 2-bit times a 4-bit significand: exact in BF16.
 
 Not yet run on a GPU: checked under TRITON_INTERPRET=1 (tests/test_formats_nvfp4.py) and compiled
-for sm_90 / sm_100; behind carrier_path's `TRITON_CARRIERS` switch (off) like `nvfp4_quantize`.
+for sm_90 / sm_100; behind carrier_path's `TRITON_CARRIERS` switch (`DQ_TRITON_CARRIERS=1`; off by default) like `nvfp4_quantize`.
 """
 
 from __future__ import annotations

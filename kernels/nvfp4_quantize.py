@@ -20,7 +20,7 @@ Per block of 16 along K, as the reference:
 Divisions are correctly rounded (`div_rn`), as torch's. Not yet run on a GPU: checked bit for bit
 against the reference under TRITON_INTERPRET=1 (tests/test_formats_nvfp4.py, with E2M1 ties,
 subnormal and clamped block scales, all-zero blocks, a shard's tensor scale) and compiled for
-sm_90 / sm_100; used by dq_cli/quant/carrier_path.py only with its `TRITON_CARRIERS` switch on,
+sm_90 / sm_100; used by dq_cli/quant/carrier_path.py only with `DQ_TRITON_CARRIERS=1`,
 which stays off until `pytest -m gpu` has run the same tests on a GPU and `dq bench e2e --configs
 bf16,6bit` has timed it.
 """

@@ -36,6 +36,8 @@
 # Eleventh session:
 #   PART=ltxgraphs  the full-size LTX-Video, BF16 and W4A4 × SDPA and sage8, compiled into CUDA graphs
 #               (--compile-mode reduce-overhead), 4 measured steps after 4 of warm-up
+#   PART=carriers  the NVFP4 kernels written without a GPU (one-pass carriers, Blackwell GEMM): their GPU
+#               tests, then 8 Wan blocks with 6bit on torch's carriers and on the Triton ones (DQ_TRITON_CARRIERS=1)
 source tools/gpu_env.sh || exit 1
 L=$OUT/log.txt
 { nvidia-smi --query-gpu=name,driver_version --format=csv; python -c "import torch,triton;print(torch.__version__,triton.__version__)"; } > $L 2>&1
@@ -133,6 +135,16 @@ graphs)
   echo "== attention gpu tests $(date +%T)" >> $L
   timeout -s KILL 200 python -P -m pytest -m gpu -q tests/test_attention.py >> $L 2>&1
   eight_blocks --compile on --compile-mode reduce-overhead ;;
+carriers)
+  echo "== gpu tests nvfp4 $(date +%T)" >> $L
+  timeout -s KILL 200 python -P -m pytest -m gpu -q tests/test_carrier_path.py tests/test_formats_nvfp4.py \
+    tests/test_nvfp4_gemm.py >> $L 2>&1
+  for c in 0 1; do
+    echo "== 8 blocks 6bit, DQ_TRITON_CARRIERS=$c $(date +%T)" >> $L
+    DQ_TRITON_CARRIERS=$c timeout -s KILL 200 python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p \
+      --num-layers 8 --configs bf16,6bit --attention sdpa --steps 2 --warmup-steps 2 --no-breakdown \
+      --out $OUT/wan480_8blocks_6bit_carriers$c >> $L 2>&1
+  done ;;
 ltxgraphs)
   echo "== full size ltx-video, CUDA graphs $(date +%T)" >> $L
   timeout -s KILL ${LIMIT:-400} python -P -m dq_cli bench e2e --model ltx-video --configs bf16,w4a4 \

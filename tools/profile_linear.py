@@ -15,6 +15,7 @@ import argparse
 import cProfile
 import io
 import pstats
+import statistics
 import time
 from collections import defaultdict
 
@@ -69,6 +70,7 @@ def host_stages(x, packed, scales, smooth, down, up, bias, grid, cube, fmt) -> N
     args = (x, packed, scales, smooth, down, up, bias, 1, list(grid), cube, fmt)
     acts = delta_quantize(x, smooth, None, 1, tuple(grid), tuple(cube), fmt)
     w, w_scale = expand_int4(packed, scales)
+    w16 = w.to(torch.bfloat16)
     stages = {
         "torch.ops.dq.w4a4_linear": lambda: torch.ops.dq.w4a4_linear(*args),
         "its body, no dispatch (_init_fn)": lambda: w4a4_linear._init_fn(*args),
@@ -79,10 +81,19 @@ def host_stages(x, packed, scales, smooth, down, up, bias, grid, cube, fmt) -> N
         "scaled_gemm (delta only)": lambda: scaled_gemm(acts.delta, w, acts.scale, w_scale,
                                                         cube_of_row=acts.cube_of_row, row_token=acts.row_token,
                                                         bias=bias, out_dtype=x.dtype),
-        "torch.mm bf16 (the BF16 linear)": lambda: torch.nn.functional.linear(x, w.to(torch.bfloat16)),
+        "F.linear bf16 (the BF16 layer)": lambda: torch.nn.functional.linear(x, w16),
     }
-    for name, fn in stages.items():
-        print(f"   host {host_ms(fn):7.3f} ms  {name}", flush=True)
+    # The lent machine's host speed drifted 2x within one process (docs/performance.md, LTX-Video):
+    # the stages are timed round-robin, 7 rounds, and each one's median is given with its ratio to
+    # the BF16 layer's in the same rounds, which the drift moves much less.
+    times = {name: [] for name in stages}
+    for _ in range(7):
+        for name, fn in stages.items():
+            times[name].append(host_ms(fn, calls=30))
+    base = statistics.median(times["F.linear bf16 (the BF16 layer)"])
+    for name, t in times.items():
+        med = statistics.median(t)
+        print(f"   host {med:7.3f} ms ({med / base:5.1f}x BF16; rounds {min(t):.3f}-{max(t):.3f})  {name}", flush=True)
 
 
 def host_profile(fn, calls: int = 100, top: int = 22) -> None:

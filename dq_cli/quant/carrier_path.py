@@ -15,6 +15,8 @@ DeltaQuant's cube route and sharded sequences (context parallelism) keep the ref
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from dq_kernels.bf16_terms import bf16_terms, mm_fp32
@@ -27,7 +29,8 @@ from dq_kernels.smoothing import apply_smooth
 # of ~15 torch passes over X and 5 over W: bit-exact with them in the interpreter and compiled for
 # sm_90, but not yet run on a GPU — off until `pytest -m gpu tests/test_carrier_path.py
 # tests/test_formats_nvfp4.py` has passed on one (the tests run this path both ways).
-TRITON_CARRIERS = False
+# DQ_TRITON_CARRIERS=1 turns it on, to check and time it (`PART=carriers bash tools/gpu_w4a4.sh`).
+TRITON_CARRIERS = os.environ.get("DQ_TRITON_CARRIERS", "0") == "1"
 
 
 def _triton_carriers(x: torch.Tensor) -> bool:
