@@ -36,6 +36,8 @@
 # Eleventh session:
 #   PART=ltxgraphs  the full-size LTX-Video, BF16 and W4A4 × SDPA and sage8, compiled into CUDA graphs
 #               (--compile-mode reduce-overhead), 4 measured steps after 4 of warm-up
+#   PART=fusedqkv  the full-size Wan A14B at 480p, eager, SDPA: BF16, W4A4 and W4A4 with Q/K/V fused (the
+#               Wan recipe plus `quantization.fuse_qkv: true`), one step after a one-step warm-up
 #   PART=carriers  the NVFP4 kernels written without a GPU (one-pass carriers, Blackwell GEMM): their GPU
 #               tests, then 8 Wan blocks with 6bit on torch's carriers and on the Triton ones (DQ_TRITON_CARRIERS=1)
 source tools/gpu_env.sh || exit 1
@@ -135,6 +137,12 @@ graphs)
   echo "== attention gpu tests $(date +%T)" >> $L
   timeout -s KILL 200 python -P -m pytest -m gpu -q tests/test_attention.py >> $L 2>&1
   eight_blocks --compile on --compile-mode reduce-overhead ;;
+fusedqkv)
+  echo "== full size 480p, fused q/k/v $(date +%T)" >> $L
+  sed 's/^quantization:/quantization:\n  fuse_qkv: true/' recipes/wan22_w4a4.yaml > $OUT/wan22_w4a4_fused.yaml
+  timeout -s KILL ${LIMIT:-270} python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p \
+    --configs bf16,w4a4,w4a4-recipe --recipe w4a4-recipe=$OUT/wan22_w4a4_fused.yaml --attention sdpa --steps 1 \
+    --warmup-steps 1 --no-breakdown --out $OUT/wan480_fused >> $L 2>&1 ;;
 carriers)
   echo "== gpu tests nvfp4 $(date +%T)" >> $L
   timeout -s KILL 200 python -P -m pytest -m gpu -q tests/test_carrier_path.py tests/test_formats_nvfp4.py \

@@ -32,6 +32,11 @@ def inputs(b, h, s, d):
 
 
 def host_ms(fn, n=20) -> float:
+    """Host ms per call of fn (CUDA): one warm-up call (compilation, autotuning), then n calls queued
+    behind ~n·4 large matmuls. n stays small: n calls' launches plus the matmuls must fit CUDA's launch
+    queue (~1,000 entries), or the host waits for the GPU and the time is the GPU's."""
+    fn()
+    torch.cuda.synchronize()
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     for _ in range(n * 4):  # keep the GPU busy well past the host loop below
         a @ a

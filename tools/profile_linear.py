@@ -5,8 +5,8 @@ for `dq::w4a4_linear` and `dq::w8a8_linear` at a model's linear shapes (a develo
     python -P tools/profile_linear.py --shapes ltx-video --only attn --no-w8a8 --host   # + host time
 
 --host adds where the host's time goes, for shapes where it and not the GPU is the bound: the host
-time per call (100 calls issued back to back, timed before the GPU catches up), the GPU launches per
-call, and cProfile's functions by own time.
+time per call (tools/profile_attention_op.py's `host_ms`: calls queued behind GPU work), the GPU
+launches per call, and cProfile's functions by own time.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import cProfile
 import io
 import pstats
 import statistics
-import time
+import sys
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -28,6 +29,9 @@ from dq_cli.kernel_bench import CUBE, RANK, SHAPES
 from dq_kernels.formats import KERNEL_INT4_FORMATS, quantize_int4_format
 from dq_kernels.int4 import pack_int4
 from dq_kernels.int8 import quantize_int8_rowwise
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/ (python -P leaves it out)
+from profile_attention_op import host_ms  # noqa: E402  (one host-time method for both probes)
 
 
 def kernel_times(fn, reps: int = 5) -> dict[str, float]:
@@ -44,19 +48,6 @@ def kernel_times(fn, reps: int = 5) -> dict[str, float]:
         if e.device_type == torch.autograd.DeviceType.CUDA:
             times[e.name[:70]] += e.device_time / 1e3 / reps
     return dict(sorted(times.items(), key=lambda kv: -kv[1]))
-
-
-def host_ms(fn, calls: int = 100) -> float:
-    """Host ms per call, `calls` issued back to back after a sync (the GPU far behind: host-bound)."""
-    for _ in range(5):
-        fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    host = (time.perf_counter() - t0) / calls * 1e3
-    torch.cuda.synchronize()
-    return host
 
 
 def host_stages(x, packed, scales, smooth, down, up, bias, grid, cube, fmt) -> None:
@@ -89,7 +80,7 @@ def host_stages(x, packed, scales, smooth, down, up, bias, grid, cube, fmt) -> N
     times = {name: [] for name in stages}
     for _ in range(7):
         for name, fn in stages.items():
-            times[name].append(host_ms(fn, calls=30))
+            times[name].append(host_ms(fn))
     base = statistics.median(times["F.linear bf16 (the BF16 layer)"])
     for name, t in times.items():
         med = statistics.median(t)
@@ -98,12 +89,12 @@ def host_stages(x, packed, scales, smooth, down, up, bias, grid, cube, fmt) -> N
 
 def host_profile(fn, calls: int = 100, top: int = 22) -> None:
     """Host ms per call and launches per call, then cProfile's top functions by own time."""
-    host = host_ms(fn, calls)
+    host = host_ms(fn)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         fn()
         torch.cuda.synchronize()
     launches = sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
-    print(f"   host {host:.3f} ms per call (issued back to back), {launches} GPU kernels/memsets per call")
+    print(f"   host {host:.3f} ms per call (queued behind GPU work), {launches} GPU kernels/memsets per call")
     pr = cProfile.Profile()
     pr.enable()
     for _ in range(calls):

@@ -34,9 +34,11 @@ TRITON_CARRIERS = os.environ.get("DQ_TRITON_CARRIERS", "0") == "1"
 
 
 def _triton_carriers(x: torch.Tensor) -> bool:
+    if not TRITON_CARRIERS:  # the default: nothing more to look up on every layer call
+        return False
     from dq_kernels.nvfp4_quantize import triton
 
-    return TRITON_CARRIERS and triton is not None and (x.is_cuda or interpreting())
+    return triton is not None and (x.is_cuda or interpreting())
 
 
 def carrier_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
