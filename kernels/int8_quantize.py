@@ -41,15 +41,18 @@ def int8_tokens_kernel(x_ptr, inv_smooth_ptr, q_ptr, scale_ptr, K, stride_x,
         q = (q + 12582912.0) - 12582912.0  # round half to even
         q = tl.minimum(tl.maximum(q, -127.0), 127.0)
         q = tl.where(scale > 0, q, 0.0)
-        tl.store(q_ptr + row * K + cols, q.to(tl.int8), mask=cols < K)
+        tl.store(q_ptr + row * K + cols, q.to(q_ptr.dtype.element_ty), mask=cols < K)
     tl.store(scale_ptr + row, scale)
 
 
-def quantize_int8_tokens(x: torch.Tensor, smooth: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [M, K] (any float dtype) → int8 codes [M, K] and fp32 scales [M] of X/λ, per token."""
+def quantize_int8_tokens(x: torch.Tensor, smooth: torch.Tensor | None = None, codes_dtype: torch.dtype = torch.int8
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] (any float dtype) → int8 codes [M, K] and fp32 scales [M] of X/λ, per token.
+    `codes_dtype=torch.bfloat16` writes the same codes as BF16 numbers (|q| ≤ 127: exact), the
+    operand of 6Bit's BF16 carrier GEMM (dq_cli/quant/carrier_path.py)."""
     m, k = x.shape
     x = x if x.stride(-1) == 1 else x.contiguous()
-    q = torch.empty(m, k, dtype=torch.int8, device=x.device)
+    q = torch.empty(m, k, dtype=codes_dtype, device=x.device)
     scale = torch.empty(m, dtype=torch.float32, device=x.device)
     int8_tokens_kernel[(m,)](x, inverse_smooth(smooth) if smooth is not None else scale, q, scale, k, x.stride(0),
                              HAS_SMOOTH=smooth is not None, BLOCK_K=1024, num_warps=4)

@@ -326,7 +326,8 @@ def scaled_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor | None, 
         down = torch.nn.functional.pad(down, (0, r - rank))
     if up is not None and interpreting():
         up = up.float()  # the interpreter's bf16 tl.dot is wrong (FACTS.md)
-    c = torch.empty(m, n, dtype=out_dtype, device=a.device)
+    # The interpreter truncates in-kernel fp32→bf16 casts (FACTS.md): it stores fp32, torch rounds.
+    c = torch.empty(m, n, dtype=torch.float32 if interpreting() else out_dtype, device=a.device)
     # The fused epilogue splits K = 2R into R low-rank and 2·NC core columns; NC = R/2 must be >= 16
     # (tl.dot's smallest K) for the core steps after the first.
     split = EPILOGUE == "split" or (EPILOGUE == "auto" and rank >= SPLIT_FROM_RANK)
@@ -344,4 +345,4 @@ def scaled_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor | None, 
         HAS_LORA=up is not None, HAS_BIAS=bias is not None, R=r,
         IEEE_DOTS=interpreting() or (up is not None and up.dtype == torch.float32), ACC_INT=a.dtype == torch.int8,
         PROMOTE=promote and a.dtype == torch.float8_e4m3fn)
-    return c
+    return c.to(out_dtype)

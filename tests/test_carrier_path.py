@@ -84,6 +84,33 @@ def test_carrier_path_matches_reference(route, hadamard, low_rank, device, trito
     assert ((got - ref).abs() <= bound).all(), ((got - ref).abs() / bound).max()
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("route", ["nvfp4", "int8"])
+@pytest.mark.parametrize("low_rank", [False, True])  # with it, smoothing: X/λ is formed in fp32 first
+def test_triton_path_on_bf16_input(route, low_rank, device, monkeypatch):
+    """A model's BF16 activations go to the Triton kernels as they are (no fp32 copy) unless they are
+    smoothed; the BF16 output is the fp32 reference's, rounded once."""
+    import dq_cli.quant.carrier_path as carrier_path
+
+    monkeypatch.setattr(carrier_path, "TRITON_CARRIERS", True)
+    monkeypatch.setenv("DQ_KERNELS", "triton")
+    layer = nvfp4_layer(0, low_rank).to(device)
+    layer.route = route
+    x = inputs().to(device)
+    ref = layer.reference_forward(x.float())
+    seen = []
+    real = carrier_path._fused_forward
+    monkeypatch.setattr(carrier_path, "_fused_forward", lambda lay, xs, *a: seen.append(xs.dtype) or real(lay, xs, *a))
+    got = layer(x)
+    assert got.dtype == torch.bfloat16 and seen == [torch.float32 if low_rank else torch.bfloat16]
+    xq = quantized_input(layer, x.float())
+    w = layer.stored_weight()
+    terms = (xq[:, : w.shape[1]].abs() @ w.abs().T).reshape(ref.shape)
+    # the sum-order bound of the fp32 test above, then one rounding to BF16 (half an ulp: 2**-8 relative)
+    bound = terms * 2 * w.shape[1] * 2**-24 + 2**-8 * ref.abs() + 1e-7
+    assert ((got.float() - ref).abs() <= bound).all(), ((got.float() - ref).abs() / bound).max()
+
+
 def quantized_input(layer: QuantLinear, x: torch.Tensor) -> torch.Tensor:
     """The reference's rounded (and rotated) input to the 4-bit GEMM, [tokens, K padded]."""
     from dq_cli.quant.activations import quantize_input

@@ -309,7 +309,8 @@ def test_compiled_block_with_a_deltaquant_layer_has_no_graph_breaks(device, monk
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_int8_token_quantizer_is_bit_exact(device):
+@pytest.mark.parametrize("codes_dtype", [torch.int8, torch.bfloat16])  # bf16: 6Bit's carrier GEMM operand
+def test_int8_token_quantizer_is_bit_exact(device, codes_dtype):
     from dq_kernels.int8_quantize import quantize_int8_tokens
 
     x = activations(40, 1100, seed=12)  # K spans two 1024-column steps
@@ -318,9 +319,10 @@ def test_int8_token_quantizer_is_bit_exact(device):
     x[5, 10:] = 0.0
     smooth = torch.rand(1100, generator=torch.Generator().manual_seed(1)) + 0.5
     for lam in (None, smooth):
-        q, s = quantize_int8_tokens(x.to(device), None if lam is None else lam.to(device))
+        q, s = quantize_int8_tokens(x.to(device), None if lam is None else lam.to(device), codes_dtype=codes_dtype)
         ref_q, ref_s = quantize_int8_rowwise(apply_smooth(x, lam))
-        assert torch.equal(q.cpu(), ref_q) and torch.equal(s.cpu(), ref_s.reshape(-1))
+        assert q.dtype == codes_dtype
+        assert torch.equal(q.cpu(), ref_q.to(codes_dtype)) and torch.equal(s.cpu(), ref_s.reshape(-1))
 
 
 @pytest.mark.parametrize("device", DEVICES)

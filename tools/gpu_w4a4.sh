@@ -38,8 +38,9 @@
 #               (--compile-mode reduce-overhead), 4 measured steps after 4 of warm-up
 #   PART=fusedqkv  the full-size Wan A14B at 480p, eager, SDPA: BF16, W4A4 and W4A4 with Q/K/V fused (the
 #               Wan recipe plus `quantization.fuse_qkv: true`), one step after a one-step warm-up
+#   PART=sixbitfull  the full-size Wan A14B at 480p (both experts), eager, SDPA: BF16, 6bit and W4A4
 #   PART=carriers  the NVFP4 kernels written without a GPU (one-pass carriers, Blackwell GEMM): their GPU
-#               tests, then 8 Wan blocks with 6bit on torch's carriers and on the Triton ones (DQ_TRITON_CARRIERS=1)
+#               tests, tools/probe_carriers.py, then 8 Wan blocks with 6bit on torch's carriers and on the Triton ones (DQ_TRITON_CARRIERS=1)
 source tools/gpu_env.sh || exit 1
 L=$OUT/log.txt
 { nvidia-smi --query-gpu=name,driver_version --format=csv; python -c "import torch,triton;print(torch.__version__,triton.__version__)"; } > $L 2>&1
@@ -145,14 +146,20 @@ fusedqkv)
     --warmup-steps 1 --no-breakdown --out $OUT/wan480_fused >> $L 2>&1 ;;
 carriers)
   echo "== gpu tests nvfp4 $(date +%T)" >> $L
-  timeout -s KILL 200 python -P -m pytest -m gpu -q tests/test_carrier_path.py tests/test_formats_nvfp4.py \
-    tests/test_nvfp4_gemm.py >> $L 2>&1
+  timeout -s KILL 150 python -P -m pytest -m gpu -q tests/test_carrier_path.py tests/test_carrier_gemm.py tests/test_formats_nvfp4.py \
+    tests/test_nvfp4_gemm.py tests/test_kernels_w4a4.py -k "not test_kernels_w4a4 or scaled_gemm" >> $L 2>&1
+  echo "== probe carriers $(date +%T)" >> $L
+  timeout -s KILL 120 python -P tools/probe_carriers.py >> $L 2>&1
   for c in 0 1; do
     echo "== 8 blocks 6bit, DQ_TRITON_CARRIERS=$c $(date +%T)" >> $L
-    DQ_TRITON_CARRIERS=$c timeout -s KILL 200 python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p \
+    DQ_TRITON_CARRIERS=$c timeout -s KILL 170 python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p \
       --num-layers 8 --configs bf16,6bit --attention sdpa --steps 2 --warmup-steps 2 --no-breakdown \
       --out $OUT/wan480_8blocks_6bit_carriers$c >> $L 2>&1
   done ;;
+sixbitfull)
+  echo "== full size 6bit $(date +%T)" >> $L
+  timeout -s KILL ${LIMIT:-480} python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p \
+    --configs bf16,6bit,w4a4 --attention sdpa --steps 2 --warmup-steps 1 --out $OUT/wan480_full_6bit >> $L 2>&1 ;;
 ltxgraphs)
   echo "== full size ltx-video, CUDA graphs $(date +%T)" >> $L
   timeout -s KILL ${LIMIT:-400} python -P -m dq_cli bench e2e --model ltx-video --configs bf16,w4a4 \

@@ -25,16 +25,19 @@ from dq_kernels.interpreter import interpreting
 from dq_kernels.nvfp4 import nvfp4_carrier, unpack_fp4, weight_carrier
 from dq_kernels.smoothing import apply_smooth
 
-# The carriers from one Triton pass each (dq_kernels.nvfp4_quantize, dq_kernels.expand_nvfp4) instead
-# of ~15 torch passes over X and 5 over W: bit-exact with them in the interpreter and compiled for
-# sm_90, but not yet run on a GPU — off until `pytest -m gpu tests/test_carrier_path.py
-# tests/test_formats_nvfp4.py` has passed on one (the tests run this path both ways).
-# DQ_TRITON_CARRIERS=1 turns it on, to check and time it (`PART=carriers bash tools/gpu_w4a4.sh`).
-TRITON_CARRIERS = os.environ.get("DQ_TRITON_CARRIERS", "0") == "1"
+# The Triton path (`_fused_forward`): the carriers from one pass each (dq_kernels.nvfp4_quantize,
+# int8_quantize, expand_nvfp4) instead of ~15 torch passes over X and 5 over W, and one BF16 GEMM
+# whose epilogue applies the scales, low-rank branch and bias (dq_kernels.carrier_gemm). On an H200
+# (tools/probe_carriers.py, docs/measurements/carriers_tma_gemm_gpu_h200.log) one 5,120→5,120 layer
+# at 32,760 tokens took 3.2 ms against torch's 14.4 (NVFP4 route; INT8 2.9 against 9.7; BF16
+# nn.Linear 2.4), and 8 Wan A14B blocks with 6bit 697 ms against 1,150 (BF16 651).
+# DQ_TRITON_CARRIERS=0 keeps torch's carriers (the reference's operations on the GPU: for
+# comparison and bisection); the tests run both.
+TRITON_CARRIERS = os.environ.get("DQ_TRITON_CARRIERS", "1") == "1"
 
 
 def _triton_carriers(x: torch.Tensor) -> bool:
-    if not TRITON_CARRIERS:  # the default: nothing more to look up on every layer call
+    if not TRITON_CARRIERS:  # switched off: nothing more to look up on every layer call
         return False
     from dq_kernels.nvfp4_quantize import triton
 
@@ -42,27 +45,26 @@ def _triton_carriers(x: torch.Tensor) -> bool:
 
 
 def carrier_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
-    """y [B, S, N] fp32 for an NVFP4-weight layer on its current route, or None (reference)."""
+    """y [B, S, N] for an NVFP4-weight layer on its current route (fp32; x's dtype from the Triton
+    path), or None (reference)."""
     state = layer.forward_state
     if state is not None and state.shard is not None:
         return None
-    xs = apply_smooth(x.float(), layer.smooth)
+    fused = _triton_carriers(x)
+    # The kernels read X in its own dtype and convert it exactly; smoothing and the rotation are
+    # computed in fp32 first, as the reference does.
+    xs = x if fused and layer.smooth is None and not layer.plan.hadamard else apply_smooth(x.float(), layer.smooth)
     plan = layer.active_plan(xs)
     if plan.activation not in ("nvfp4", "int8", "none") or plan.method == "deltaquant":
         return None
+    if fused and plan.activation != "none":
+        return _fused_forward(layer, xs, plan, x.dtype)
     y, xin = layer.gemm_input(xs, plan)
     xin = xin.reshape(-1, xin.shape[-1])
-    fused = _triton_carriers(xin)
-    if fused:
-        from dq_kernels.expand_nvfp4 import expand_nvfp4
-        from dq_kernels.nvfp4_quantize import nvfp4_carrier_triton
-
-        w = expand_nvfp4(layer.qweight, layer.block_scales)
-    else:
-        w = weight_carrier(unpack_fp4(layer.qweight), layer.block_scales)
+    w = weight_carrier(unpack_fp4(layer.qweight), layer.block_scales)
     k = w.shape[1]  # the route's padding may exceed the weight's: scales see it, the GEMM does not
     if plan.activation == "nvfp4":
-        a, a_scale = nvfp4_carrier_triton(xin) if fused else nvfp4_carrier(xin)
+        a, a_scale = nvfp4_carrier(xin)
         out = mm_fp32(a[:, :k], w) * a_scale
     elif plan.activation == "int8":
         q, a_scale = quantize_int8_rowwise(xin)
@@ -74,3 +76,27 @@ def carrier_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
         y += layer.bias.float()
     return y
 
+
+def _fused_forward(layer, xs: torch.Tensor, plan, out_dtype: torch.dtype) -> torch.Tensor:
+    """The NVFP4 and INT8 routes as one Triton pass per operand and one BF16 GEMM (`carrier_gemm`)
+    whose epilogue applies the scales, adds the low-rank branch and the bias and writes `out_dtype`:
+    torch's path instead writes an fp32 product and makes four elementwise passes over it."""
+    from dq_kernels.expand_nvfp4 import expand_nvfp4
+    from dq_kernels.int8_quantize import quantize_int8_tokens
+    from dq_kernels.nvfp4_quantize import nvfp4_carrier_triton
+    from dq_kernels.carrier_gemm import carrier_gemm
+
+    xin = layer.route_input(xs, plan)
+    xin = xin.reshape(-1, xin.shape[-1])
+    w = expand_nvfp4(layer.qweight, layer.block_scales)
+    n, k = w.shape  # the route's padding may exceed the weight's: scales see it, the GEMM does not
+    if plan.activation == "nvfp4":
+        a, ts = nvfp4_carrier_triton(xin)
+        a_scale, col_scale = None, ts * layer.tensor_scale.float()
+    else:
+        a, a_scale = quantize_int8_tokens(xin, codes_dtype=torch.bfloat16)
+        col_scale = layer.tensor_scale.float()
+    down = layer.low_rank_down(xs.reshape(-1, xs.shape[-1])) if layer.lora_up is not None else None
+    y = carrier_gemm(a[:, :k], w, a_scale, col_scale.reshape(1).expand(n).contiguous(), down=down,
+                    up=layer.lora_up, bias=layer.bias, out_dtype=out_dtype)
+    return y.reshape(*xs.shape[:-1], n)

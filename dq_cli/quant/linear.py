@@ -152,11 +152,19 @@ class QuantLinear(nn.Module):
         yet rounded). Shared by the reference and dq_cli/quant/carrier_path.py."""
         y = torch.zeros(*xs.shape[:-1], self.out_features, dtype=torch.float32, device=xs.device)
         if self.lora_up is not None:  # the 16-bit branch sees the unquantized (smoothed) input
-            y += (xs.to(self.lora_down.dtype) @ self.lora_down.T).float() @ self.lora_up.float().T
+            y += self.low_rank_down(xs).float() @ self.lora_up.float().T
+        return y, self.route_input(xs, plan)
+
+    def low_rank_down(self, xs: torch.Tensor) -> torch.Tensor:
+        """The low-rank branch's first product, xs·L₂ᵀ [..., R], in the factors' dtype."""
+        return xs.to(self.lora_down.dtype) @ self.lora_down.T
+
+    def route_input(self, xs: torch.Tensor, plan: LayerPlan) -> torch.Tensor:
+        """The 4/8-bit GEMM's input: xs padded for the route and rotated, not yet rounded."""
         xin = pad_k(xs, k_multiple_of(self.plan))
         if self.plan.hadamard:
             xin = block_hadamard(xin, self.plan.hadamard)
-        return y, pad_k(xin, k_multiple_of(plan))
+        return pad_k(xin, k_multiple_of(plan))
 
     def active_plan(self, xs: torch.Tensor) -> LayerPlan:
         route = self.route
