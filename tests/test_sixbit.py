@@ -274,6 +274,28 @@ def test_tdc_resets_at_the_expert_switch():
     assert [s for s, _, _ in second] == [False, False, True, True]
 
 
+def test_tdc_releases_the_other_experts_cache_at_the_switch():
+    """Wan 2.2's experts are two transformers, each block with its own hook: when the second expert
+    starts, the first one's blocks, never called again in that run, must not keep their Δ."""
+    state, stats, peers = ForwardState(num_steps=20), RuntimeStats(), []
+    blocks = {}
+    for expert in ("transformer", "transformer_2"):
+        block = FakeBlock()
+        block.delta = torch.full((1, 4, 16), 0.25)
+        hook = SixBitBlockHook(state, {f"{expert}.blocks.0.proj": block.proj}, None,
+                               TDCConfig(tau=0.05, max_skips=2), stats, peers)
+        HookRegistry.check_if_exists_or_initialize(block).register_hook(hook, "dq_6bit_block")
+        blocks[expert] = (block, hook)
+    first, first_hook = blocks["transformer"]
+    for branch in ("cond", "uncond"):
+        _run(first, state, range(3), branch, expert="transformer")
+    assert len(first_hook.states) == 2 and all(s.delta is not None for s in first_hook.states.values())
+    second, second_hook = blocks["transformer_2"]
+    run = _run(second, state, range(3, 6), expert="transformer_2")
+    assert first_hook.states == {} and len(second_hook.states) == 1
+    assert [s for s, _, _ in run] == [False, False, True]  # the new expert's own stream, as before
+
+
 def test_tdc_keeps_cfg_branches_apart():
     block, state, _ = _hooked()
     cond, uncond = [], []
@@ -379,6 +401,24 @@ def test_predictor_fit_reports_and_writes_versioned_predictor(sixbit):
         assert (sixbit.tmp / "pred-plots" / png).read_bytes()[:4] == b"\x89PNG"
 
 
+def states_held(adapter) -> dict[str, int]:
+    """TDC states held by each transformer's block hooks."""
+    from dq_cli.quant.runtime import RUNTIME_HOOK, transformer_blocks
+
+    return {name: sum(len(HookRegistry.check_if_exists_or_initialize(b).get_hook(RUNTIME_HOOK).states)
+                      for _, b in transformer_blocks(model))
+            for name, model in adapter.transformers().items()}
+
+
+def held_per_step(adapter, run) -> list[tuple[str, dict[str, int]]]:
+    """Generate once more: (expert, `states_held`) read after each step."""
+    held = []
+    adapter.generate("a cat", steps=run.steps, guidance=run.guidance, seed=0, frames=run.frames,
+                     height=run.height, width=run.width,
+                     on_step=lambda info: held.append((info.expert, states_held(adapter))))
+    return held
+
+
 def test_generate_routes_per_step_and_reports_the_mix(sixbit):
     from dq_cli.checkpoint import read_info
 
@@ -402,6 +442,13 @@ def test_generate_routes_per_step_and_reports_the_mix(sixbit):
     assert s["block_evals"] == 5 * 2 * 2
     assert s["block_skips"] == sum(2 * 2 * ((n - 1) // 2) for n in per_expert) > 0
     assert set(s["route_calls"]) <= {"int8", "nvfp4"} and s["route_calls"]["int8"] > 0
+    # After each step, the states the blocks hold: the running expert's, and after the switch none
+    # of the first expert's (released, not kept for a run that never returns to it).
+    held = held_per_step(adapter, run)
+    assert [e for e, _ in held] == experts
+    for expert, counts in held:
+        other = "transformer_2" if expert == "transformer" else "transformer"
+        assert counts[expert] > 0 and counts[other] == 0
     # The weights are stored once: no QuantLinear holds more than the packed NVFP4 tensors.
     for m in adapter.transformers()["transformer"].modules():
         if isinstance(m, QuantLinear):

@@ -9,7 +9,11 @@
 State is kept per (expert, CFG branch) stream, as FirstBlockCache keeps its per `cache_context`,
 but keyed on the adapter's `ForwardState` (which the ForwardTracker fills from that same
 `cache_context`), so a batched CFG forward (LTX, CogVideoX: [uncond, cond] in one batch) is one
-stream, and the expert is known for the reset at Wan 2.2's switch.
+stream, and the expert is known for the reset at Wan 2.2's switch. At the switch every block of
+the expert that stops releases its cached Δ (`peers`): the other expert's blocks have hooks of their
+own, never called again in that run, and would otherwise hold a tensor the size of the hidden states
+for each block and branch — 25 GiB at Wan A14B 480p (40 blocks × 2 branches × 32,760 × 5,120 BF16),
+measured as 6bit's peak over BF16's in `dq bench e2e` before this release.
 """
 
 from __future__ import annotations
@@ -147,11 +151,13 @@ class SixBitBlockHook(ModelHook):
     _is_stateful = True
 
     def __init__(self, forward_state: ForwardState, linears: dict[str, QuantLinear], predictor: Predictor | None,
-                 tdc_config: tdc.TDCConfig | None, stats: RuntimeStats):
+                 tdc_config: tdc.TDCConfig | None, stats: RuntimeStats, peers: list | None = None):
         super().__init__()
         self.forward_state, self.linears, self.predictor = forward_state, linears, predictor
         self.tdc, self.stats = tdc_config, stats
         self.states: dict[tuple, tdc.BlockState] = {}
+        self.peers = peers if peers is not None else []  # every block's hook, of every expert
+        self.peers.append(self)
         self._meta: TransformerBlockMetadata | None = None
 
     def initialize_hook(self, module):
@@ -163,8 +169,16 @@ class SixBitBlockHook(ModelHook):
         key = tuple(fs.branches)
         st = self.states.get(key)
         if st is None or st.stale(fs.step, fs.expert):
+            self.release_other_experts(fs.expert)
             st = self.states[key] = tdc.BlockState(expert=fs.expert)
         return st
+
+    def release_other_experts(self, expert: str | None) -> None:
+        """Drop every block's state kept for another expert (Wan 2.2 never returns to an expert
+        within a run, and a new run starts over anyway)."""
+        for peer in self.peers:
+            for key in [k for k, s in peer.states.items() if s.expert != expert]:
+                del peer.states[key]
 
     def new_forward(self, module, *args, **kwargs):
         st, step = self.state(), self.forward_state.step
@@ -204,7 +218,7 @@ class SixBitBlockHook(ModelHook):
 
 def install(adapter, predictor: Predictor | None, tdc_config: tdc.TDCConfig | None) -> RuntimeStats:
     """Hook every transformer block of the adapter's model(s); returns the run counters."""
-    stats = RuntimeStats()
+    stats, hooks = RuntimeStats(), []
     for component, model in adapter.transformers().items():
         for block_name, block in transformer_blocks(model):
             prefix = f"{component}.{block_name}."
@@ -212,7 +226,8 @@ def install(adapter, predictor: Predictor | None, tdc_config: tdc.TDCConfig | No
             registry = HookRegistry.check_if_exists_or_initialize(block)
             if registry.get_hook(RUNTIME_HOOK) is not None:
                 registry.remove_hook(RUNTIME_HOOK, recurse=False)
-            registry.register_hook(SixBitBlockHook(adapter.state, linears, predictor, tdc_config, stats), RUNTIME_HOOK)
+            registry.register_hook(SixBitBlockHook(adapter.state, linears, predictor, tdc_config, stats, hooks),
+                                   RUNTIME_HOOK)
         # cache_context walks a cached list of child registries: it must see the new ones.
         HookRegistry.check_if_exists_or_initialize(model).invalidate_child_registries_cache()
     return stats
