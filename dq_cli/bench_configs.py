@@ -37,8 +37,9 @@ CONFIGS = {
                    "w4a4; the CogVideoX one (NVFP4 deltas) or your own (--recipe w4a4-recipe=FILE) may take "
                    "formats no Hopper kernel runs, and then the PyTorch reference path",
     "6bit": "dq 6Bit-Diffusion: NVFP4 weights, per-step NVFP4/INT8 activation routing and the Temporal Delta "
-            "Cache (no NVFP4 tensor cores on Hopper: on CUDA the reference math on exact BF16 carriers, one cuBLAS "
-            "BF16 GEMM per layer; 16-bit speed at best, 4-bit weights at rest)",
+            "Cache (no NVFP4 tensor cores on Hopper: on CUDA the reference math on exact BF16 carriers, one Triton "
+            "BF16 GEMM per layer with the scales in its epilogue; 16-bit speed at best, 4-bit weights at rest; TDC "
+            "caches each block's residual per CFG branch)",
     "w8a8": "dq W8A8: INT8 weights per channel, INT8 activations per token (dq::w8a8_linear on CUDA)",
     "torchao-fp8": "torchao Float8DynamicActivationFloat8WeightConfig, rowwise scales",
     "torchao-int8": "torchao Int8DynamicActivationInt8WeightConfig",

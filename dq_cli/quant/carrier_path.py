@@ -10,7 +10,10 @@ cores) and the result is the reference's up to fp32 summation order.
     none (16 bits)    x (fp32 after λ, rotation)  bf16 hi + lo: two GEMMs, ~2**-17 relative
 
 The weight carrier is formed from the packed codes on every call (memory stays 4-bit at rest).
-DeltaQuant's cube route and sharded sequences (context parallelism) keep the reference path.
+On a GPU the NVFP4 and INT8 routes take `_fused_forward` (one Triton pass per operand and a BF16
+GEMM with the scales, low-rank branch and bias in its epilogue); the 16-bit route, and torch's
+carriers (DQ_TRITON_CARRIERS=0), the plain torch operations below. DeltaQuant's cube route and
+sharded sequences (context parallelism) keep the reference path.
 """
 
 from __future__ import annotations
