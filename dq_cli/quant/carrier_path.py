@@ -64,7 +64,7 @@ def carrier_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
         return _fused_forward(layer, xs, plan, x.dtype)
     y, xin = layer.gemm_input(xs, plan)
     xin = xin.reshape(-1, xin.shape[-1])
-    w = weight_carrier(unpack_fp4(layer.qweight), layer.block_scales)
+    w = _expand_weight(layer) if fused else weight_carrier(unpack_fp4(layer.qweight), layer.block_scales)
     k = w.shape[1]  # the route's padding may exceed the weight's: scales see it, the GEMM does not
     if plan.activation == "nvfp4":
         a, a_scale = nvfp4_carrier(xin)
@@ -84,14 +84,13 @@ def _fused_forward(layer, xs: torch.Tensor, plan, out_dtype: torch.dtype) -> tor
     """The NVFP4 and INT8 routes as one Triton pass per operand and one BF16 GEMM (`carrier_gemm`)
     whose epilogue applies the scales, adds the low-rank branch and the bias and writes `out_dtype`:
     torch's path instead writes an fp32 product and makes four elementwise passes over it."""
-    from dq_kernels.expand_nvfp4 import expand_nvfp4
+    from dq_kernels.carrier_gemm import carrier_gemm
     from dq_kernels.int8_quantize import quantize_int8_tokens
     from dq_kernels.nvfp4_quantize import nvfp4_carrier_triton
-    from dq_kernels.carrier_gemm import carrier_gemm
 
     xin = layer.route_input(xs, plan)
     xin = xin.reshape(-1, xin.shape[-1])
-    w = expand_nvfp4(layer.qweight, layer.block_scales)
+    w = _expand_weight(layer)
     n, k = w.shape  # the route's padding may exceed the weight's: scales see it, the GEMM does not
     if plan.activation == "nvfp4":
         a, ts = nvfp4_carrier_triton(xin)
@@ -103,3 +102,10 @@ def _fused_forward(layer, xs: torch.Tensor, plan, out_dtype: torch.dtype) -> tor
     y = carrier_gemm(a[:, :k], w, a_scale, col_scale.reshape(1).expand(n).contiguous(), down=down,
                     up=layer.lora_up, bias=layer.bias, out_dtype=out_dtype)
     return y.reshape(*xs.shape[:-1], n)
+
+
+def _expand_weight(layer) -> torch.Tensor:
+    """The packed NVFP4 weight's BF16 carrier, in one Triton pass."""
+    from dq_kernels.expand_nvfp4 import expand_nvfp4
+
+    return expand_nvfp4(layer.qweight, layer.block_scales)
