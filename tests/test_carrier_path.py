@@ -122,6 +122,52 @@ def quantized_input(layer: QuantLinear, x: torch.Tensor) -> torch.Tensor:
     return xq.reshape(-1, xq.shape[-1])
 
 
+class WholeSequenceMax:
+    """A stand-in for one of two context-parallel processes (dq_cli.quant.sequence.SequenceShard):
+    its max-reduction returns what the two processes' all-reduce would, the whole sequence's max."""
+    size = 2
+
+    def __init__(self, whole_amax: torch.Tensor):
+        self.whole_amax = whole_amax
+
+    def all_max(self, t: torch.Tensor) -> torch.Tensor:
+        assert t.numel() == 1  # one scalar per layer call: the tensor scale's amax
+        return torch.maximum(t, self.whole_amax.to(t))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("route", ["nvfp4", "int8"])
+@pytest.mark.parametrize("hadamard", [0, 16])
+@pytest.mark.parametrize("triton_carriers", [False, True])
+def test_sequence_slices_match_one_process(route, hadamard, device, triton_carriers, monkeypatch):
+    """Context parallelism: each half of the tokens, on its own with the whole sequence's NVFP4 tensor
+    scale (INT8 scales are per token), gives that half of the one-process result."""
+    from dq_cli.models.base import ForwardState
+    from dq_kernels.smoothing import apply_smooth
+
+    monkeypatch.setattr("dq_cli.quant.carrier_path.TRITON_CARRIERS", triton_carriers)
+    monkeypatch.setenv("DQ_KERNELS", "triton")
+    layer = nvfp4_layer(hadamard, True).to(device)
+    layer.route = route
+    x = inputs()[:, :32].float().to(device)
+    ref = layer.reference_forward(x)
+    xs = apply_smooth(x, layer.smooth)
+    whole = layer.route_input(xs, layer.active_plan(xs)).abs().amax()
+    layer.forward_state = ForwardState(num_steps=1, shard=WholeSequenceMax(whole))
+    halves = [layer(x[:, :16]), layer(x[:, 16:])]
+    xq = quantized_input(layer, x)  # the reference's rounding under the same (whole-sequence) scale
+    w = layer.stored_weight()
+    terms = (xq[:, : w.shape[1]].abs() @ w.abs().T).reshape(ref.shape)
+    bound = terms * 2 * w.shape[1] * 2**-24 + 1e-6
+    got = torch.cat(halves, dim=1)
+    assert ((got - ref).abs() <= bound).all(), ((got - ref).abs() / bound).max()
+    # Without the whole sequence's amax a half would round with its own scale: the test can tell.
+    if route == "nvfp4":
+        layer.forward_state = None
+        alone = layer(x[:, :16])
+        assert not torch.allclose(alone, ref[:, :16], rtol=0, atol=float(bound[:, :16].max()))
+
+
 def test_cube_route_keeps_the_reference(monkeypatch):
     layer = nvfp4_layer(0, False)
     layer.route = "deltaquant"

@@ -12,8 +12,9 @@ cores) and the result is the reference's up to fp32 summation order.
 The weight carrier is formed from the packed codes on every call (memory stays 4-bit at rest).
 On a GPU the NVFP4 and INT8 routes take `_fused_forward` (one Triton pass per operand and a BF16
 GEMM with the scales, low-rank branch and bias in its epilogue); the 16-bit route, and torch's
-carriers (DQ_TRITON_CARRIERS=0), the plain torch operations below. DeltaQuant's cube route and
-sharded sequences (context parallelism) keep the reference path.
+carriers (DQ_TRITON_CARRIERS=0), the plain torch operations below. Under context parallelism
+(`forward_state.shard`) the NVFP4 tensor scale comes from the whole sequence's amax, as the
+reference's; the INT8 scales are per token. DeltaQuant's cube route keeps the reference path.
 """
 
 from __future__ import annotations
@@ -50,9 +51,6 @@ def _triton_carriers(x: torch.Tensor) -> bool:
 def carrier_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
     """y [B, S, N] for an NVFP4-weight layer on its current route (fp32; x's dtype from the Triton
     path), or None (reference)."""
-    state = layer.forward_state
-    if state is not None and state.shard is not None:
-        return None
     fused = _triton_carriers(x)
     # The kernels read X in its own dtype and convert it exactly; smoothing and the rotation are
     # computed in fp32 first, as the reference does.
@@ -67,7 +65,7 @@ def carrier_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
     w = _expand_weight(layer) if fused else weight_carrier(unpack_fp4(layer.qweight), layer.block_scales)
     k = w.shape[1]  # the route's padding may exceed the weight's: scales see it, the GEMM does not
     if plan.activation == "nvfp4":
-        a, a_scale = nvfp4_carrier(xin)
+        a, a_scale = nvfp4_carrier(xin, amax=_sequence_amax(layer, xin))
         out = mm_fp32(a[:, :k], w) * a_scale
     elif plan.activation == "int8":
         q, a_scale = quantize_int8_rowwise(xin)
@@ -93,7 +91,7 @@ def _fused_forward(layer, xs: torch.Tensor, plan, out_dtype: torch.dtype) -> tor
     w = _expand_weight(layer)
     n, k = w.shape  # the route's padding may exceed the weight's: scales see it, the GEMM does not
     if plan.activation == "nvfp4":
-        a, ts = nvfp4_carrier_triton(xin)
+        a, ts = nvfp4_carrier_triton(xin, _sequence_amax(layer, xin))
         a_scale, col_scale = None, ts * layer.tensor_scale.float()
     else:
         a, a_scale = quantize_int8_tokens(xin, codes_dtype=torch.bfloat16)
@@ -109,3 +107,12 @@ def _expand_weight(layer) -> torch.Tensor:
     from dq_kernels.expand_nvfp4 import expand_nvfp4
 
     return expand_nvfp4(layer.qweight, layer.block_scales)
+
+
+def _sequence_amax(layer, xin: torch.Tensor) -> torch.Tensor | None:
+    """max|X| over the whole sequence when this process holds a slice of it (context parallelism),
+    for the NVFP4 tensor scale; None when it holds all of it."""
+    state = layer.forward_state
+    if state is None or state.shard is None:
+        return None
+    return state.shard.all_max(xin.detach().abs().amax().float())
