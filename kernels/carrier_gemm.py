@@ -11,9 +11,9 @@ synchronise every layer and break torch.compile's graphs; cuBLAS with an fp32 ou
 torch's scale, bias and cast took 3.68 ms at 32,760 × 5,120 → 5,120 on an H200, against 2.37 for
 the bare cuBLAS BF16 GEMM.
 
-Why not `scaled_gemm` (same epilogue): its per-element pointer loads reach 497–535 TFLOP/s in BF16
-at Wan A14B's shapes on an H200 whatever the tile (docs/measurements/carriers_gemm_sweep_h200.log),
-cuBLAS ~700. Here A and B tiles come through TMA tensor descriptors (no address arithmetic or
+Why not `scaled_gemm` (whose epilogue helpers this kernel calls): its per-element pointer loads
+reach at most 518–535 TFLOP/s in BF16 at Wan A14B's shapes on an H200, the best of ten tiles
+(`tools/probe_carriers.py --gemm-sweep`, docs/measurements/carriers_gemm_sweep_h200.log), cuBLAS ~700. Here A and B tiles come through TMA tensor descriptors (no address arithmetic or
 masks in the K loop; the edges are zero-filled by the copy engine), as Triton's persistent-matmul
 tutorial does to reach cuBLAS on Hopper.
 """
@@ -29,7 +29,7 @@ try:
     import triton.language as tl
     from triton.tools.tensor_descriptor import TensorDescriptor
 
-    from .scaled_gemm import grouped_tile
+    from .scaled_gemm import _scaled, _split_extra, grouped_tile, pad_rank
 except ImportError:  # pragma: no cover - CPU-only installs without triton
     triton = None
 
@@ -68,19 +68,11 @@ if triton is not None:
                 acc = tl.dot(a, b.T, acc)
         rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        y = acc * tl.load(b_scale_ptr + rn, mask=rn < N, other=0.0)[None, :]
-        if HAS_A_SCALE:
-            y *= tl.load(a_scale_ptr + rm, mask=rm < M, other=0.0)[:, None]
-        if HAS_LORA:  # the 16-bit branch: small MMAs of RC ranks, loaded just before each
-            for r0 in tl.static_range(0, R, RC):
-                r = r0 + tl.arange(0, RC)
-                down = tl.load(down_ptr + rm[:, None].to(tl.int64) * R + r[None, :], mask=(rm < M)[:, None],
-                               other=0.0)
-                up_t = tl.load(up_ptr + rn[None, :] * R + r[:, None], mask=(rn < N)[None, :], other=0.0)
-                if LORA_IEEE:  # fp32 factors (tests) or the interpreter: no bf16 rounding
-                    y = tl.dot(down.to(tl.float32), up_t.to(tl.float32), y, input_precision="ieee")
-                else:
-                    y = tl.dot(down.to(tl.bfloat16), up_t.to(tl.bfloat16), y)
+        y = _scaled(acc, rm, rn, M, N, a_scale_ptr, b_scale_ptr, HAS_A_SCALE)
+        # The low-rank branch as scaled_gemm's split epilogue adds it (no core term here): small MMAs of
+        # RC ranks, fp32 for fp32 factors (tests) and in the interpreter.
+        y = _split_extra(y, rm, rm, rn, M, N, rm, 0, -1, b_scale_ptr, b_scale_ptr, down_ptr, up_ptr,
+                         False, HAS_LORA, R, RC, 16, LORA_IEEE)
         if HAS_BIAS:
             y += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
         tl.store(c_ptr + rm[:, None].to(tl.int64) * stride_cm + rn[None, :], y.to(c_ptr.dtype.element_ty),
@@ -131,10 +123,7 @@ def carrier_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor | None,
         a, b = a.float(), b.float()
     a = a if a.stride(-1) == 1 else a.contiguous()
     b = b.contiguous()
-    rank = up.shape[1] if up is not None else 0
-    r = max(16, triton.next_power_of_2(rank)) if rank else 16
-    if up is not None and r != rank:  # tl.dot wants a power of two >= 16: zero columns
-        up, down = torch.nn.functional.pad(up, (0, r - rank)), torch.nn.functional.pad(down, (0, r - rank))
+    down, up, r = pad_rank(down, up)
     # The interpreter truncates in-kernel fp32→bf16 casts (FACTS.md): it stores fp32, torch rounds.
     c = torch.empty(m, n, dtype=torch.float32 if ieee else out_dtype, device=a.device)
     # Placeholder tile shapes: the autotuner's pre-hook sets each config's.

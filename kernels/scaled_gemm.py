@@ -307,6 +307,16 @@ scaled_gemm_kernel = triton.autotune(_configs(), key=_KEY, prune_configs_by={"ea
                                      )(_scaled_gemm_body)
 
 
+def pad_rank(down: torch.Tensor | None, up: torch.Tensor | None):
+    """The low-rank factors with zero columns up to R, the power of two >= 16 that tl.dot wants:
+    (down, up, R); R = 16 without a branch."""
+    rank = up.shape[1] if up is not None else 0
+    r = max(16, triton.next_power_of_2(rank)) if rank else 16
+    if up is not None and r != rank:
+        up, down = torch.nn.functional.pad(up, (0, r - rank)), torch.nn.functional.pad(down, (0, r - rank))
+    return down, up, r
+
+
 def scaled_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor | None, b_scale: torch.Tensor, *,
                 core: torch.Tensor | None = None,
                 cube_of_row: torch.Tensor | None = None, row_token: torch.Tensor | None = None,
@@ -323,10 +333,7 @@ def scaled_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor | None, 
         raise ValueError(f"scaled_gemm: A {tuple(a.shape)} {a.dtype} and B {tuple(b.shape)} {b.dtype} do not match")
     a, b = a.contiguous(), b.contiguous()
     rank = up.shape[1] if up is not None else 0
-    r = max(16, triton.next_power_of_2(rank)) if rank else 16
-    if up is not None and r != rank:  # tl.dot wants a power of two >= 16: zero columns
-        up = torch.nn.functional.pad(up, (0, r - rank))
-        down = torch.nn.functional.pad(down, (0, r - rank))
+    down, up, r = pad_rank(down, up)
     if up is not None and interpreting():
         up = up.float()  # the interpreter's bf16 tl.dot is wrong (FACTS.md)
     # The interpreter truncates in-kernel fp32→bf16 casts (FACTS.md): it stores fp32, torch rounds.

@@ -73,14 +73,8 @@ def test_carrier_path_matches_reference(route, hadamard, low_rank, device, trito
     layer.last_route = None
     got = layer(x.float())
     assert calls and layer.last_route == route
-    # fp32 sums of the same products in another order (the scales applied after the sum instead of
-    # before): |error| <= 2·K·2**-24·Σ|x̂_k·ŵ_k|; for the 16-bit route also the lo half rounded to
-    # BF16, 2**-9 of a part itself under 2**-8 of x.
-    xq = quantized_input(layer, x.float())
-    w = layer.stored_weight()
-    k = w.shape[1]
-    terms = (xq[:, :k].abs() @ w.abs().T).reshape(ref.shape)
-    bound = terms * (2 * k * 2**-24 + (2**-17 if route == "none" else 0)) + 1e-7
+    # for the 16-bit route also the lo half rounded to BF16, 2**-9 of a part itself under 2**-8 of x
+    bound = sum_order_bound(layer, x.float(), ref, 2**-17 if route == "none" else 0.0) + 1e-7
     assert ((got - ref).abs() <= bound).all(), ((got - ref).abs() / bound).max()
 
 
@@ -103,12 +97,18 @@ def test_triton_path_on_bf16_input(route, low_rank, device, monkeypatch):
     monkeypatch.setattr(carrier_path, "_fused_forward", lambda lay, xs, *a: seen.append(xs.dtype) or real(lay, xs, *a))
     got = layer(x)
     assert got.dtype == torch.bfloat16 and seen == [torch.float32 if low_rank else torch.bfloat16]
-    xq = quantized_input(layer, x.float())
-    w = layer.stored_weight()
-    terms = (xq[:, : w.shape[1]].abs() @ w.abs().T).reshape(ref.shape)
-    # the sum-order bound of the fp32 test above, then one rounding to BF16 (half an ulp: 2**-8 relative)
-    bound = terms * 2 * w.shape[1] * 2**-24 + 2**-8 * ref.abs() + 1e-7
+    # the sum-order bound, then one rounding to BF16 (half an ulp: 2**-8 relative)
+    bound = sum_order_bound(layer, x.float(), ref) + 2**-8 * ref.abs() + 1e-7
     assert ((got.float() - ref).abs() <= bound).all(), ((got.float() - ref).abs() / bound).max()
+
+
+def sum_order_bound(layer: QuantLinear, x: torch.Tensor, ref: torch.Tensor, extra_rel: float = 0.0) -> torch.Tensor:
+    """What two fp32 sums of the reference's products in different orders (the scales applied after
+    the sum instead of before) may differ by: 2·K·2**-24·Σ|x̂_k·ŵ_k| per output, plus `extra_rel`·Σ."""
+    xq = quantized_input(layer, x)
+    w = layer.stored_weight()
+    k = w.shape[1]
+    return (xq[:, :k].abs() @ w.abs().T).reshape(ref.shape) * (2 * k * 2**-24 + extra_rel)
 
 
 def quantized_input(layer: QuantLinear, x: torch.Tensor) -> torch.Tensor:
@@ -155,10 +155,7 @@ def test_sequence_slices_match_one_process(route, hadamard, device, triton_carri
     whole = layer.route_input(xs, layer.active_plan(xs)).abs().amax()
     layer.forward_state = ForwardState(num_steps=1, shard=WholeSequenceMax(whole))
     halves = [layer(x[:, :16]), layer(x[:, 16:])]
-    xq = quantized_input(layer, x)  # the reference's rounding under the same (whole-sequence) scale
-    w = layer.stored_weight()
-    terms = (xq[:, : w.shape[1]].abs() @ w.abs().T).reshape(ref.shape)
-    bound = terms * 2 * w.shape[1] * 2**-24 + 1e-6
+    bound = sum_order_bound(layer, x, ref) + 1e-6  # the reference's rounding of the whole sequence
     got = torch.cat(halves, dim=1)
     assert ((got - ref).abs() <= bound).all(), ((got - ref).abs() / bound).max()
     # Without the whole sequence's amax a half would round with its own scale: the test can tell.

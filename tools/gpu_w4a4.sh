@@ -38,7 +38,8 @@
 #               (--compile-mode reduce-overhead), 4 measured steps after 4 of warm-up
 #   PART=fusedqkv  the full-size Wan A14B at 480p, eager, SDPA: BF16, W4A4 and W4A4 with Q/K/V fused (the
 #               Wan recipe plus `quantization.fuse_qkv: true`), one step after a one-step warm-up
-#   PART=sixbitfull  the full-size Wan A14B at 480p (both experts), eager, SDPA: BF16, 6bit and W4A4
+#   PART=sixbitfull  the full-size Wan A14B at 480p (both experts), eager, SDPA: BF16, 6bit and W4A4;
+#               TDC=off: BF16 and 6bit with the Temporal Delta Cache off (a copy of the recipe)
 #   PART=carriers  the NVFP4 kernels written without a GPU (one-pass carriers, Blackwell GEMM): their GPU
 #               tests, tools/probe_carriers.py, then 8 Wan blocks with 6bit on torch's carriers and on the Triton ones (DQ_TRITON_CARRIERS=1)
 source tools/gpu_env.sh || exit 1
@@ -157,9 +158,16 @@ carriers)
       --out $OUT/wan480_8blocks_6bit_carriers$c >> $L 2>&1
   done ;;
 sixbitfull)
-  echo "== full size 6bit $(date +%T)" >> $L
-  timeout -s KILL ${LIMIT:-480} python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p \
-    --configs bf16,6bit,w4a4 --attention sdpa --steps 2 --warmup-steps 1 --out $OUT/wan480_full_6bit >> $L 2>&1 ;;
+  echo "== full size 6bit, TDC ${TDC:-on} $(date +%T)" >> $L
+  if [ "${TDC:-on}" = off ]; then
+    sed 's/^  enabled: true/  enabled: false/' recipes/wan22_6bit.yaml > /tmp/wan22_6bit_notdc.yaml
+    timeout -s KILL ${LIMIT:-480} python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p \
+      --configs bf16,6bit --recipe 6bit=/tmp/wan22_6bit_notdc.yaml --attention sdpa --steps 2 --warmup-steps 1 \
+      --no-breakdown --out $OUT/wan480_full_6bit_notdc >> $L 2>&1
+  else
+    timeout -s KILL ${LIMIT:-480} python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p \
+      --configs bf16,6bit,w4a4 --attention sdpa --steps 2 --warmup-steps 1 --out $OUT/wan480_full_6bit >> $L 2>&1
+  fi ;;
 ltxgraphs)
   echo "== full size ltx-video, CUDA graphs $(date +%T)" >> $L
   timeout -s KILL ${LIMIT:-400} python -P -m dq_cli bench e2e --model ltx-video --configs bf16,w4a4 \
