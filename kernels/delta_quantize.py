@@ -48,7 +48,7 @@ from .delta_cubes import clip_cube, cube_ids, split_deltas
 from .formats import KERNEL_INT4_FORMATS, quantize_int4_format
 from .int4 import POW2_SPAN
 from .expand_int4 import CARRIER_SHIFT, GROUP, to_carriers
-from .interpreter import interpreting
+from .interpreter import interpreting, round_to_bf16
 from .smoothing import apply_smooth, inverse_smooth
 
 __all__ = ["delta_quantize", "delta_quantize_reference", "DeltaActivations"]
@@ -115,15 +115,6 @@ def _ceil_exp(amax):
     bits = amax.to(tl.int32, bitcast=True)
     e = ((bits >> 23) & 0xFF) - 127
     return tl.where((bits & 0x7FFFFF) <= 0x600000, e - 2, e - 1)
-
-
-@triton.jit
-def _bf16_rne(v):
-    """A non-negative finite fp32 rounded to the nearest bf16 (ties to even), as fp32. From the
-    bits: the interpreter's fp32→bf16 cast truncates."""
-    bits = v.to(tl.int32, bitcast=True)
-    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
-    return bits.to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -219,7 +210,7 @@ def delta_round_kernel(
     e_tok = tl.where(nonzero, _ceil_exp(tl.where(nonzero, row_max, 1.0)), 0)
     # int4_row: the reference's bf16(fp32(max|d|) / 7), each step rounded to nearest even, and
     # its reciprocal (codes are d·(1/s): dq_kernels.int4)
-    s_row = _bf16_rne(tl.math.div_rn(row_max, 7.0))
+    s_row = round_to_bf16(tl.math.div_rn(row_max, 7.0))
     inv_row = tl.math.div_rn(1.0, tl.where(nonzero, s_row, 1.0))
     for k0 in range(split * SPLIT_K, min(split * SPLIT_K + SPLIT_K, KP), CHUNK_K):
         cols = k0 + tl.arange(0, CHUNK_K)

@@ -33,3 +33,13 @@ if triton is not None:
         ax = tl.abs(x)
         sub = (ax + 16384.0) - 16384.0
         return tl.where(ax < 0.015625, tl.where(x < 0, -sub, sub), normal)
+
+    @triton.jit
+    def round_to_bf16(x):
+        """A finite fp32 rounded to the nearest bf16 (ties to even), still in fp32, from its bits:
+        the interpreter's fp32→bf16 cast truncates (FACTS.md). After this the cast is exact on
+        either side, so kernels call it unconditionally (a few integer ops). The add works on the
+        magnitude bits alike for either sign; a carry into the exponent is the right rounding."""
+        bits = x.to(tl.int32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
+        return bits.to(tl.float32, bitcast=True)

@@ -42,6 +42,9 @@
 #               TDC=off: BF16 and 6bit with the Temporal Delta Cache off (a copy of the recipe)
 #   PART=carriers  the NVFP4 kernels written without a GPU (one-pass carriers, Blackwell GEMM): their GPU
 #               tests, tools/probe_carriers.py, then 8 Wan blocks with 6bit on torch's carriers and on the Triton ones (DQ_TRITON_CARRIERS=1)
+# Thirteenth session:
+#   PART=tdcstats  6Bit's block statistics in one pass (dq_kernels.residual_l1): its GPU tests and
+#               tools/probe_residual_l1.py, then PART=sixbitfull's run
 source tools/gpu_env.sh || exit 1
 L=$OUT/log.txt
 { nvidia-smi --query-gpu=name,driver_version --format=csv; python -c "import torch,triton;print(torch.__version__,triton.__version__)"; } > $L 2>&1
@@ -157,6 +160,11 @@ carriers)
       --num-layers 8 --configs bf16,6bit --attention sdpa --steps 2 --warmup-steps 2 --no-breakdown \
       --out $OUT/wan480_8blocks_6bit_carriers$c >> $L 2>&1
   done ;;
+tdcstats)
+  echo "== gpu tests residual_l1 $(date +%T)" >> $L
+  timeout -s KILL 100 python -P -m pytest -m gpu -q tests/test_residual_l1.py >> $L 2>&1
+  echo "== probe residual_l1 $(date +%T)" >> $L
+  timeout -s KILL 60 python -P tools/probe_residual_l1.py >> $L 2>&1 ;&
 sixbitfull)
   echo "== full size 6bit, TDC ${TDC:-on} $(date +%T)" >> $L
   if [ "${TDC:-on}" = off ]; then

@@ -2,7 +2,8 @@
 
 1. decides, before the block runs, each of its quantized linears' activation route for this step
    from the block's Γ at the previous step (`Predictor.route`: no Γ → the safe INT8 route);
-2. measures Γ = ‖out − in‖₁/‖in‖₁ after it runs, for the next step;
+2. measures Γ = ‖out − in‖₁/‖in‖₁ after it runs, for the next step (with TDC's Δ and its change in
+   the same pass over the block's output: dq_kernels.residual_l1);
 3. runs the Temporal Delta Cache (dq_cli/quant/tdc.py): a stable block is skipped and returns
    input + cached Δ (for CogVideoX's joint blocks, the encoder stream's Δ too).
 
@@ -27,11 +28,11 @@ from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockR
 from diffusers.utils.torch_utils import unwrap_module
 
 from dq_calib.predictor import ROUTE_BITS, Predictor
-from dq_calib.trajectories import l1_parts
 from dq_cli.models.base import ForwardState
 from dq_cli.quant import tdc
 from dq_cli.quant.linear import QuantLinear
 from dq_cli.quant.sequence import row_ratio
+from dq_kernels.residual_l1 import residual_l1
 
 RUNTIME_HOOK = "dq_6bit_block"
 
@@ -197,15 +198,14 @@ class SixBitBlockHook(ModelHook):
             linear.last_route = None
         output = self.fn_ref.original_forward(*args, **kwargs)
         out_hidden, out_enc = block_outputs(self._meta, output)
-        delta = (out_hidden - hidden, None if enc is None else out_enc - enc)
+        cached = st.delta[0] if self.tdc is not None and st.delta is not None else None
+        d_hidden, sums = residual_l1(out_hidden, hidden, cached, write_delta=self.tdc is not None)
         # A batched CFG forward is one stream: its most-changing row decides (the conservative side).
         # Under context parallelism the sums run over the whole sequence: every process decides alike.
-        shard = self.forward_state.shard
-        g = float(row_ratio(*l1_parts(out_hidden, hidden), shard).max())
-        change = None
-        if self.tdc is not None and st.delta is not None:
-            change = float(row_ratio(*l1_parts(delta[0], st.delta[0]), shard).max())
-        tdc.on_compute(st, step, delta if self.tdc is not None else (None, None), change, g)
+        # One host sync for Γ and the change together.
+        g, change = row_ratio(sums[:, 0::2], sums[:, 1::2], self.forward_state.shard).amax(0).tolist()
+        delta = (d_hidden, None if enc is None else out_enc - enc) if self.tdc is not None else (None, None)
+        tdc.on_compute(st, step, delta, change if cached is not None else None, g)
         for linear in self.linears.values():
             if linear.last_route is not None:
                 self.stats.count_route(linear.last_route, linear.in_features)
