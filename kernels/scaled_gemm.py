@@ -20,6 +20,11 @@ core tokens, FP8 with a scale per 64 channels, are not multiplied here: a groupe
 kernel took 0.53 ms for their 2,048 rows at 4×1×4 cubes and Wan A14B 480p on an H200, one cuBLAS BF16
 GEMM on their exact BF16 carriers 0.27 ms (dq_kernels.linear_ops, docs/measurements/probe_core_gemm_h200.txt).
 
+A and B reach the K loop through TMA tensor descriptors (`GEMM_TMA`; pointer loads where a row
+is not a multiple of 16 bytes, or with DQ_GEMM_TMA=0): at Wan A14B 480p on an H200 that took one
+block's W8A8 GEMMs from 1.28× to 1.45× cuBLAS BF16 and left the W4A4 GEMM as it was
+(docs/measurements/gemm_tma_h200.log).
+
 Accumulation: INT8 in int32 (exact); E4M3 in fp32 — on Hopper the FP8 MMA accumulator is
 narrower than fp32 (FACTS.md). `promote=True` adds each BLOCK_K step's partial sum into an fp32
 accumulator (`max_num_imprecise_acc`), but that cost 4× (4.46 ms against 1.14 ms at
@@ -29,9 +34,12 @@ that remains is measured by `dq bench kernels` against the reference.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .interpreter import interpreting
 
@@ -55,7 +63,21 @@ def scaled_gemm_reference(a, b, a_scale, b_scale, *, core=None, cube_of_row=None
     return y.to(out_dtype)
 
 
+def _set_block_shapes(nargs):
+    """Autotune pre-hook: with TMA loads the descriptors' tile shapes follow the config being tried."""
+    if isinstance(nargs["a_ptr"], TensorDescriptor):
+        nargs["a_ptr"].block_shape = [nargs["BLOCK_M"], nargs["BLOCK_K"]]
+        nargs["b_ptr"].block_shape = [nargs["BLOCK_N"], nargs["BLOCK_K"]]
+
+
 def _configs() -> list[triton.Config]:
+    configs = _tiles()
+    for c in configs:
+        c.pre_hook = _set_block_shapes
+    return configs
+
+
+def _tiles() -> list[triton.Config]:
     if interpreting():  # the interpreter runs every config: one small one
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 64, "GROUP_M": 4}, num_warps=4)]
     # Hopper, M in the tens of thousands and N, K in the thousands: wide tiles, deep pipelines. The
@@ -198,6 +220,19 @@ def _split_extra(y, rm, out_rows, rn, M, N, cube, first, last, core_ptr, b_scale
 
 
 @triton.jit
+def _mma(a, b, acc, ACC_INT: tl.constexpr, PROMOTE: tl.constexpr, BLOCK_K: tl.constexpr):
+    # One return at the end: the compiler (not the interpreter) still compiles the statements after
+    # a `return` inside a constexpr branch.
+    if ACC_INT:
+        acc = tl.dot(a, tl.trans(b), acc, out_dtype=tl.int32)
+    elif PROMOTE:  # Hopper's FP8 MMA accumulates with reduced precision: promote every BLOCK_K products
+        acc = tl.dot(a, tl.trans(b), acc, max_num_imprecise_acc=BLOCK_K)
+    else:
+        acc = tl.dot(a, tl.trans(b), acc)
+    return acc
+
+
+@triton.jit
 def _scaled_gemm_body(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, core_ptr, cube_of_row_ptr, row_token_ptr,
                       down_ptr, up_ptr, bias_ptr, M, N, K, stride_am, stride_bn, stride_cm,
                       HAS_A_SCALE: tl.constexpr, HAS_CORE: tl.constexpr,
@@ -205,7 +240,8 @@ def _scaled_gemm_body(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, core_ptr, c
                       HAS_LORA: tl.constexpr, HAS_BIAS: tl.constexpr, R: tl.constexpr, IEEE_DOTS: tl.constexpr, ACC_INT: tl.constexpr,
                       PROMOTE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                       BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, PREFETCH: tl.constexpr = False,
-                      FUSE: tl.constexpr = False, SPLIT: tl.constexpr = False, RC: tl.constexpr = 32):
+                      FUSE: tl.constexpr = False, SPLIT: tl.constexpr = False, RC: tl.constexpr = 32,
+                      TMA: tl.constexpr = False):
     pid_m, pid_n = grouped_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -214,24 +250,24 @@ def _scaled_gemm_body(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, core_ptr, c
         cube, first, last, slab, down, up, bias, out_rows = _epilogue_operands(
             pid_m, rm, rn, M, N, core_ptr, b_scale_ptr, cube_of_row_ptr, row_token_ptr, down_ptr, up_ptr, bias_ptr,
             HAS_CORE, ROW_MAP, NC, HAS_LORA, HAS_BIAS, R, BLOCK_M)
-    a_ptrs = a_ptr + rm[:, None] * stride_am + rk[None, :]
-    b_ptrs = b_ptr + rn[:, None] * stride_bn + rk[None, :]
     if ACC_INT:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        kmask = (k0 + rk) < K
-        a = tl.load(a_ptrs, mask=(rm[:, None] < M) & kmask[None, :], other=0.0)
-        b = tl.load(b_ptrs, mask=(rn[:, None] < N) & kmask[None, :], other=0.0)
-        if ACC_INT:
-            acc = tl.dot(a, tl.trans(b), acc, out_dtype=tl.int32)
-        elif PROMOTE:  # Hopper's FP8 MMA accumulates with reduced precision: promote every BLOCK_K products
-            acc = tl.dot(a, tl.trans(b), acc, max_num_imprecise_acc=BLOCK_K)
-        else:
-            acc = tl.dot(a, tl.trans(b), acc)
-        a_ptrs += BLOCK_K
-        b_ptrs += BLOCK_K
+    if TMA:  # a_ptr and b_ptr are tensor descriptors: the copy engine fetches and zero-fills the edges
+        for k0 in range(0, K, BLOCK_K):
+            acc = _mma(a_ptr.load([pid_m * BLOCK_M, k0]), b_ptr.load([pid_n * BLOCK_N, k0]), acc, ACC_INT, PROMOTE,
+                       BLOCK_K)
+    else:
+        a_ptrs = a_ptr + rm[:, None] * stride_am + rk[None, :]
+        b_ptrs = b_ptr + rn[:, None] * stride_bn + rk[None, :]
+        for k0 in range(0, K, BLOCK_K):
+            kmask = (k0 + rk) < K
+            a = tl.load(a_ptrs, mask=(rm[:, None] < M) & kmask[None, :], other=0.0)
+            b = tl.load(b_ptrs, mask=(rn[:, None] < N) & kmask[None, :], other=0.0)
+            acc = _mma(a, b, acc, ACC_INT, PROMOTE, BLOCK_K)
+            a_ptrs += BLOCK_K
+            b_ptrs += BLOCK_K
 
     if SPLIT:
         y = _scaled(acc, rm, rn, M, N, a_scale_ptr, b_scale_ptr, HAS_A_SCALE)
@@ -302,9 +338,23 @@ def _prune(configs, named_args, **kwargs):
     return configs
 
 
-_KEY = ["M", "N", "K", "ACC_INT", "HAS_CORE", "HAS_LORA", "SPLIT"]
+_KEY = ["M", "N", "K", "ACC_INT", "HAS_CORE", "HAS_LORA", "SPLIT", "TMA"]
 scaled_gemm_kernel = triton.autotune(_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune}
                                      )(_scaled_gemm_body)
+
+
+# A and B through TMA tensor descriptors instead of per-element pointer loads in the K loop (where
+# their shapes allow: 16-byte rows and base). DQ_GEMM_TMA=0 keeps the pointer loads.
+GEMM_TMA = os.environ.get("DQ_GEMM_TMA", "1") == "1"
+
+
+def _tma_operands(a: torch.Tensor, b: torch.Tensor):
+    """(A, B) as tensor descriptors when TMA is on and can read them, else the tensors. The tile
+    shapes are placeholders: the autotuner's pre-hook sets each config's."""
+    k_bytes = a.shape[1] * a.element_size()
+    if not GEMM_TMA or k_bytes % 16 or a.data_ptr() % 16 or b.data_ptr() % 16:
+        return a, b
+    return TensorDescriptor.from_tensor(a, [32, 32]), TensorDescriptor.from_tensor(b, [32, 32])
 
 
 def pad_rank(down: torch.Tensor | None, up: torch.Tensor | None):
@@ -344,8 +394,9 @@ def scaled_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor | None, 
     fuse = core is not None and up is not None and r >= 32 and not split
     dummy = b_scale
     grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
+    a_arg, b_arg = _tma_operands(a, b)
     scaled_gemm_kernel[grid](
-        a, b, c, a_scale if a_scale is not None else dummy, b_scale,
+        a_arg, b_arg, c, a_scale if a_scale is not None else dummy, b_scale,
         core if core is not None else dummy, cube_of_row if cube_of_row is not None else dummy,
         row_token if row_token is not None else dummy,
         down.contiguous() if down is not None else dummy, up.contiguous() if up is not None else dummy,
@@ -354,5 +405,5 @@ def scaled_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor | None, 
         ROW_MAP=row_token is not None, NC=r // 2 if fuse else 16, FUSE=fuse, SPLIT=split, RC=min(LORA_CHUNK, r),
         HAS_LORA=up is not None, HAS_BIAS=bias is not None, R=r,
         IEEE_DOTS=interpreting() or (up is not None and up.dtype == torch.float32), ACC_INT=a.dtype == torch.int8,
-        PROMOTE=promote and a.dtype == torch.float8_e4m3fn)
+        PROMOTE=promote and a.dtype == torch.float8_e4m3fn, TMA=isinstance(a_arg, TensorDescriptor))
     return c.to(out_dtype)

@@ -45,6 +45,10 @@
 # Thirteenth session:
 #   PART=tdcstats  6Bit's block statistics in one pass (dq_kernels.residual_l1): its GPU tests and
 #               tools/probe_residual_l1.py, then PART=sixbitfull's run
+#   PART=gemmtma   scaled_gemm's K loop on TMA descriptors: the GPU kernel tests, then `dq bench kernels`
+#               at Wan A14B 480p (rank 128, 4x2x8 cubes) with DQ_GEMM_TMA=0 (pointer loads) and 1
+#   PART=tmae2e   with TMA loads (the default): `dq bench kernels` at 720p as above, then the full-size Wan
+#               A14B at 480p, BF16, W4A4 and W8A8, eager, SDPA, 2 steps after one of warm-up
 source tools/gpu_env.sh || exit 1
 L=$OUT/log.txt
 { nvidia-smi --query-gpu=name,driver_version --format=csv; python -c "import torch,triton;print(torch.__version__,triton.__version__)"; } > $L 2>&1
@@ -159,6 +163,20 @@ carriers)
     DQ_TRITON_CARRIERS=$c timeout -s KILL 170 python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p \
       --num-layers 8 --configs bf16,6bit --attention sdpa --steps 2 --warmup-steps 2 --no-breakdown \
       --out $OUT/wan480_8blocks_6bit_carriers$c >> $L 2>&1
+  done ;;
+tmae2e)
+  echo "== bench kernels 720p $(date +%T)" >> $L
+  timeout -s KILL 150 python -P -m dq_cli bench kernels --shapes wan-a14b-720p --w4a4-format int4_row --rank 128 \
+    --cube 4,2,8 --out $OUT/kernels_720p -q >> $L 2>&1
+  echo "== full size bf16, w4a4, w8a8 $(date +%T)" >> $L
+  timeout -s KILL ${LIMIT:-300} python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p \
+    --configs bf16,w4a4,w8a8 --attention sdpa --steps 2 --warmup-steps 1 --out $OUT/wan480_full_tma >> $L 2>&1 ;;
+gemmtma)
+  gpu_tests 200
+  for t in 0 1; do
+    echo "== bench kernels DQ_GEMM_TMA=$t $(date +%T)" >> $L
+    DQ_GEMM_TMA=$t timeout -s KILL ${LIMIT:-150} python -P -m dq_cli bench kernels --shapes wan-a14b-480p \
+      --w4a4-format int4_row --rank 128 --cube 4,2,8 --out $OUT/kernels_tma$t -q >> $L 2>&1
   done ;;
 tdcstats)
   echo "== gpu tests residual_l1 $(date +%T)" >> $L
