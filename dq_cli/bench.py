@@ -82,4 +82,8 @@ def markdown(doc: dict) -> str:
     lines.append("")
     lines.append(f"Device: {env.get('gpu', env['device'])}; torch {env['torch']}; dq {env['dq']}. "
                  f"Settings: {doc['settings']}.")
+    from dq_cli.bench_report import switches_line
+
+    if switches_line(env):
+        lines.append(switches_line(env))
     return "\n".join(lines) + "\n"

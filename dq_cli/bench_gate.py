@@ -140,6 +140,10 @@ def compare(new: dict, baseline: dict, limits: Limits) -> GateResult:
     if new_dev != base_dev:
         result.notes.append(f"devices differ (baseline {base_dev}, new {new_dev}): speed ratios across "
                             "devices are not regressions of dq")
+    new_sw, base_sw = new["environment"].get("switches") or {}, baseline["environment"].get("switches") or {}
+    if new_sw != base_sw:
+        result.notes.append(f"environment switches differ (baseline {_switches(base_sw)}, new {_switches(new_sw)}): "
+                            "the two runs took different kernel paths")
     new_rows = {row_key(kind, r): r for r in new["rows"]}
     base_rows = {row_key(kind, r): r for r in baseline["rows"]}
     result.new_rows = [k for k in new_rows if k not in base_rows]
@@ -172,6 +176,10 @@ def compare(new: dict, baseline: dict, limits: Limits) -> GateResult:
                     result.regressions.append(Regression(key, metric, b, n, f"−{_fmt(drop)} dB, limit −{limits.max_psnr_drop:g} dB"))
     _floors(result, kind, new["rows"], limits)
     return result
+
+
+def _switches(switches: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(switches.items())) or "none"
 
 
 def _number(v) -> bool:

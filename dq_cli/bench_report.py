@@ -7,7 +7,8 @@ Schema (report_version 2):
 
     {"schema": "dq-bench", "report_version": 2, "kind": "model" | "quality" | "kernels" | "e2e",
      "environment": {device, gpu, driver, cuda, versions: {dq, torch, triton, diffusers, torchao, python},
-                     git_commit, git_dirty, command, ... and version 1's keys: dq, torch, python,
+                     git_commit, git_dirty, command, switches (the DQ_* variables set; since
+                     2026-12-01, absent before), ... and version 1's keys: dq, torch, python,
                      machine, cuda, cpu_threads},
      "settings": {...}, "rows": [...], "notes": [...]}
 
@@ -112,6 +113,23 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+# DQ_* variables that change what runs (README, "Environment switches"); these two only change how
+# the run is reported.
+_REPORTING_ONLY = ("DQ_GIT_COMMIT", "DQ_PROGRESS")
+
+
+def switches() -> dict[str, str]:
+    """The DQ_* environment switches set for this run (kernel paths, backends): a report made with
+    DQ_GEMM_TMA=0 must not read like one of the defaults."""
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith("DQ_") and k not in _REPORTING_ONLY}
+
+
+def switches_line(env: dict) -> str | None:
+    """The markdown footer's line for the switches a report ran with, None for the defaults."""
+    set_ = env.get("switches") or {}
+    return ("Switches: " + ", ".join(f"`{k}={v}`" for k, v in set_.items())) if set_ else None
+
+
 def environment(device: str, command: str | None = None) -> dict:
     """Where a report's numbers come from. Keeps version 1's keys (dq, torch, python, machine, device,
     gpu, cuda, cpu_threads) beside the version 2 ones."""
@@ -134,6 +152,7 @@ def environment(device: str, command: str | None = None) -> dict:
     env["versions"] = versions()
     env["git_commit"], env["git_dirty"] = git_state()
     env["command"] = command
+    env["switches"] = switches()
     return env
 
 

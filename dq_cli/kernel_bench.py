@@ -188,4 +188,8 @@ def markdown(doc: dict) -> str:
               f"random weights and activations; W4A4 in {settings.get('format', 'int4_pow2')}, low-rank rank "
               f"{settings.get('rank', RANK)}, cubes "
               f"{'×'.join(map(str, settings.get('cube', CUBE)))} tokens; medians of triton.testing.do_bench."]
+    from dq_cli.bench_report import switches_line
+
+    if switches_line(env):
+        lines.append(switches_line(env))
     return "\n".join(lines) + "\n"

@@ -197,3 +197,25 @@ def test_an_explicit_commit_wins_over_the_trees_git(monkeypatch, tmp_path):
     monkeypatch.delenv("DQ_GIT_COMMIT")
     monkeypatch.setenv("GITHUB_SHA", "def5678")
     assert git_state(tmp_path) == ("def5678", None)  # no checkout there: the CI's commit
+
+
+def test_reports_record_the_switches_they_ran_with(report, tmp_path, monkeypatch):
+    """A run with DQ_GEMM_TMA=0 must not read like one of the defaults: the DQ_* switches that change
+    what runs land in the report and its markdown, and the gate says when two reports differ in them."""
+    from dq_cli.bench_report import markdown, switches, switches_line
+
+    monkeypatch.setenv("DQ_GEMM_TMA", "0")
+    monkeypatch.setenv("DQ_PROGRESS", "1")       # how the run is shown, not what runs
+    monkeypatch.setenv("DQ_GIT_COMMIT", "abc1234")
+    got = switches()
+    assert got["DQ_GEMM_TMA"] == "0" and "DQ_PROGRESS" not in got and "DQ_GIT_COMMIT" not in got
+    doc = json.loads(report.read_text())
+    assert isinstance(doc["environment"]["switches"], dict)  # written by the real run
+    doc["environment"]["switches"] = {"DQ_GEMM_TMA": "0"}
+    assert switches_line(doc["environment"]) == "Switches: `DQ_GEMM_TMA=0`"
+    assert "Switches: `DQ_GEMM_TMA=0`" in markdown(doc)
+    assert switches_line({"switches": {}}) is None
+    other = _variant(report, tmp_path / "tma0.json", lambda d: d["environment"].update(switches={"DQ_GEMM_TMA": "0"}))
+    result = run_dq("bench", "compare", other, "--baseline", report)  # a note, not a regression
+    assert "environment switches differ" in result.output and "DQ_GEMM_TMA=0" in result.output
+    assert "environment switches differ" not in run_dq("bench", "compare", report, "--baseline", report).output
