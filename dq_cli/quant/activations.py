@@ -50,7 +50,7 @@ def quantize_input(x: torch.Tensor, plan: LayerPlan, state: ForwardState | None,
         # NVFP4's per-tensor scale is the only one that is not token-local: the max over all slices.
         amax = None
         if shard is not None and plan.activation == "nvfp4":
-            amax = shard.all_max(v2.detach().float().abs().amax())
+            amax = shard.all_max(torch.linalg.vector_norm(v2.detach(), float("inf")).float())
         return fake_quant(v2, plan.activation, plan.group_size, amax=amax).reshape(v.shape)
 
     if cube is None and state is not None:

@@ -115,4 +115,4 @@ def _sequence_amax(layer, xin: torch.Tensor) -> torch.Tensor | None:
     state = layer.forward_state
     if state is None or state.shard is None:
         return None
-    return state.shard.all_max(xin.detach().abs().amax().float())
+    return state.shard.all_max(torch.linalg.vector_norm(xin.detach(), float("inf")).float())
