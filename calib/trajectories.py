@@ -2,7 +2,8 @@
 per quantized linear and step the relative error E_rel of each candidate activation route, and per
 block the step-to-step change of its residual Δ = out − in (what the Temporal Delta Cache uses).
 
-The metrics are small pure functions (the runtime computes Γ and the Δ change with the same ones);
+The metrics are small pure functions (the runtime takes Γ and the Δ change with the same math in one
+pass, dq_kernels.residual_l1, whose reference they are checked against);
 `Trajectories` holds them in dense arrays indexed [prompt, step, branch, block(, linear, route)],
 NaN where nothing ran (another expert's blocks, a branch without CFG), so that time-shifted pairs
 are plain array slices and a missing step can never pair by accident.

@@ -87,3 +87,17 @@ def test_kernel_without_delta_and_fallbacks():
     assert not kernel_applies(out.t(), inp.t(), None)  # not contiguous
     d16, s16 = residual_l1(out.half(), inp.half())
     assert torch.equal(d16, out.half() - inp.half()) and torch.allclose(s16[:, :2], ref_sums[:, :2], rtol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_runtime_statistics_are_the_calibration_metrics(dtype):
+    """The predictor is fitted on calibration's Γ and TDC's threshold on its rel. L1 change
+    (dq_calib.trajectories): the runtime's one-pass sums must give the same ratios."""
+    from dq_calib.trajectories import gamma, rel_l1_change
+
+    out, inp, cached = _inputs((2, 40, 24), dtype, seed=7)
+    delta, sums = residual_l1(out, inp, cached)
+    # two sums of positive terms in other orders, each within (n + 1)·u relative, then one division
+    rtol = 4 * (out[0].numel() + 1) * U
+    torch.testing.assert_close(sums[:, 0] / sums[:, 1], gamma(inp, out), rtol=rtol, atol=0)
+    torch.testing.assert_close(sums[:, 2] / sums[:, 3], rel_l1_change(delta, cached), rtol=rtol, atol=0)
