@@ -47,6 +47,9 @@
 #               tools/probe_residual_l1.py, then PART=sixbitfull's run
 #   PART=gemmtma   scaled_gemm's K loop on TMA descriptors: the GPU kernel tests, then `dq bench kernels`
 #               at Wan A14B 480p (rank 128, 4x2x8 cubes) with DQ_GEMM_TMA=0 (pointer loads) and 1
+#   PART=gemmtiles  tools/probe_gemm_tiles.py: every candidate tile of scaled_gemm, TMA and pointer loads,
+#               W4A4 (rank 128, int4_row, 4x2x8 cubes) and W8A8, at Wan A14B 480p's 5,120² (SHAPES= to add
+#               "5120,13824 13824,5120"); written for the fourteenth session, not yet run
 #   PART=tmae2e   with TMA loads (the default): `dq bench kernels` at 720p as above, then the full-size Wan
 #               A14B at 480p, BF16, W4A4 and W8A8, eager, SDPA, 2 steps after one of warm-up
 source tools/gpu_env.sh || exit 1
@@ -163,6 +166,11 @@ carriers)
     DQ_TRITON_CARRIERS=$c timeout -s KILL 170 python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p \
       --num-layers 8 --configs bf16,6bit --attention sdpa --steps 2 --warmup-steps 2 --no-breakdown \
       --out $OUT/wan480_8blocks_6bit_carriers$c >> $L 2>&1
+  done ;;
+gemmtiles)
+  for kn in ${SHAPES:-5120,5120}; do
+    echo "== gemm tiles K,N=$kn $(date +%T)" >> $L
+    timeout -s KILL ${LIMIT:-250} python -P tools/probe_gemm_tiles.py --k ${kn%,*} --n ${kn#*,} >> $L 2>&1
   done ;;
 tmae2e)
   echo "== bench kernels 720p $(date +%T)" >> $L

@@ -1,0 +1,122 @@
+"""Time `scaled_gemm` (the W4A4 and W8A8 GEMM with its epilogue) at one Wan A14B shape for each
+candidate tile, with A and B loaded through TMA descriptors and through pointers, to choose the
+autotune list (`dq_kernels.scaled_gemm._tiles`). Each tile runs alone: the autotuner is handed one
+config at a time, so the launch is the library's own (rank padding, descriptors, pre-hook).
+
+    python -P tools/probe_gemm_tiles.py [--m 32760 --k 5120 --n 5120 --rank 128]   # CUDA
+    TRITON_INTERPRET=1 python -P tools/probe_gemm_tiles.py --check   # CPU: small shapes, each tile
+                                                                    # against the reference
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/ (python -P leaves it out)
+from repo_kernels import import_dq_kernels  # noqa: E402
+
+import_dq_kernels()
+import triton  # noqa: E402
+
+import dq_kernels.scaled_gemm as sg  # noqa: E402
+from dq_kernels.bf16_terms import mm_fp32  # noqa: E402
+from dq_kernels.delta_quantize import delta_quantize  # noqa: E402
+from dq_kernels.expand_int4 import expand_int4_both  # noqa: E402
+from dq_kernels.fp8_quantize import fp8_group_carriers  # noqa: E402
+from dq_kernels.int4 import pack_int4, quantize_int4  # noqa: E402
+from dq_kernels.int8_quantize import quantize_int8_tokens  # noqa: E402
+
+# (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages): the autotune list's tiles and their neighbours
+TILES = [(128, 256, 128, 8, 4), (256, 128, 128, 8, 3), (128, 128, 128, 8, 4), (256, 128, 64, 8, 4),
+         (128, 256, 64, 8, 5), (256, 128, 64, 8, 5), (128, 128, 128, 4, 5), (128, 256, 128, 8, 3)]
+CHECK_TILES = [(32, 32, 64, 4, 2), (64, 32, 32, 4, 2)]
+
+
+def workloads(m: int, k: int, n: int, rank: int, device: str) -> dict:
+    """The GEMM's arguments as the W4A4 op (int4_row, 4x2x8 cubes, rank `rank`) and the W8A8 op hand
+    them over, from random BF16 activations and weights."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(m, k, generator=g).to(device, torch.bfloat16)
+    w = torch.randn(n, k, generator=g).to(device)
+    bias = torch.randn(n, generator=g).to(device, torch.bfloat16)
+    grid = next(((t, h, m // (t * h)) for t, h in ((21, 30), (4, 4), (2, 4)) if m % (t * h) == 0), None)
+    codes, scales = quantize_int4(w, k, reciprocal=True)  # one scale per row: int4_row
+    packed = pack_int4(codes)
+    acts = delta_quantize(x, None, None, 1, grid, (4, 2, 8) if grid else None, "int4_row")
+    wq, w16, w_scale = expand_int4_both(packed, scales)
+    core = mm_fp32(fp8_group_carriers(acts.core, 64), w16) if acts.core is not None else None
+    up = (torch.randn(n, rank, generator=g) / 8).to(device, torch.bfloat16)
+    down = torch.randn(m, rank, generator=g).to(device)
+    q, s = quantize_int8_tokens(x)
+    w8 = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8).to(device)
+    ws8 = (torch.rand(n, generator=g) / 64).to(device)
+    return {
+        "w4a4": ((acts.delta, wq, acts.scale, w_scale),
+                 dict(core=core, cube_of_row=acts.cube_of_row, row_token=acts.row_token, down=down, up=up,
+                      bias=bias)),
+        "w8a8": ((q, w8, s, ws8), dict(bias=bias)),
+    }
+
+
+def one_config(bm, bn, bk, warps, stages) -> list:
+    configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=warps,
+                             num_stages=stages, pre_hook=sg._set_block_shapes)]
+    return configs
+
+
+def run_tile(tile, tma: bool, args, kwargs, out_dtype=torch.bfloat16) -> torch.Tensor:
+    sg.GEMM_TMA = tma
+    tuner = sg.scaled_gemm_kernel
+    tuner.configs, tuner.cache = one_config(*tile), {}
+    return sg.scaled_gemm(*args, **kwargs, out_dtype=out_dtype)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--m", type=int, default=32760)
+    ap.add_argument("--k", type=int, default=5120)
+    ap.add_argument("--n", type=int, default=5120)
+    ap.add_argument("--rank", type=int, default=128)
+    ap.add_argument("--check", action="store_true", help="CPU interpreter: small shapes, results only")
+    a = ap.parse_args()
+    if a.check:
+        check()
+        return
+    from triton.testing import do_bench
+
+    m, k, n = a.m, a.k, a.n
+    tflop = 2 * m * n * k / 1e9
+    for name, (args, kwargs) in workloads(m, k, n, a.rank, "cuda").items():
+        for tile in TILES:
+            cells = []
+            for tma in (True, False):
+                try:
+                    ms = do_bench(lambda: run_tile(tile, tma, args, kwargs), warmup=10, rep=40, return_mode="median")
+                    cells.append(f"{'TMA' if tma else 'ptr'} {ms:.3f} ms ({tflop / ms:.0f} TFLOP/s)")
+                except Exception as e:  # noqa: BLE001 - a tile that does not fit (shared memory, registers)
+                    cells.append(f"{'TMA' if tma else 'ptr'} failed: {type(e).__name__}: {str(e)[:60]}")
+            print(f"{name} {m}x{k}->{n} tile {tile}: " + ", ".join(cells), flush=True)
+
+
+def check() -> None:
+    """Every check tile, both loads, against the float64 reference (the tool's wiring, not speed)."""
+    m, k, n = 64, 128, 48
+    for name, (args, kwargs) in workloads(m, k, n, 8, "cpu").items():
+        ref = sg.scaled_gemm_reference(*args, **kwargs, out_dtype=torch.float32)
+        for tile in CHECK_TILES:
+            for tma in (True, False):
+                start = time.perf_counter()
+                got = run_tile(tile, tma, args, kwargs, out_dtype=torch.float32)
+                err = ((got - ref).abs().max() / ref.abs().max()).item()
+                print(f"{name} tile {tile} {'TMA' if tma else 'ptr'}: max rel. diff {err:.1e} "
+                      f"({time.perf_counter() - start:.1f} s)")
+                assert err < 1e-3, (name, tile, tma, err)
+
+
+if __name__ == "__main__":
+    main()
