@@ -23,7 +23,10 @@ GEMM on their exact BF16 carriers 0.27 ms (dq_kernels.linear_ops, docs/measureme
 A and B reach the K loop through TMA tensor descriptors (`GEMM_TMA`; pointer loads where a row
 is not a multiple of 16 bytes, or with DQ_GEMM_TMA=0): at Wan A14B 480p on an H200 that took one
 block's W8A8 GEMMs from 1.28× to 1.45× cuBLAS BF16 and left the W4A4 GEMM as it was
-(docs/measurements/gemm_tma_h200.log).
+(docs/measurements/gemm_tma_h200.log). A persistent launch (one program an SM walking the tiles,
+the loops flattened so the next tile's loads may overlap this tile's epilogue) is opt-in with
+DQ_GEMM_PERSISTENT=1: tested in the interpreter and compiled for sm_90a, not yet timed
+(tools/probe_gemm_tiles.py times it beside the default).
 
 Accumulation: INT8 in int32 (exact); E4M3 in fp32 — on Hopper the FP8 MMA accumulator is
 narrower than fp32 (FACTS.md). `promote=True` adds each BLOCK_K step's partial sum into an fp32
@@ -98,7 +101,12 @@ def _tiles() -> list[triton.Config]:
 def grouped_tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
     """This program's output tile (row, column) in grouped launch order: GROUP_M row tiles go down
     a column of tiles together, so neighbouring programs share B tiles in L2."""
-    pid = tl.program_id(0)
+    return tile_coords(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+
+
+@triton.jit
+def tile_coords(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """Tile number `pid`'s (row, column) in grouped order (`grouped_tile`)."""
     num_m, num_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
     first_m = pid // (GROUP_M * num_n) * GROUP_M
     size_m = min(num_m - first_m, GROUP_M)
@@ -241,8 +249,33 @@ def _scaled_gemm_body(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, core_ptr, c
                       PROMOTE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                       BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, PREFETCH: tl.constexpr = False,
                       FUSE: tl.constexpr = False, SPLIT: tl.constexpr = False, RC: tl.constexpr = 32,
-                      TMA: tl.constexpr = False):
-    pid_m, pid_n = grouped_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+                      TMA: tl.constexpr = False, PERSISTENT: tl.constexpr = False, NUM_SMS: tl.constexpr = 1):
+    """One output tile a program, or with PERSISTENT one program an SM walking the tiles NUM_SMS
+    apart (the loops flattened, so the pipeliner may issue the next tile's loads during this
+    tile's epilogue)."""
+    if PERSISTENT:
+        tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
+        for tile in tl.range(tl.program_id(0), tiles, NUM_SMS, flatten=True):
+            _gemm_tile(tile, a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, core_ptr, cube_of_row_ptr, row_token_ptr,
+                       down_ptr, up_ptr, bias_ptr, M, N, K, stride_am, stride_bn, stride_cm, HAS_A_SCALE, HAS_CORE,
+                       ROW_MAP, NC, HAS_LORA, HAS_BIAS, R, IEEE_DOTS, ACC_INT, PROMOTE, BLOCK_M, BLOCK_N, BLOCK_K,
+                       GROUP_M, PREFETCH, FUSE, SPLIT, RC, TMA)
+    else:
+        _gemm_tile(tl.program_id(0), a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, core_ptr, cube_of_row_ptr,
+                   row_token_ptr, down_ptr, up_ptr, bias_ptr, M, N, K, stride_am, stride_bn, stride_cm, HAS_A_SCALE,
+                   HAS_CORE, ROW_MAP, NC, HAS_LORA, HAS_BIAS, R, IEEE_DOTS, ACC_INT, PROMOTE, BLOCK_M, BLOCK_N,
+                   BLOCK_K, GROUP_M, PREFETCH, FUSE, SPLIT, RC, TMA)
+
+
+@triton.jit
+def _gemm_tile(tile, a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, core_ptr, cube_of_row_ptr, row_token_ptr,
+               down_ptr, up_ptr, bias_ptr, M, N, K, stride_am, stride_bn, stride_cm,
+               HAS_A_SCALE: tl.constexpr, HAS_CORE: tl.constexpr, ROW_MAP: tl.constexpr, NC: tl.constexpr,
+               HAS_LORA: tl.constexpr, HAS_BIAS: tl.constexpr, R: tl.constexpr, IEEE_DOTS: tl.constexpr,
+               ACC_INT: tl.constexpr, PROMOTE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, PREFETCH: tl.constexpr, FUSE: tl.constexpr,
+               SPLIT: tl.constexpr, RC: tl.constexpr, TMA: tl.constexpr):
+    pid_m, pid_n = tile_coords(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
@@ -338,7 +371,7 @@ def _prune(configs, named_args, **kwargs):
     return configs
 
 
-_KEY = ["M", "N", "K", "ACC_INT", "HAS_CORE", "HAS_LORA", "SPLIT", "TMA"]
+_KEY = ["M", "N", "K", "ACC_INT", "HAS_CORE", "HAS_LORA", "SPLIT", "TMA", "PERSISTENT"]
 scaled_gemm_kernel = triton.autotune(_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune}
                                      )(_scaled_gemm_body)
 
@@ -346,6 +379,19 @@ scaled_gemm_kernel = triton.autotune(_configs(), key=_KEY, prune_configs_by={"ea
 # A and B through TMA tensor descriptors instead of per-element pointer loads in the K loop (where
 # their shapes allow: 16-byte rows and base). DQ_GEMM_TMA=0 keeps the pointer loads.
 GEMM_TMA = os.environ.get("DQ_GEMM_TMA", "1") == "1"
+
+
+# One program an SM looping over the tiles (`_scaled_gemm_body`'s PERSISTENT), opt-in with
+# DQ_GEMM_PERSISTENT=1: compiled for sm_90a and tested in the interpreter, not yet timed on a GPU.
+GEMM_PERSISTENT = os.environ.get("DQ_GEMM_PERSISTENT", "0") == "1"
+
+
+def _programs(device: torch.device) -> int:
+    """How many programs a persistent launch starts at most: one an SM (three in the interpreter, so
+    that a program walks several tiles in the tests)."""
+    if device.type != "cuda":
+        return 3
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _tma_operands(a: torch.Tensor, b: torch.Tensor):
@@ -393,7 +439,12 @@ def scaled_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor | None, 
     split = EPILOGUE == "split" or (EPILOGUE == "auto" and rank >= SPLIT_FROM_RANK)
     fuse = core is not None and up is not None and r >= 32 and not split
     dummy = b_scale
-    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
+    num_sms = _programs(a.device) if GEMM_PERSISTENT else 1
+
+    def grid(meta):
+        tiles = triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])
+        return (min(tiles, num_sms) if GEMM_PERSISTENT else tiles,)
+
     a_arg, b_arg = _tma_operands(a, b)
     scaled_gemm_kernel[grid](
         a_arg, b_arg, c, a_scale if a_scale is not None else dummy, b_scale,
@@ -405,5 +456,6 @@ def scaled_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor | None, 
         ROW_MAP=row_token is not None, NC=r // 2 if fuse else 16, FUSE=fuse, SPLIT=split, RC=min(LORA_CHUNK, r),
         HAS_LORA=up is not None, HAS_BIAS=bias is not None, R=r,
         IEEE_DOTS=interpreting() or (up is not None and up.dtype == torch.float32), ACC_INT=a.dtype == torch.int8,
-        PROMOTE=promote and a.dtype == torch.float8_e4m3fn, TMA=isinstance(a_arg, TensorDescriptor))
+        PROMOTE=promote and a.dtype == torch.float8_e4m3fn, TMA=isinstance(a_arg, TensorDescriptor),
+        PERSISTENT=GEMM_PERSISTENT, NUM_SMS=num_sms)
     return c.to(out_dtype)

@@ -112,10 +112,13 @@ def fp32_sum_bound(a, b, a_scale, b_scale, device="cpu"):
 @pytest.mark.parametrize("rank", [8, 32, 64])  # 32: one joined MMA; 64: the split epilogue in two chunks
 @pytest.mark.parametrize("cubes", [40, 3])
 @pytest.mark.parametrize("epilogue", ["joined", "split"])  # "auto" picks one of them by rank
-@pytest.mark.parametrize("tma", [True, False])  # A and B through tensor descriptors, or pointer loads
-def test_scaled_gemm_matches_reference(device, dtype, rank, cubes, epilogue, tma, monkeypatch):
+# A and B through tensor descriptors or pointer loads; one program a tile, or persistent programs
+# (three in the interpreter) walking the tiles
+@pytest.mark.parametrize("tma,persistent", [(True, False), (False, False), (True, True)])
+def test_scaled_gemm_matches_reference(device, dtype, rank, cubes, epilogue, tma, persistent, monkeypatch):
     monkeypatch.setattr(scaled_gemm_module, "EPILOGUE", epilogue)
     monkeypatch.setattr(scaled_gemm_module, "GEMM_TMA", tma)
+    monkeypatch.setattr(scaled_gemm_module, "GEMM_PERSISTENT", persistent)
     m, n, k = 70, 48, 208  # ragged in every dimension (K: 3¼ steps of the interpreter's BLOCK_K = 64)
     gen = torch.Generator().manual_seed(5)
     xa, xb = torch.randn(m, k, generator=gen), torch.randn(n, k, generator=gen)

@@ -47,7 +47,8 @@
 #               tools/probe_residual_l1.py, then PART=sixbitfull's run
 #   PART=gemmtma   scaled_gemm's K loop on TMA descriptors: the GPU kernel tests, then `dq bench kernels`
 #               at Wan A14B 480p (rank 128, 4x2x8 cubes) with DQ_GEMM_TMA=0 (pointer loads) and 1
-#   PART=gemmtiles  tools/probe_gemm_tiles.py: every candidate tile of scaled_gemm, TMA and pointer loads,
+#   PART=gemmtiles  tools/probe_gemm_tiles.py: every candidate tile of scaled_gemm, TMA (one program a tile
+#               and persistent, DQ_GEMM_PERSISTENT) and pointer loads,
 #               W4A4 (rank 128, int4_row, 4x2x8 cubes) and W8A8, at Wan A14B 480p's 5,120² (SHAPES= to add
 #               "5120,13824 13824,5120"); written for the fourteenth session, not yet run
 #   PART=tmae2e   with TMA loads (the default): `dq bench kernels` at 720p as above, then the full-size Wan

@@ -1,6 +1,7 @@
 """Time `scaled_gemm` (the W4A4 and W8A8 GEMM with its epilogue) at one Wan A14B shape for each
-candidate tile, with A and B loaded through TMA descriptors and through pointers, to choose the
-autotune list (`dq_kernels.scaled_gemm._tiles`). Each tile runs alone: the autotuner is handed one
+candidate tile, with A and B loaded through TMA descriptors and through pointers, and persistent
+(one program an SM, DQ_GEMM_PERSISTENT) with TMA, to choose the autotune list
+(`dq_kernels.scaled_gemm._tiles`) and whether persistence wins. Each tile runs alone: the autotuner is handed one
 config at a time, so the launch is the library's own (rank padding, descriptors, pre-hook).
 
     python -P tools/probe_gemm_tiles.py [--m 32760 --k 5120 --n 5120 --rank 128]   # CUDA
@@ -69,8 +70,12 @@ def one_config(bm, bn, bk, warps, stages) -> list:
     return configs
 
 
-def run_tile(tile, tma: bool, args, kwargs, out_dtype=torch.bfloat16) -> torch.Tensor:
-    sg.GEMM_TMA = tma
+# (label, TMA loads, persistent)
+MODES = [("TMA", True, False), ("TMA persistent", True, True), ("ptr", False, False)]
+
+
+def run_tile(tile, tma: bool, persistent: bool, args, kwargs, out_dtype=torch.bfloat16) -> torch.Tensor:
+    sg.GEMM_TMA, sg.GEMM_PERSISTENT = tma, persistent
     tuner = sg.scaled_gemm_kernel
     tuner.configs, tuner.cache = one_config(*tile), {}
     return sg.scaled_gemm(*args, **kwargs, out_dtype=out_dtype)
@@ -94,12 +99,13 @@ def main() -> None:
     for name, (args, kwargs) in workloads(m, k, n, a.rank, "cuda").items():
         for tile in TILES:
             cells = []
-            for tma in (True, False):
+            for label, tma, persistent in MODES:
                 try:
-                    ms = do_bench(lambda: run_tile(tile, tma, args, kwargs), warmup=10, rep=40, return_mode="median")
-                    cells.append(f"{'TMA' if tma else 'ptr'} {ms:.3f} ms ({tflop / ms:.0f} TFLOP/s)")
+                    ms = do_bench(lambda: run_tile(tile, tma, persistent, args, kwargs), warmup=10, rep=40,
+                                  return_mode="median")
+                    cells.append(f"{label} {ms:.3f} ms ({tflop / ms:.0f} TFLOP/s)")
                 except Exception as e:  # noqa: BLE001 - a tile that does not fit (shared memory, registers)
-                    cells.append(f"{'TMA' if tma else 'ptr'} failed: {type(e).__name__}: {str(e)[:60]}")
+                    cells.append(f"{label} failed: {type(e).__name__}: {str(e)[:60]}")
             print(f"{name} {m}x{k}->{n} tile {tile}: " + ", ".join(cells), flush=True)
 
 
@@ -109,13 +115,12 @@ def check() -> None:
     for name, (args, kwargs) in workloads(m, k, n, 8, "cpu").items():
         ref = sg.scaled_gemm_reference(*args, **kwargs, out_dtype=torch.float32)
         for tile in CHECK_TILES:
-            for tma in (True, False):
+            for label, tma, persistent in MODES:
                 start = time.perf_counter()
-                got = run_tile(tile, tma, args, kwargs, out_dtype=torch.float32)
+                got = run_tile(tile, tma, persistent, args, kwargs, out_dtype=torch.float32)
                 err = ((got - ref).abs().max() / ref.abs().max()).item()
-                print(f"{name} tile {tile} {'TMA' if tma else 'ptr'}: max rel. diff {err:.1e} "
-                      f"({time.perf_counter() - start:.1f} s)")
-                assert err < 1e-3, (name, tile, tma, err)
+                print(f"{name} tile {tile} {label}: max rel. diff {err:.1e} ({time.perf_counter() - start:.1f} s)")
+                assert err < 1e-3, (name, tile, label, err)
 
 
 if __name__ == "__main__":
