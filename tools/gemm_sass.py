@@ -91,7 +91,7 @@ def main() -> None:
 
         configs = [one_config(*tile)[0] for tile in TILES]
     print(f"{'epilogue':>8} {'rank':>4} {'tile':>14} {'warps':>5} {'stages':>6} {'pf':>3} {'regs':>5} {'stack':>6} "
-          f"{'smem KB':>7}")
+          f"{'smem KB':>7}  wgmma shapes")
     for epilogue in args.epilogues.split(","):
         for rank in (int(r) for r in args.ranks.split(",")):
             for c in configs:
@@ -102,10 +102,12 @@ def main() -> None:
                     k = compile_one(c, epilogue, rank, args.int8, args.tma, args.persistent)
                     regs, stack = usage(k)
                     smem = f"{k.metadata.shared / 1024:.1f}"
+                    shapes = " ".join(sorted(set(re.findall(r"wgmma\.mma_async\.sync\.aligned\.(m\d+n\d+k\d+)",
+                                                            k.asm["ptx"]))))
                 except Exception as e:  # noqa: BLE001 — out of shared memory, say so and go on
-                    regs, stack, smem = "-", "-", type(e).__name__
+                    regs, stack, smem, shapes = "-", "-", type(e).__name__, ""
                 print(f"{epilogue:>8} {rank:>4} {tile:>14} {c.num_warps:>5} {c.num_stages:>6} "
-                      f"{int(bool(c.kwargs.get('PREFETCH'))):>3} {regs:>5} {stack:>6} {smem:>7}", flush=True)
+                      f"{int(bool(c.kwargs.get('PREFETCH'))):>3} {regs:>5} {stack:>6} {smem:>7}  {shapes}", flush=True)
 
 
 if __name__ == "__main__":
