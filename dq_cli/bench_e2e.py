@@ -524,6 +524,9 @@ NOTES = {
             "1-expert peak = peak less the other experts' weights (Wan 2.2 A14B keeps two resident).",
     "random": "RANDOM WEIGHTS: the real diffusers configuration with LeCun-normal weights, built on the device; "
               "speed, memory and size are the model's, outputs are not (no quality columns).",
+    "short_warmup": "the warm-up run is shorter than the measured run ({warmup} of {steps} steps): a cube size, expert or "
+                    "shape first met after step {warmup} is compiled and autotuned inside the measurement, so step "
+                    "and e2e times (and with few forwards the forward median) may include it",
     "data_free": "dq's configurations on random weights use data-free fits (smoothing λ = 1; low-rank branch from a "
                  "randomized SVD of each weight): they cost at inference what calibrated ones cost.",
 }
@@ -534,6 +537,9 @@ def report(rows: list[Row], env: dict, settings: dict) -> dict:
     if settings.get("random_weights"):
         notes += [NOTES["random"], NOTES["data_free"]]
     notes += [NOTES["latency"], NOTES["sizes"]]
+    warmup, steps = settings.get("warmup_steps"), settings.get("steps")
+    if warmup is not None and steps is not None and warmup < steps:
+        notes.append(NOTES["short_warmup"].format(warmup=warmup, steps=steps))
     if any(r.peak_memory_gib is not None for r in rows):
         notes.append(NOTES["peak"])
     if any(r.breakdown for r in rows):

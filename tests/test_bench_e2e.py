@@ -401,3 +401,16 @@ def test_e2e_on_the_gpu(tmp_path):
     bf16 = rows[key.format("bf16")]
     for config in ("w4a4", "w8a8", "6bit"):
         assert rows[key.format(config)]["checkpoint_bytes"] < 0.7 * bf16["checkpoint_bytes"]
+
+
+def test_a_warmup_shorter_than_the_run_is_said_in_the_report():
+    """--warmup-steps below --steps leaves late first-time compilations (Wan's second cube size at step
+    2) inside the timings: the report must say so, and only then."""
+    from dq_cli.bench_e2e import report
+
+    env = {"device": "cpu"}
+    short = report([], env, {"steps": 2, "warmup_steps": 1})["notes"]
+    assert any("warm-up run is shorter than the measured run (1 of 2 steps)" in n for n in short)
+    for warmup in (2, 3):
+        notes = report([], env, {"steps": 2, "warmup_steps": warmup})["notes"]
+        assert not any("shorter than the measured run" in n for n in notes)
