@@ -85,10 +85,13 @@ def git_state(root: Path | None = None) -> tuple[str | None, bool | None]:
     """(commit, dirty) of the checkout dq runs from; (None, None) outside a git checkout.
 
     DQ_GIT_COMMIT, when set, wins: a tree copied to a GPU machine can carry another commit's .git
-    (a report of 2026-11-29 named a commit three merges old). GITHUB_SHA stands in where the
-    tree has no .git at all."""
+    (a report of 2026-11-29 named a commit three merges old); a "-dirty" suffix (tools/stamp_commit.sh)
+    says the tree had uncommitted changes. GITHUB_SHA stands in where the tree has no .git at all."""
     if os.environ.get("DQ_GIT_COMMIT"):
-        return os.environ["DQ_GIT_COMMIT"], None
+        commit = os.environ["DQ_GIT_COMMIT"]
+        if commit.endswith("-dirty"):
+            return commit[: -len("-dirty")], True
+        return commit, None
     root = root or Path(__file__).resolve().parents[1]
     git = shutil.which("git")
     if git is not None:

@@ -194,6 +194,8 @@ def test_an_explicit_commit_wins_over_the_trees_git(monkeypatch, tmp_path):
 
     monkeypatch.setenv("DQ_GIT_COMMIT", "abc1234")
     assert git_state() == ("abc1234", None)  # this checkout has a .git of its own
+    monkeypatch.setenv("DQ_GIT_COMMIT", "abc1234-dirty")  # tools/stamp_commit.sh on a changed tree
+    assert git_state() == ("abc1234", True)
     monkeypatch.delenv("DQ_GIT_COMMIT")
     monkeypatch.setenv("GITHUB_SHA", "def5678")
     assert git_state(tmp_path) == ("def5678", None)  # no checkout there: the CI's commit

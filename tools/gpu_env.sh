@@ -5,3 +5,5 @@ mkdir -p /tmp/pk
 ln -sfn "$PWD/dq_cli" /tmp/pk/dq_cli; ln -sfn "$PWD/kernels" /tmp/pk/dq_kernels
 ln -sfn "$PWD/calib" /tmp/pk/dq_calib; ln -sfn "$PWD/recipes" /tmp/pk/dq_recipes
 export PYTHONPATH=/tmp/site:/tmp/pk PYTHONUNBUFFERED=1
+# The commit tools/stamp_commit.sh wrote on the local machine (carried as .dq_commit), for the reports.
+if [ -f .dq_commit ]; then export DQ_GIT_COMMIT=$(cat .dq_commit); fi

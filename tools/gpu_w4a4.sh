@@ -1,4 +1,5 @@
-# The W4A4 path's GPU runs (`run` from the project root, .whl carried): one PART per call, logs and
+# The W4A4 path's GPU runs (`run` from the project root, .whl and .dq_commit carried after
+# `bash tools/stamp_commit.sh`, so the reports name the commit): one PART per call, logs and
 # reports in $OUT. Sixth session (2026-11-30): DeltaQuant's core tokens on an exact BF16 GEMM
 # (power-of-two FP8 scales) instead of the grouped FP8 GEMM.
 #   PART=kernels  the GPU kernel tests, tools/probe_core_gemm.py, `dq bench kernels` at Wan A14B 480p,
