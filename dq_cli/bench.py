@@ -84,6 +84,6 @@ def markdown(doc: dict) -> str:
                  f"Settings: {doc['settings']}.")
     from dq_cli.bench_report import switches_line
 
-    if switches_line(env):
-        lines.append(switches_line(env))
+    if switches := switches_line(env):
+        lines.append(switches)
     return "\n".join(lines) + "\n"

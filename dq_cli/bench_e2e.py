@@ -599,8 +599,8 @@ def markdown(doc: dict) -> str:
                  + (" (uncommitted changes)" if env.get("git_dirty") else "") + ".")
     if env.get("command"):
         lines.append(f"Command: `{env['command']}`")
-    if br.switches_line(env):
-        lines.append(br.switches_line(env))
+    if switches := br.switches_line(env):
+        lines.append(switches)
     lines.append("")
     lines += [f"- {n}" for n in doc.get("notes", [])]
     # notes shared by every row of a configuration once, the rest per row

@@ -190,6 +190,6 @@ def markdown(doc: dict) -> str:
               f"{'×'.join(map(str, settings.get('cube', CUBE)))} tokens; medians of triton.testing.do_bench."]
     from dq_cli.bench_report import switches_line
 
-    if switches_line(env):
-        lines.append(switches_line(env))
+    if switches := switches_line(env):
+        lines.append(switches)
     return "\n".join(lines) + "\n"

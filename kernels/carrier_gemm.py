@@ -29,7 +29,7 @@ try:
     import triton.language as tl
     from triton.tools.tensor_descriptor import TensorDescriptor
 
-    from .scaled_gemm import _scaled, _split_extra, grouped_tile, pad_rank
+    from .scaled_gemm import _scaled, _split_extra, grouped_tile, pad_rank, tma_block_shapes
 except ImportError:  # pragma: no cover - CPU-only installs without triton
     triton = None
 
@@ -78,10 +78,7 @@ if triton is not None:
         tl.store(c_ptr + rm[:, None].to(tl.int64) * stride_cm + rn[None, :], y.to(c_ptr.dtype.element_ty),
                  mask=(rm < M)[:, None] & (rn < N)[None, :])
 
-    def _set_block_shapes(nargs):
-        """Autotune pre-hook: the descriptors' tile shapes follow the config being tried."""
-        nargs["a_desc"].block_shape = [nargs["BLOCK_M"], nargs["BLOCK_K"]]
-        nargs["b_desc"].block_shape = [nargs["BLOCK_N"], nargs["BLOCK_K"]]
+    _set_block_shapes = tma_block_shapes("a_desc", "b_desc")
 
     def _configs() -> list:
         if interpreting():  # the interpreter runs every config: one small one

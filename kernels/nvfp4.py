@@ -45,6 +45,7 @@ import torch
 from .checks import check_last_dim_multiple
 
 __all__ = [
+    "absmax",
     "quantize_nvfp4",
     "dequantize_nvfp4",
     "fake_quantize_nvfp4",
@@ -87,12 +88,16 @@ def float_to_e2m1(x: torch.Tensor) -> torch.Tensor:
     return index.to(torch.uint8) | sign
 
 
+def absmax(x: torch.Tensor) -> torch.Tensor:
+    """max |x| in x's own dtype (exact: no fp32 copy of a BF16 activation), as the ∞-norm: one
+    reduction, where abs().amax() writes |x| first (an activation-sized pass per NVFP4 layer call)."""
+    return torch.linalg.vector_norm(x, float("inf"))
+
+
 def nvfp4_tensor_scale(x: torch.Tensor, amax: torch.Tensor | None = None) -> torch.Tensor:
     """Per-tensor scale amax/(448*6) in fp32, 0-dim; 1.0 if that is 0 (all-zero tensor). `amax`,
     when given, replaces max|x| (the whole tensor's, when x is one shard of it)."""
-    # max |x| is exact in x's own dtype: no fp32 copy of a BF16 activation, and the ∞-norm takes it in
-    # one reduction (abs().amax() writes |x| first: an activation-sized pass per NVFP4 layer call)
-    amax = torch.linalg.vector_norm(x, float("inf")).float() if amax is None else amax.float().reshape(())
+    amax = absmax(x).float() if amax is None else amax.float().reshape(())
     ts = amax / (E4M3_MAX * E2M1_MAX)
     return torch.where(ts > 0, ts, torch.ones_like(ts))
 

@@ -44,7 +44,7 @@ def residual_l1_reference(out: torch.Tensor, inp: torch.Tensor, cached: torch.Te
     o, i = out.detach().float().reshape(rows, -1), inp.detach().float().reshape(rows, -1)
     sums = torch.zeros(rows, 4, dtype=torch.float32, device=out.device)
     sums[:, 0], sums[:, 1] = (o - i).abs().sum(1), i.abs().sum(1)
-    delta = out - inp
+    delta = out - inp if write_delta or cached is not None else None
     if cached is not None:
         d, c = delta.detach().float().reshape(rows, -1), cached.detach().float().reshape(rows, -1)
         sums[:, 2], sums[:, 3] = (d - c).abs().sum(1), c.abs().sum(1)

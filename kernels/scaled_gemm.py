@@ -66,23 +66,23 @@ def scaled_gemm_reference(a, b, a_scale, b_scale, *, core=None, cube_of_row=None
     return y.to(out_dtype)
 
 
-def _set_block_shapes(nargs):
-    """Autotune pre-hook: with TMA loads the descriptors' tile shapes follow the config being tried."""
-    if isinstance(nargs["a_ptr"], TensorDescriptor):
-        nargs["a_ptr"].block_shape = [nargs["BLOCK_M"], nargs["BLOCK_K"]]
-        nargs["b_ptr"].block_shape = [nargs["BLOCK_N"], nargs["BLOCK_K"]]
+def tma_block_shapes(a_arg: str, b_arg: str):
+    """An autotune pre-hook for a GEMM whose A [M, K] and B [N, K] arguments `a_arg`, `b_arg` may be
+    TMA tensor descriptors: their tile shapes follow the config being tried (pointers are left alone)."""
+    def hook(nargs):
+        if isinstance(nargs[a_arg], TensorDescriptor):
+            nargs[a_arg].block_shape = [nargs["BLOCK_M"], nargs["BLOCK_K"]]
+            nargs[b_arg].block_shape = [nargs["BLOCK_N"], nargs["BLOCK_K"]]
+    return hook
+
+
+_set_block_shapes = tma_block_shapes("a_ptr", "b_ptr")
 
 
 def _configs() -> list[triton.Config]:
-    configs = _tiles()
-    for c in configs:
-        c.pre_hook = _set_block_shapes
-    return configs
-
-
-def _tiles() -> list[triton.Config]:
     if interpreting():  # the interpreter runs every config: one small one
-        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 64, "GROUP_M": 4}, num_warps=4)]
+        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 64, "GROUP_M": 4}, num_warps=4,
+                              pre_hook=_set_block_shapes)]
     # Hopper, M in the tens of thousands and N, K in the thousands: wide tiles, deep pipelines. The
     # best of a wider sweep at Wan A14B shapes on an H100 (tools/kernel_probe.py): 128×256×128 with
     # 8 warps and 4 stages reached 1,518–1,621 TFLOP/s in FP8 and ~1,150 in INT8.
@@ -92,9 +92,10 @@ def _tiles() -> list[triton.Config]:
     tiles = [({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8}, 4),
              ({"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8}, 3),
              ({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8}, 4)]
-    return [triton.Config(dict(tile, PREFETCH=pf), num_warps=8, num_stages=stages)
+    return [triton.Config(dict(tile, PREFETCH=pf), num_warps=8, num_stages=stages, pre_hook=_set_block_shapes)
             for tile, stages in tiles for pf in (False, True)] + [
-        triton.Config({"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=4)]
+        triton.Config({"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=4,
+                      pre_hook=_set_block_shapes)]
 
 
 @triton.jit

@@ -87,9 +87,9 @@ def main() -> None:
     args = p.parse_args()
     configs = _configs()
     if args.tiles == "probe":
-        from probe_gemm_tiles import TILES, one_config
+        from probe_gemm_tiles import TILES, tile_config
 
-        configs = [one_config(*tile)[0] for tile in TILES]
+        configs = [tile_config(*tile) for tile in TILES]
     print(f"{'epilogue':>8} {'rank':>4} {'tile':>14} {'warps':>5} {'stages':>6} {'pf':>3} {'regs':>5} {'stack':>6} "
           f"{'smem KB':>7}  wgmma shapes")
     for epilogue in args.epilogues.split(","):

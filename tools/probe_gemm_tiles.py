@@ -64,10 +64,9 @@ def workloads(m: int, k: int, n: int, rank: int, device: str) -> dict:
     }
 
 
-def one_config(bm, bn, bk, warps, stages) -> list:
-    configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=warps,
-                             num_stages=stages, pre_hook=sg._set_block_shapes)]
-    return configs
+def tile_config(bm, bn, bk, warps, stages) -> triton.Config:
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=warps,
+                         num_stages=stages, pre_hook=sg._set_block_shapes)
 
 
 # (label, TMA loads, persistent)
@@ -77,7 +76,7 @@ MODES = [("TMA", True, False), ("TMA persistent", True, True), ("ptr", False, Fa
 def run_tile(tile, tma: bool, persistent: bool, args, kwargs, out_dtype=torch.bfloat16) -> torch.Tensor:
     sg.GEMM_TMA, sg.GEMM_PERSISTENT = tma, persistent
     tuner = sg.scaled_gemm_kernel
-    tuner.configs, tuner.cache = one_config(*tile), {}
+    tuner.configs, tuner.cache = [tile_config(*tile)], {}
     return sg.scaled_gemm(*args, **kwargs, out_dtype=out_dtype)
 
 

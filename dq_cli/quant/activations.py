@@ -8,7 +8,7 @@ import torch
 from dq_cli.models.base import ForwardState
 from dq_kernels.formats import fake_quant
 from dq_cli.quant.plan import LayerPlan
-from dq_cli.quant.sequence import split_deltas_sharded
+from dq_cli.quant.sequence import sequence_amax, split_deltas_sharded
 from dq_kernels.delta_cubes import split_deltas
 from dq_kernels.fp8 import dequantize_fp8, quantize_fp8
 from dq_kernels.int4 import dequantize_int4, quantize_int4
@@ -48,9 +48,7 @@ def quantize_input(x: torch.Tensor, plan: LayerPlan, state: ForwardState | None,
     def flat(v: torch.Tensor) -> torch.Tensor:
         v2 = v.reshape(-1, v.shape[-1])
         # NVFP4's per-tensor scale is the only one that is not token-local: the max over all slices.
-        amax = None
-        if shard is not None and plan.activation == "nvfp4":
-            amax = shard.all_max(torch.linalg.vector_norm(v2.detach(), float("inf")).float())
+        amax = sequence_amax(v2, shard) if plan.activation == "nvfp4" else None
         return fake_quant(v2, plan.activation, plan.group_size, amax=amax).reshape(v.shape)
 
     if cube is None and state is not None:

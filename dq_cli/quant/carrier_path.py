@@ -23,6 +23,7 @@ import os
 
 import torch
 
+from dq_cli.quant.sequence import sequence_amax
 from dq_kernels.bf16_terms import bf16_terms, mm_fp32
 from dq_kernels.int8 import quantize_int8_rowwise
 from dq_kernels.interpreter import interpreting
@@ -110,9 +111,6 @@ def _expand_weight(layer) -> torch.Tensor:
 
 
 def _sequence_amax(layer, xin: torch.Tensor) -> torch.Tensor | None:
-    """max|X| over the whole sequence when this process holds a slice of it (context parallelism),
-    for the NVFP4 tensor scale; None when it holds all of it."""
+    """`sequence_amax` under the layer's context-parallel shard, if any."""
     state = layer.forward_state
-    if state is None or state.shard is None:
-        return None
-    return state.shard.all_max(torch.linalg.vector_norm(xin.detach(), float("inf")).float())
+    return sequence_amax(xin, state.shard if state is not None else None)

@@ -30,6 +30,7 @@ import torch
 from dq_calib.trajectories import EPS
 from dq_calib.trajectories import outlier_ratio as single_outlier_ratio
 from dq_kernels.delta_cubes import cube_ids
+from dq_kernels.nvfp4 import absmax
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,12 @@ def outlier_ratio(x: torch.Tensor, shard: SequenceShard | None) -> float:
     top = shard.all_max(a.max())
     mean = shard.all_sum(a.sum()) / (a.numel() * shard.size)  # the slices are equal (SequenceCheck)
     return float(top / mean.clamp_min(EPS))
+
+
+def sequence_amax(x: torch.Tensor, shard: SequenceShard | None) -> torch.Tensor | None:
+    """max|X| over the whole sequence when this process holds a slice of it (NVFP4's per-tensor
+    scale, the one scale that is not token-local); None when it holds all of it."""
+    return None if shard is None else shard.all_max(absmax(x.detach()).float())
 
 
 def row_ratio(num: torch.Tensor, den: torch.Tensor, shard: SequenceShard | None) -> torch.Tensor:
