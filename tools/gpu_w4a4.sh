@@ -54,6 +54,11 @@
 #               "5120,13824 13824,5120"); written for the fourteenth session, not yet run
 #   PART=tmae2e   with TMA loads (the default): `dq bench kernels` at 720p as above, then the full-size Wan
 #               A14B at 480p, BF16, W4A4 and W8A8, eager, SDPA, 2 steps after one of warm-up
+# Fourteenth session:
+#   PART=int8quant the W8A8 route's INT8 quantizer reading each row once: its GPU tests,
+#               tools/probe_int8_quantizer.py, `dq bench kernels` at Wan A14B 480p (rank 128, 4x2x8 cubes),
+#               then the full-size Wan A14B at 480p, eager, SDPA: BF16, W8A8 and 6bit (whose carrier GEMM's
+#               operand comes from the same quantizer), 2 steps after one of warm-up
 source tools/gpu_env.sh || exit 1
 L=$OUT/log.txt
 { nvidia-smi --query-gpu=name,driver_version --format=csv; python -c "import torch,triton;print(torch.__version__,triton.__version__)"; } > $L 2>&1
@@ -169,6 +174,17 @@ carriers)
       --num-layers 8 --configs bf16,6bit --attention sdpa --steps 2 --warmup-steps 2 --no-breakdown \
       --out $OUT/wan480_8blocks_6bit_carriers$c >> $L 2>&1
   done ;;
+int8quant)
+  echo "== gpu tests int8 $(date +%T)" >> $L
+  timeout -s KILL 100 python -P -m pytest -m gpu -q tests/test_kernels_w4a4.py -k "int8 or w8a8" >> $L 2>&1
+  echo "== probe int8 quantizer $(date +%T)" >> $L
+  timeout -s KILL 60 python -P tools/probe_int8_quantizer.py >> $L 2>&1
+  echo "== bench kernels $(date +%T)" >> $L
+  timeout -s KILL 100 python -P -m dq_cli bench kernels --shapes wan-a14b-480p --w4a4-format int4_row --rank 128 \
+    --cube 4,2,8 --out $OUT/kernels_480p -q >> $L 2>&1
+  echo "== full size bf16, w8a8, 6bit $(date +%T)" >> $L
+  timeout -s KILL ${LIMIT:-300} python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p \
+    --configs bf16,w8a8,6bit --attention sdpa --steps 2 --warmup-steps 1 --out $OUT/wan480_full_int8q >> $L 2>&1 ;;
 gemmtiles)
   for kn in ${SHAPES:-5120,5120}; do
     echo "== gemm tiles K,N=$kn $(date +%T)" >> $L
