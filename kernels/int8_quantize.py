@@ -1,10 +1,10 @@
 """Per-token INT8 activations for the W8A8 route — Triton kernel, launch wrapper; the reference is
 `dq_kernels.int8.quantize_int8_rowwise` (applied to X/λ).
 
-One program per token. A row of up to ONE_PASS_MAX_K columns is loaded once and kept in registers
-between its maximum |x/λ| and its codes; a longer one is read twice, the second time mostly from
-L2. λ is applied as X·(1/λ) (dq_kernels.smoothing) and the division by the token's scale is
-correctly rounded (`div_rn`), as the reference's, so the codes are bit-identical to it.
+One program per token: a first pass over the row finds |x/λ|'s maximum, a second rounds. The row
+(K·2 bytes, 27 KB at K = 13,824) is still in L2 for the second pass. λ is applied as X·(1/λ)
+(dq_kernels.smoothing) and the division by the token's scale is correctly rounded (`div_rn`), as
+the reference's, so the codes are bit-identical to it.
 """
 
 from __future__ import annotations
@@ -19,54 +19,30 @@ __all__ = ["quantize_int8_tokens"]
 
 
 @triton.jit
-def _smoothed(x_ptr, inv_smooth_ptr, row, stride_x, cols, K, HAS_SMOOTH: tl.constexpr):
-    v = tl.load(x_ptr + row * stride_x + cols, mask=cols < K, other=0.0).to(tl.float32)
-    if HAS_SMOOTH:
-        v = v * tl.load(inv_smooth_ptr + cols, mask=cols < K, other=1.0)
-    return v
-
-
-@triton.jit
-def _store_codes(v, scale, q_ptr, row, cols, K):
-    safe = tl.where(scale > 0, scale, 1.0)
-    q = tl.math.div_rn(v, safe)
-    q = (q + 12582912.0) - 12582912.0  # round half to even
-    q = tl.minimum(tl.maximum(q, -127.0), 127.0)
-    q = tl.where(scale > 0, q, 0.0)
-    tl.store(q_ptr + row * K + cols, q.to(q_ptr.dtype.element_ty), mask=cols < K)
-
-
-@triton.jit
 def int8_tokens_kernel(x_ptr, inv_smooth_ptr, q_ptr, scale_ptr, K, stride_x,
-                       HAS_SMOOTH: tl.constexpr, BLOCK_K: tl.constexpr, ONE_PASS: tl.constexpr):
+                       HAS_SMOOTH: tl.constexpr, BLOCK_K: tl.constexpr):
     row = tl.program_id(0)
     offs = tl.arange(0, BLOCK_K)
-    if ONE_PASS:  # BLOCK_K >= K: the row stays in registers between its maximum and its codes
-        v = _smoothed(x_ptr, inv_smooth_ptr, row, stride_x, offs, K, HAS_SMOOTH)
-        scale = tl.math.div_rn(tl.max(tl.abs(v), axis=0), 127.0)
-        _store_codes(v, scale, q_ptr, row, offs, K)
-    else:
-        amax = tl.zeros((BLOCK_K,), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            amax = tl.maximum(amax, tl.abs(_smoothed(x_ptr, inv_smooth_ptr, row, stride_x, k0 + offs, K,
-                                                     HAS_SMOOTH)))
-        scale = tl.math.div_rn(tl.max(amax, axis=0), 127.0)
-        for k0 in range(0, K, BLOCK_K):
-            v = _smoothed(x_ptr, inv_smooth_ptr, row, stride_x, k0 + offs, K, HAS_SMOOTH)
-            _store_codes(v, scale, q_ptr, row, k0 + offs, K)
+    amax = tl.zeros((BLOCK_K,), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        cols = k0 + offs
+        v = tl.load(x_ptr + row * stride_x + cols, mask=cols < K, other=0.0).to(tl.float32)
+        if HAS_SMOOTH:
+            v = v * tl.load(inv_smooth_ptr + cols, mask=cols < K, other=1.0)
+        amax = tl.maximum(amax, tl.abs(v))
+    scale = tl.math.div_rn(tl.max(amax, axis=0), 127.0)
+    safe = tl.where(scale > 0, scale, 1.0)
+    for k0 in range(0, K, BLOCK_K):
+        cols = k0 + offs
+        v = tl.load(x_ptr + row * stride_x + cols, mask=cols < K, other=0.0).to(tl.float32)
+        if HAS_SMOOTH:
+            v = v * tl.load(inv_smooth_ptr + cols, mask=cols < K, other=1.0)
+        q = tl.math.div_rn(v, safe)
+        q = (q + 12582912.0) - 12582912.0  # round half to even
+        q = tl.minimum(tl.maximum(q, -127.0), 127.0)
+        q = tl.where(scale > 0, q, 0.0)
+        tl.store(q_ptr + row * K + cols, q.to(q_ptr.dtype.element_ty), mask=cols < K)
     tl.store(scale_ptr + row, scale)
-
-
-# Rows up to this many columns are read once (ONE_PASS), longer ones twice (the second time from L2).
-ONE_PASS_MAX_K = 16384
-
-
-def launch_params(k: int) -> dict:
-    """The kernel's BLOCK_K, ONE_PASS and num_warps for rows of k columns."""
-    if k <= ONE_PASS_MAX_K:
-        block = triton.next_power_of_2(k)
-        return dict(BLOCK_K=block, ONE_PASS=True, num_warps=8 if block >= 8192 else 4)
-    return dict(BLOCK_K=1024, ONE_PASS=False, num_warps=4)
 
 
 def quantize_int8_tokens(x: torch.Tensor, smooth: torch.Tensor | None = None, codes_dtype: torch.dtype = torch.int8
@@ -79,5 +55,5 @@ def quantize_int8_tokens(x: torch.Tensor, smooth: torch.Tensor | None = None, co
     q = torch.empty(m, k, dtype=codes_dtype, device=x.device)
     scale = torch.empty(m, dtype=torch.float32, device=x.device)
     int8_tokens_kernel[(m,)](x, inverse_smooth(smooth) if smooth is not None else scale, q, scale, k, x.stride(0),
-                             HAS_SMOOTH=smooth is not None, **launch_params(k))
+                             HAS_SMOOTH=smooth is not None, BLOCK_K=1024, num_warps=4)
     return q, scale

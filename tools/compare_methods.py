@@ -45,6 +45,7 @@ def variant(layers: list[dict] = KV8, **default) -> dict:
 DQ = dict(method="deltaquant", weight="int4", activation="int4", group_size=64, rank=32)
 VARIANTS = {
     "w8a8": variant(method="rtn", weight="int8", activation="int8"),
+    "smoothquant_w8a8": variant(method="smoothquant", weight="int8", activation="int8"),
     "fp8": variant(method="rtn", weight="fp8", activation="fp8"),
     "rtn_w4a4": variant(method="rtn", weight="int4", activation="int4", group_size=64),
     "smoothquant_w4a4": variant(method="smoothquant", weight="int4", activation="int4", group_size=64),
@@ -82,6 +83,7 @@ def main() -> None:
     ap.add_argument("--calib-steps", type=int, default=None)
     ap.add_argument("--jobs", type=int, default=1, help="variants quantized and benchmarked side by side")
     ap.add_argument("--only", nargs="*", default=None, help="variant names to run")
+    ap.add_argument("--attention", default=None, help="also each variant with this self-attention (sage8)")
     args = ap.parse_args()
     dq = [sys.executable, "-P", "-m", "dq_cli"]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -106,7 +108,8 @@ def main() -> None:
     def bench(name: str) -> Path:
         out = args.out / "quality" / name
         if not out.with_suffix(".json").exists():
-            subprocess.run([*dq, "bench", "--quality", "-c", str(args.out / f"{name}.safetensors"),
+            extra = ["--attention", args.attention] if args.attention else []
+            subprocess.run([*dq, "bench", "--quality", "-c", str(args.out / f"{name}.safetensors"), *extra,
                             "-n", str(args.prompts), "--steps", str(args.steps), "-o", str(out), "-q"], check=True)
         return out.with_suffix(".json")
 
@@ -116,7 +119,10 @@ def main() -> None:
         list(pool.map(quantize, names))
         reports = list(pool.map(bench, names))
     docs = [json.loads(r.read_text()) for r in reports]
-    merged = {**docs[0], "rows": [docs[0]["rows"][0]] + [d["rows"][1] for d in docs],
+    rows = {}  # by name: the baseline (and its 8-bit attention row) once, then each variant's
+    for row in (r for d in docs for r in d["rows"]):
+        rows.setdefault(row["config"], row)
+    merged = {**docs[0], "rows": list(rows.values()),
               "command": " ".join(sys.argv)}
     (args.out / "quality.json").write_text(json.dumps(merged, indent=1))
     (args.out / "quality.md").write_text(markdown(merged))

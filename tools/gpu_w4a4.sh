@@ -59,6 +59,9 @@
 #               tools/probe_int8_quantizer.py, `dq bench kernels` at Wan A14B 480p (rank 128, 4x2x8 cubes),
 #               then the full-size Wan A14B at 480p, eager, SDPA: BF16, W8A8 and 6bit (whose carrier GEMM's
 #               operand comes from the same quantizer), 2 steps after one of warm-up
+#   PART=verify   tools/probe_int8_quantizer.py (the two-pass quantizer's step width and warps), the GPU tests of
+#               `dq bench e2e` and of the scale-out, `dq bench kernels` at LTX-Video's shapes, then the
+#               full-size Wan A14B at 480p as in PART=int8quant (W8A8 now the wan22_w8a8 recipe's SmoothQuant)
 source tools/gpu_env.sh || exit 1
 L=$OUT/log.txt
 { nvidia-smi --query-gpu=name,driver_version --format=csv; python -c "import torch,triton;print(torch.__version__,triton.__version__)"; } > $L 2>&1
@@ -185,6 +188,17 @@ int8quant)
   echo "== full size bf16, w8a8, 6bit $(date +%T)" >> $L
   timeout -s KILL ${LIMIT:-300} python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p \
     --configs bf16,w8a8,6bit --attention sdpa --steps 2 --warmup-steps 1 --out $OUT/wan480_full_int8q >> $L 2>&1 ;;
+verify)
+  echo "== probe int8 quantizer $(date +%T)" >> $L
+  timeout -s KILL 60 python -P tools/probe_int8_quantizer.py >> $L 2>&1
+  echo "== gpu tests bench e2e, scale-out $(date +%T)" >> $L
+  timeout -s KILL 150 python -P -m pytest -m gpu -q tests/test_bench_e2e.py tests/test_scale_out.py >> $L 2>&1
+  echo "== bench kernels ltx $(date +%T)" >> $L
+  timeout -s KILL 60 python -P -m dq_cli bench kernels --shapes ltx-video --w4a4-format int4_row --rank 64 \
+    --out $OUT/kernels_ltx -q >> $L 2>&1
+  echo "== full size bf16, w8a8, 6bit $(date +%T)" >> $L
+  timeout -s KILL ${LIMIT:-240} python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p \
+    --configs bf16,w8a8,6bit --attention sdpa --steps 2 --warmup-steps 1 --no-breakdown --out $OUT/wan480_full >> $L 2>&1 ;;
 gemmtiles)
   for kn in ${SHAPES:-5120,5120}; do
     echo "== gemm tiles K,N=$kn $(date +%T)" >> $L

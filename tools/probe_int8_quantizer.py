@@ -1,8 +1,12 @@
-"""Time the W8A8 route's per-token INT8 quantizer (`dq_kernels.int8_quantize`) in each launch form —
-the row read twice in 1,024- or 2,048-column steps, or once and kept in registers with 4, 8 or 16
-warps — at 32,760 tokens and the K of Wan's and TI2V's linears, with smoothing, against a plain
-BF16 → INT8 cast (one read, one write: the memory floor). Every variant's codes and scales must be
-bit-identical to the library's default launch.
+"""Time the W8A8 route's per-token INT8 quantizer (`dq_kernels.int8_quantize`, one program a token,
+the row read twice) at each step width and warp count, at 32,760 tokens and the K of Wan's and
+TI2V's linears, with smoothing. Every variant's codes and scales must be bit-identical to the
+library's launch.
+
+Tried and dropped (fourteenth session, H200, docs/measurements/int8_quantizer_one_pass_h200.log):
+the row loaded once and kept in registers between its maximum and its codes. With a whole row per
+program (8,192–16,384 registers' worth) few programs fit an SM and the loads stop overlapping: 0.39–
+0.50 ms at K = 5,120 and 0.81–1.49 ms at 13,824 against 0.20 and 0.59 for two passes.
 
     python -P tools/probe_int8_quantizer.py [--m 32760 --k 5120 13824 3072 14336]   # CUDA
 """
@@ -19,18 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/ (python -P le
 from repo_kernels import import_dq_kernels  # noqa: E402
 
 import_dq_kernels()
-import triton  # noqa: E402
-
-from dq_kernels.int8_quantize import int8_tokens_kernel, launch_params, quantize_int8_tokens  # noqa: E402
+from dq_kernels.int8_quantize import int8_tokens_kernel, quantize_int8_tokens  # noqa: E402
 from dq_kernels.smoothing import inverse_smooth  # noqa: E402
 
 
-def variants(k: int) -> list[tuple[str, dict]]:
-    two = [(f"two passes, {b} columns a step, {w} warps", dict(BLOCK_K=b, ONE_PASS=False, num_warps=w))
-           for b, w in ((1024, 4), (2048, 8))]
-    block = triton.next_power_of_2(k)
-    one = [(f"one pass, {w} warps", dict(BLOCK_K=block, ONE_PASS=True, num_warps=w)) for w in (4, 8, 16)]
-    return two + one
+# (BLOCK_K, num_warps): the library's (1,024, 4) and its neighbours, 4 to 32 columns a thread
+VARIANTS = [(256, 1), (512, 1), (512, 2), (1024, 1), (1024, 2), (1024, 4), (2048, 2), (2048, 4), (2048, 8),
+            (4096, 4), (4096, 8)]
 
 
 def main() -> None:
@@ -46,11 +45,11 @@ def main() -> None:
         smooth = (torch.rand(k, generator=g) + 0.5).cuda()
         inv = inverse_smooth(smooth)
         want_q, want_s = quantize_int8_tokens(x, smooth)
-        gbytes = a.m * k * 3 / 1e9  # BF16 in, INT8 out
-        floor = do_bench(lambda: x.to(torch.int8), warmup=10, rep=50, return_mode="median")
-        print(f"K={k}: library default {launch_params(k)}; BF16->INT8 cast {floor:.3f} ms "
-              f"({gbytes / floor:.2f} TB/s)", flush=True)
-        for label, params in variants(k):
+        gbytes = a.m * k * 3 / 1e9  # BF16 in, INT8 out: what a single pass would move
+        ms = do_bench(lambda: quantize_int8_tokens(x, smooth), warmup=10, rep=50, return_mode="median")
+        print(f"K={k}: library launch {ms:.3f} ms ({gbytes / ms:.2f} TB/s of one pass's bytes)", flush=True)
+        for block, warps in VARIANTS:
+            label, params = f"{block} columns a step, {warps} warps", dict(BLOCK_K=block, num_warps=warps)
             q = torch.empty_like(want_q)
             s = torch.empty_like(want_s)
 
