@@ -62,6 +62,8 @@
 #   PART=verify   tools/probe_int8_quantizer.py (the two-pass quantizer's step width and warps), the GPU tests of
 #               `dq bench e2e` and of the scale-out, `dq bench kernels` at LTX-Video's shapes, then the
 #               full-size Wan A14B at 480p as in PART=int8quant (W8A8 now the wan22_w8a8 recipe's SmoothQuant)
+#   PART=w8a8compiled  the GPU test of `dq bench e2e` (2 blocks a expert at full width; needs ~5 minutes), then the
+#               full-size Wan A14B at 480p compiled, BF16 and W8A8 (wan22_w8a8) × SDPA and sage8
 source tools/gpu_env.sh || exit 1
 L=$OUT/log.txt
 { nvidia-smi --query-gpu=name,driver_version --format=csv; python -c "import torch,triton;print(torch.__version__,triton.__version__)"; } > $L 2>&1
@@ -199,6 +201,12 @@ verify)
   echo "== full size bf16, w8a8, 6bit $(date +%T)" >> $L
   timeout -s KILL ${LIMIT:-240} python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p \
     --configs bf16,w8a8,6bit --attention sdpa --steps 2 --warmup-steps 1 --no-breakdown --out $OUT/wan480_full >> $L 2>&1 ;;
+w8a8compiled)
+  echo "== gpu test bench e2e $(date +%T)" >> $L
+  timeout -s KILL ${LIMIT:-330} python -P -m pytest -m gpu -q tests/test_bench_e2e.py >> $L 2>&1
+  echo "== full size compiled bf16, w8a8 $(date +%T)" >> $L
+  timeout -s KILL 250 python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p --configs bf16,w8a8 \
+    --attention sdpa,sage8 --compile on --steps 2 --warmup-steps 1 --no-breakdown --out $OUT/wan480_full_w8a8_compiled >> $L 2>&1 ;;
 gemmtiles)
   for kn in ${SHAPES:-5120,5120}; do
     echo "== gemm tiles K,N=$kn $(date +%T)" >> $L
