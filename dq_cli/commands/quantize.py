@@ -37,6 +37,7 @@ def command(
     from dq_cli import checkpoint as ckpt
     from dq_calib.artifact import ArtifactError, load_calibration
     from dq_cli.quant import plan_layers, quantize_model
+    from dq_cli.quant.linear import uses_low_rank
     from dq_cli.quant.apply import needs_calibration
     from dq_cli.session import load_recipe_model
     set_threads()
@@ -69,13 +70,19 @@ def command(
             fits[name] = {"alpha": fit.alpha, "error": fit.error, "refine_steps": fit.refine_steps}
         advance()
 
+    asked = {name: plan.rank for name, plan in plans.items()}
     with progress_bar(quiet, "quantizing layers", len(plans)) as advance:
         count = quantize_model(adapter, plans, stats, on_layer=done)
+    reduced = sorted(name for name, plan in plans.items() if uses_low_rank(plan) and plan.rank < asked[name])
     model_meta = {"name": spec.model.name, "path": spec.model.path, "family": adapter.family, "source": adapter.source}
     ckpt.save(out, adapter.transformers(), plans, spec.text, model_meta, fits=fits,
               predictor=routing.to_json() if routing else None)
     size = out.stat().st_size
     note(quiet, f"quantized {count} of {len(layers)} linear layers ({adapter.family})")
+    if reduced:
+        note(quiet, f"[yellow]note:[/] {len(reduced)} layers are narrower than the recipe's low-rank branch: their "
+                    f"rank is their smaller side (e.g. {reduced[0]}: rank {plans[reduced[0]].rank} of "
+                    f"{asked[reduced[0]]})")
     if fits:
         mean = sum(f["error"] for f in fits.values()) / len(fits)
         note(quiet, f"mean relative output error on calibration tokens: {mean:.4f}")

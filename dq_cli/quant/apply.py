@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable
 
 from torch import nn
@@ -45,6 +46,10 @@ def quantize_model(adapter: Adapter, plans: dict[str, LayerPlan], calibration: C
             plans[info.name] = plan
         elif plan.method in CALIBRATED_METHODS:
             fit = _fit(info, linear, plan, calibration)
+        if fit is not None and fit.lora_up is not None and fit.lora_up.shape[1] != plan.rank:
+            # A branch cannot have more ranks than the layer's smaller side: the plan (and so the
+            # checkpoint, which a load shapes its buffers from) records the rank the fit has.
+            plan = plans[info.name] = replace(plan, rank=fit.lora_up.shape[1])
         quantized = QuantLinear.from_linear(
             linear, plan, info.name, sees_video=info.sees_video,
             smooth=fit.smooth if fit else None,
