@@ -193,13 +193,16 @@ def resolve(name_or_path: str) -> tuple[str, str]:
                       + f" (built-in: {', '.join(builtin_recipes())})")
 
 
-def load(name_or_path: str = DEFAULT_RECIPE, model_path: str | None = None) -> Recipe:
-    """Load and check a recipe; `model_path` (a --model flag) replaces model.path."""
+def load(name_or_path: str = DEFAULT_RECIPE, model_path: str | None = None, check: bool = True) -> Recipe:
+    """Load and check a recipe; `model_path` (a --model flag) replaces model.path. `check=False`
+    leaves the files it names unchecked, for a command that uses neither its model nor its prompts
+    (`dq predictor-fit`; `dq generate` with a checkpoint or --model)."""
     source, text = resolve(name_or_path)
     recipe = parse(text, source)
     if model_path is not None:
         recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={"path": model_path})})
-    check_paths(recipe, source)
+    if check:
+        check_paths(recipe, source)
     return recipe
 
 

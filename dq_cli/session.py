@@ -1,5 +1,6 @@
 """Loading what a command works on: the recipe's model, or a quantized checkpoint rebuilt around
-its model, and the sampling settings (flag > recipe > the family's defaults)."""
+its model, and the sampling settings (flag > recipe — given, or the one a checkpoint was quantized
+with — > the family's defaults)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from dq_cli import checkpoint as ckpt
-from dq_cli.errors import CheckpointError
+from dq_cli.errors import CheckpointError, RecipeError
 from dq_cli.models import load_model, resolve_dtype, transformer_configs
 from dq_cli.models.base import Adapter
 from dq_cli.quant.apply import attach_state
-from dq_cli.recipe import ModelSpec, SamplingSpec
+from dq_cli.recipe import ModelSpec, SamplingSpec, parse
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,16 @@ def sampling(adapter: Adapter, spec: SamplingSpec | None = None, **flags) -> Sam
                     fps=spec.fps if "fps" in spec.model_fields_set else d.fps, seed=spec.seed,
                     negative_prompt=spec.negative_prompt, attention=spec.attention)
     return replace(base, **{k: v for k, v in flags.items() if v is not None})
+
+
+def recorded_sampling(info: ckpt.CheckpointInfo) -> SamplingSpec | None:
+    """The sampling section of the recipe a checkpoint was quantized with: the settings chosen for
+    its model (the steps a 6Bit predictor was fitted on, the attention backend). None when that
+    recipe no longer parses (a checkpoint from an older dq): the family's defaults then."""
+    try:
+        return parse(info.recipe, f"{info.path} (its recipe)").sampling
+    except RecipeError:
+        return None
 
 
 def load_recipe_model(spec: ModelSpec, device: str) -> Adapter:

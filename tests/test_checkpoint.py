@@ -248,3 +248,33 @@ def test_an_interrupted_save_leaves_nothing(monkeypatch, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         ckpt.save(target, {"transformer": model}, {}, "", {"name": "x"})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_generate_and_bench_sample_as_the_checkpoints_recipe(family_dir, tmp_path):
+    """Without --recipe, `dq generate -c` and `dq bench -c` sample as the recipe the checkpoint was
+    quantized with said (its steps, size, seed and, for generate, attention backend) instead of the
+    family's defaults (Wan: 40 steps at 81×480×832, which the tiny model's RoPE table cannot even
+    hold); flags override it, and --recipe replaces it."""
+    folder = family_dir(FAMILY)
+    g = tm.GEN_KWARGS[FAMILY]
+    recipe = write_recipe(tmp_path / "r.yaml", recipe_data(FAMILY, folder, sampling={"seed": 7, "attention": "sage8"}))
+    path = tmp_path / "m.safetensors"
+    run_dq("quantize", "-r", recipe, "-o", path, "-q")
+    shape = f"{g['num_frames']} frames {g['width']}×{g['height']}"
+
+    recorded = run_dq("generate", "-c", path, "-p", PROMPT, "-o", tmp_path / "a.mp4", "--save-frames", tmp_path / "a.npy")
+    assert f"{shape} in" in recorded.stderr and "seed 7)" in recorded.stderr
+    assert f"({recipe_data(FAMILY, folder)['sampling']['steps']} steps" in recorded.stderr
+    assert "attention sage8: " in recorded.stderr
+    explicit = run_dq("generate", "-c", path, "-r", recipe, "-p", PROMPT, "-o", tmp_path / "b.mp4",
+                      "--save-frames", tmp_path / "b.npy")
+    assert np.array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy")) and "attention sage8: " in explicit.stderr
+
+    flags = run_dq("generate", "-c", path, "-p", PROMPT, "-o", tmp_path / "c.mp4", "--steps", 1, "--seed", 3,
+                   "--attention", "sdpa")
+    assert "(1 steps" in flags.stderr and "seed 3)" in flags.stderr and "attention sage8" not in flags.stderr
+
+    doc = json.loads(run_dq("bench", "-c", path, "--json", "-q").stdout)
+    assert {k: doc["settings"][k] for k in ("steps", "seed", "frames", "height", "width")} == {
+        "steps": recipe_data(FAMILY, folder)["sampling"]["steps"], "seed": 7, "frames": g["num_frames"],
+        "height": g["height"], "width": g["width"]}

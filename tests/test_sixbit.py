@@ -388,6 +388,22 @@ def test_calibration_records_trajectories_per_expert(sixbit):
     assert (e[:, 1] < e[:, 0]).float().mean() > 0.9       # INT8 activations: less error than NVFP4
 
 
+def test_predictor_fit_and_generate_need_not_find_the_recipes_model(sixbit, tmp_path):
+    """predictor-fit reads everything from the artifact and generate with a checkpoint builds the model
+    from it: neither needs the recipe's model folder (a recipe written on another machine), while
+    calibrate, which loads the model, still refuses it by name."""
+    data = {**sixbit.data, "model": {**sixbit.data["model"], "path": str(tmp_path / "elsewhere")}}
+    recipe = write_recipe(tmp_path / "moved.yaml", data)
+    run_dq("predictor-fit", "-r", recipe, "-c", sixbit.tmp / "calib", "-o", tmp_path / "p.json", "-q")
+    fitted = lambda path: json.loads(path.read_text())["layers"]  # noqa: E731
+    assert fitted(tmp_path / "p.json") == fitted(sixbit.tmp / "pred.json")
+    gen = run_dq("generate", "-c", sixbit.tmp / "model.safetensors", "-r", recipe, "-p", "a cat", "--steps", 2,
+                 "-o", tmp_path / "v.mp4")
+    assert "(2 steps" in gen.stderr
+    refused = run_dq("calibrate", "-r", recipe, "-o", tmp_path / "calib", code=2)
+    assert "model.path" in refused.stderr and "elsewhere" in refused.stderr and not (tmp_path / "calib.json").exists()
+
+
 def test_predictor_fit_reports_and_writes_versioned_predictor(sixbit):
     doc = json.loads((sixbit.tmp / "pred.json").read_text())
     assert doc["format"] == "dq-predictor" and doc["version"] == 1 and doc["kind"] == "dynamic"

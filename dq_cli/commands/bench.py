@@ -52,7 +52,7 @@ def command(
                               "or a local diffusers folder (its configs only)."),
     prompt: str = typer.Option("a red circle moving right on a blue background", "--prompt", "-p"),
     steps: int = typer.Option(None, "--steps", min=1, help="Sampling steps (e2e: the measured run; default 2)."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(None, "--seed", help="Random seed (default: the first checkpoint's recipe's, else 0)."),
     frames: int = typer.Option(None, "--frames", min=1),
     height: int = typer.Option(None, "--height", min=8),
     width: int = typer.Option(None, "--width", min=8),
@@ -82,7 +82,7 @@ def command(
                               "the CPU)."),
     recipe_overrides: list[str] = typer.Option([], "--recipe", help="e2e: CONFIG=RECIPE, a recipe for one of dq's "
                                                "configurations (default: the family's built-in one). Repeatable."),
-    guidance: float = typer.Option(None, "--guidance", min=0.0, help="CFG scale (default: the model's)."),
+    guidance: float = typer.Option(None, "--guidance", min=0.0, help="CFG scale (default: the first checkpoint's recipe's, else the model's)."),
     num_layers: int = typer.Option(None, "--num-layers", min=1, help="e2e: build only the first N blocks of each "
                                    "transformer (a quick check of the full-width path; rows are named MODEL-NL)."),
     smoke: bool = typer.Option(False, "--smoke", help="A seconds-long e2e run on dq-tiny (bf16, w4a4, w8a8, 6bit, "
@@ -131,7 +131,7 @@ def command(
     from dq_cli import bench as lib
     from dq_cli import bench_report as br
     from dq_cli.models import load_model
-    from dq_cli.session import load_quantized, sampling
+    from dq_cli.session import load_quantized, recorded_sampling, sampling
     set_threads()
     if smoke or what == "e2e":
         doc = _e2e(model, resolution, configs, attention, compile_, compile_backend, compile_mode, warmup_steps,
@@ -146,14 +146,15 @@ def command(
     for path in checkpoints:
         if not path.is_file():
             raise DQError(f"--checkpoint {path}: no such file")
-    baseline_name = model
-    if baseline_name is None and checkpoints:
+    baseline_name, recorded = model, None
+    if checkpoints:
         from dq_cli.checkpoint import read_info
 
-        spec = read_info(checkpoints[0]).model
-        baseline_name = spec.get("path") or spec["name"]
+        info = read_info(checkpoints[0])
+        baseline_name = baseline_name or info.model.get("path") or info.model["name"]
+        recorded = recorded_sampling(info)  # the settings the (first) checkpoint was made for
     base_model = load_model(baseline_name or "dq-tiny", device=device)
-    run = sampling(base_model, None, steps=steps, guidance=guidance, seed=seed, frames=frames, height=height,
+    run = sampling(base_model, recorded, steps=steps, guidance=guidance, seed=seed, frames=frames, height=height,
                    width=width)
     if quality:
         doc = _quality(base_model, checkpoints, model, run, prompts, num_prompts, device, quiet, extra, command_line,
@@ -278,7 +279,7 @@ def _e2e(model, resolution, configs, attention, compile_, compile_backend, compi
     plan = e2e.plan(model=model or "dq-tiny", resolution=resolution, configs=configs, attention=attention,
                     compile_=compile_, dtype=dtype, recipe_overrides=recipe_overrides, num_layers=num_layers,
                     frames=frames, height=height, width=width, prompt=prompt, device=device,
-                    options=e2e.Options(steps=steps or 2, warmup_steps=warmup_steps, seed=seed, breakdown=breakdown,
+                    options=e2e.Options(steps=steps or 2, warmup_steps=warmup_steps, seed=seed or 0, breakdown=breakdown,
                                         compile_backend=compile_backend, compile_mode=compile_mode,
                                         guidance=guidance))
     plan.settings["smoke"] = smoke

@@ -22,11 +22,13 @@ def command(
                                     "Without it the model runs unquantized."),
     model: str = typer.Option(None, "--model", "-m", help="Built-in model name or local diffusers folder "
                               "(default: the checkpoint's model, else dq-tiny)."),
-    recipe: str = typer.Option(None, "--recipe", "-r", help="Take the model and sampling settings from a recipe."),
+    recipe: str = typer.Option(None, "--recipe", "-r", help="Take the model and sampling settings from a recipe "
+                               "(default: with --checkpoint, the sampling settings of the recipe it was quantized "
+                               "with; flags override either)."),
     image: Path = typer.Option(None, "--image", help="First-frame image for image-to-video models "
                                "(Wan 2.2 I2V-A14B, TI2V-5B)."),
     negative_prompt: str = typer.Option(None, "--negative-prompt", help="What the video should not show."),
-    steps: int = typer.Option(None, "--steps", min=1, help="Denoising steps (default: the model's)."),
+    steps: int = typer.Option(None, "--steps", min=1, help="Denoising steps (default: the recipe's, else the model's)."),
     guidance: float = typer.Option(None, "--guidance", min=0.0, help="Classifier-free guidance scale."),
     seed: int = typer.Option(None, "--seed", help="Random seed; the same seed gives the same video."),
     frames: int = typer.Option(None, "--frames", min=1, help="Number of frames."),
@@ -86,8 +88,9 @@ def command(
         if world is not None:
             device = world.device
             quiet = quiet or not world.is_main  # one voice: process 0's
-        spec = recipes.load(recipe) if recipe else None
-        adapter = _load_adapter(checkpoint, spec, model, predictor, tdc, device, quiet)
+        # the recipe's model is only loaded when neither a checkpoint nor --model names one
+        spec = recipes.load(recipe, check=checkpoint is None and model is None) if recipe else None
+        adapter, recorded = _load_adapter(checkpoint, spec, model, predictor, tdc, device, quiet)
         if image is not None and not adapter.supports_image:
             raise DQError(f"--image: the {adapter.family} model generates from text only; it cannot use an image")
         if image is None and adapter.needs_image:
@@ -97,7 +100,7 @@ def command(
         unknown = getattr(adapter, "unknown_words", lambda p: [])(prompt)
         if unknown:
             console.print(f"[yellow]warning:[/] words the model does not know (ignored): {', '.join(unknown)}")
-        run = sampling(adapter, spec.sampling if spec else None, steps=steps, guidance=guidance, seed=seed,
+        run = sampling(adapter, spec.sampling if spec else recorded, steps=steps, guidance=guidance, seed=seed,
                        frames=frames, height=height, width=width, fps=fps, negative_prompt=negative_prompt,
                        attention=attention)
         if run.attention != "sdpa":
@@ -146,17 +149,18 @@ def _compiled(adapter, choice: str):
 
 
 def _load_adapter(checkpoint, spec, model, predictor, tdc, device: str, quiet: bool):
-    """The model to sample: a quantized checkpoint, the recipe's model, or --model (dq-tiny)."""
-    from dq_cli.session import load_quantized, load_recipe_model
+    """The model to sample — a quantized checkpoint, the recipe's model, or --model (dq-tiny) — and
+    the sampling settings recorded with it (a checkpoint's recipe's; else None)."""
+    from dq_cli.session import load_quantized, load_recipe_model, recorded_sampling
 
     if (predictor is not None or tdc is not None) and checkpoint is None:
         raise DQError("--predictor/--tdc: need a quantized checkpoint (--checkpoint)")
     if checkpoint is not None:
         adapter, info = load_quantized(checkpoint, device, model=model, predictor=predictor, tdc=tdc)
         note(quiet, f"checkpoint {checkpoint}: {len(info.layers)} quantized layers")
-        return adapter
+        return adapter, recorded_sampling(info)
     if spec is not None and model is None:
-        return load_recipe_model(spec.model, device)
+        return load_recipe_model(spec.model, device), None
     from dq_cli.models import load_model
 
-    return load_model(model or "dq-tiny", device=device)
+    return load_model(model or "dq-tiny", device=device), None

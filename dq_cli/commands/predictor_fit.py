@@ -36,7 +36,7 @@ def command(
     from dq_calib.predictor import (ROUTE_BITS, SAFE_ROUTE, Predictor, choose_threshold, decisions, fit_layers,
                                     median_r2)
 
-    spec = recipes.load(recipe)
+    spec = recipes.load(recipe, check=False)  # the statistics are in the artifact: no model is loaded
     source = recipes.resolve(recipe)[0]
     if spec.predictor is None:
         raise RecipeError(source, "predictor", "the recipe has no predictor section (target_bits, routes); "
