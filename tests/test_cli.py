@@ -228,3 +228,23 @@ def test_other_value_errors_still_propagate():
 
     with pytest.raises(ValueError, match="a bug"):
         command()
+
+
+# ------------------------------------------------------------------ outputs that cannot be written
+@pytest.mark.parametrize("args", [
+    ("generate", "-p", "a cat", "--steps", 1),
+    ("quantize", "-r", "tiny_w8a8.yaml"),
+    ("calibrate", "-r", "tiny_w8a8.yaml"),
+    ("bench", "--steps", 1),
+    ("bench", "kernels"),
+])
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(args, dq, tmp_path):
+    """-o under a regular file (no folder can be made there, whoever runs the tests): exit 2 naming
+    --out and the place, no traceback, nothing written — and before the work (bench used to run
+    every configuration, then fail on the report with a traceback)."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    result = dq(*args, "-o", blocker / "sub" / "out.mp4" if args[0] == "generate" else blocker / "sub" / "out",
+                code=2)
+    assert "--out" in result.stderr and "cannot write in" in result.stderr and str(blocker) in result.stderr
+    assert "Traceback" not in result.output and sorted(tmp_path.iterdir()) == [blocker]

@@ -16,8 +16,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from dq_cli.commands.common import (DEVICE_OPTION, QUIET_OPTION, attention_note, check_attention, console,
-                                    handle_errors, note, pick_device, progress_bar, set_threads)
+from dq_cli.commands.common import (DEVICE_OPTION, QUIET_OPTION, attention_note, check_attention, check_writable,
+                                    console, handle_errors, note, pick_device, progress_bar, set_threads)
 from dq_cli.errors import DQError
 
 MODES = ("model", "kernels", "e2e", "compare", "merge")
@@ -119,6 +119,10 @@ def command(
         raise DQError(f"dq bench {what}: expected one of {', '.join(repr(m) for m in MODES)}")
     if files and what not in ("compare", "merge"):
         raise DQError(f"dq bench {what}: takes no report files (got {files[0]})")
+    if out is not None:
+        from dq_cli.bench_report import stem
+
+        check_writable(stem(out).with_name(stem(out).name + ".json"), "--out")
     attention = [b for a in attention for b in a.split(",") if b]
     for backend in attention:
         check_attention(backend)

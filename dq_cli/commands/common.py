@@ -6,6 +6,7 @@ import functools
 import logging
 import os
 import sys
+import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -124,11 +125,19 @@ def note(quiet: bool, message: str) -> None:
 
 
 def check_writable(path: Path, what: str) -> None:
+    """Refuse an output path before any work: a directory, or a place no file can be created in. The
+    folders the command will create are probed at the nearest one that exists, with a temporary
+    file (permissions alone miss read-only mounts and pseudo file systems such as /proc)."""
     if path.exists() and path.is_dir():
         raise DQError(f"{what} {path}: is a directory")
-    parent = path.parent if str(path.parent) else Path(".")
-    if parent.exists() and not os.access(parent, os.W_OK):
-        raise DQError(f"{what} {path}: folder is not writable")
+    folder = path.parent if str(path.parent) else Path(".")
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise DQError(f"{what} {path}: cannot write in {folder} ({e.strerror or e})") from None
 
 
 def load_image(path: Path):
