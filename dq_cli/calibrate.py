@@ -5,8 +5,6 @@ positions), plus a JSON summary that records the recipe and versions."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -18,6 +16,7 @@ from safetensors.torch import save_file
 from dq_calib.stats import LayerStats
 from dq_calib.trajectories import Trajectories, cosine, gamma, rel_error, rel_l1_change
 from dq_cli import __version__
+from dq_cli.atomic import write_atomic
 from dq_cli.models.base import Adapter, LinearInfo, StepInfo
 from dq_cli.quant.linear import QuantLinear
 from dq_cli.quant.plan import CALIBRATED_METHODS, LayerPlan
@@ -255,22 +254,10 @@ def save_artifact(out: Path, result: CalibrationResult, layers: list[LinearInfo]
         tensors.update(result.trajectories.to_tensors())
         summary = {**summary, "trajectories": result.trajectories.describe()}
     meta = {"format": "dq-calibration", "format_version": "1", "recipe": recipe_text, "dq_version": __version__}
-    _atomic(tensors_path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=meta))
+    write_atomic(tensors_path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=meta))
     doc = {**meta, **summary, "tensors": tensors_path.name,
            "layers": {i.name: {"role": i.role, "in_features": i.in_features, "out_features": i.out_features,
                                "tokens": result.stats[i.name].reservoir.filled,
                                "tokens_seen": result.stats[i.name].reservoir.seen} for i in layers}}
-    _atomic(json_path, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
+    write_atomic(json_path, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
     return tensors_path, json_path
-
-
-def _atomic(path: Path, write: Callable[[str], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

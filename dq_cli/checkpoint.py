@@ -6,8 +6,6 @@ quantized model never materialises its full-precision weights."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from dq_cli import __version__
+from dq_cli.atomic import write_atomic
 from dq_cli.errors import CheckpointError
 from dq_cli.models.base import LinearInfo, role_of
 from dq_cli.models.fusion import FUSED_NAME, fuse_qkv
@@ -62,15 +61,7 @@ def save(path: Path, components: dict[str, torch.nn.Module], plans: dict[str, La
         # 6Bit-Diffusion's per-layer routing predictor, read back by `dq generate`.
         "predictor": json.dumps(predictor),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def read_info(path: Path) -> CheckpointInfo:

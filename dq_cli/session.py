@@ -60,6 +60,9 @@ def load_quantized(path: Path, device: str, dtype: str = "auto", model: str | No
     info = ckpt.read_info(path)
     spec = info.model
     name, folder = (model, None) if model else (spec["name"], spec.get("path"))
+    if folder is not None and not Path(folder).expanduser().is_dir():
+        raise CheckpointError(f"{path}: the model folder it was quantized from, {folder}, is not here: give the "
+                              "model's diffusers folder with --model")
     _check_same_model(info, name, folder)
     components = ckpt.build_components(info, device, resolve_dtype(dtype, device))
     adapter = load_model(name, folder, spec.get("family") if not model else None, device=device, dtype=dtype,

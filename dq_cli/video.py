@@ -3,13 +3,13 @@ wheel), and raw frames for metrics. Files appear only once complete."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from dq_cli.atomic import write_atomic
 
 
 def upscale(frames: torch.Tensor, min_size: int) -> torch.Tensor:
@@ -24,13 +24,6 @@ def upscale(frames: torch.Tensor, min_size: int) -> torch.Tensor:
     return x.round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
-def _atomic_target(path: Path) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    return tmp
-
-
 def write_mp4(frames: torch.Tensor, path: Path, fps: int) -> None:
     """uint8 [F, H, W, 3] → H.264 MP4 (yuv420p, playable everywhere; sides padded to even)."""
     import imageio.v2 as imageio
@@ -39,32 +32,26 @@ def write_mp4(frames: torch.Tensor, path: Path, fps: int) -> None:
     pad_h, pad_w = arr.shape[1] % 2, arr.shape[2] % 2
     if pad_h or pad_w:
         arr = np.pad(arr, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-    tmp = _atomic_target(path)
-    try:
+
+    def write(tmp: str) -> None:
         with imageio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264",
                                 pixelformat="yuv420p", quality=9, macro_block_size=1,
                                 ffmpeg_log_level="error") as writer:
             for frame in arr:
                 writer.append_data(frame)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, write, suffix=path.suffix)
 
 
 def save_frames(frames: torch.Tensor, path: Path) -> None:
     """Raw uint8 frames [F, H, W, 3] as .npy (or .pt) at the model's resolution."""
-    tmp = _atomic_target(path)
-    try:
+
+    def write(tmp: str) -> None:
         if path.suffix == ".pt":
             torch.save(frames.cpu(), tmp)
         else:
             with open(tmp, "wb") as f:
                 np.save(f, frames.cpu().numpy())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, write)
 
 
 def read_mp4(path: Path) -> torch.Tensor:

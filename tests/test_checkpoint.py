@@ -278,3 +278,25 @@ def test_generate_and_bench_sample_as_the_checkpoints_recipe(family_dir, tmp_pat
     assert {k: doc["settings"][k] for k in ("steps", "seed", "frames", "height", "width")} == {
         "steps": recipe_data(FAMILY, folder)["sampling"]["steps"], "seed": 7, "frames": g["num_frames"],
         "height": g["height"], "width": g["width"]}
+
+
+def test_checkpoint_records_its_model_folder_absolute_and_says_when_it_is_gone(family_dir, tmp_path, monkeypatch):
+    """A recipe naming its model folder relative to where `dq quantize` ran still gives a checkpoint
+    that loads from anywhere (the folder is recorded absolute); a checkpoint whose folder is gone
+    says so in one line (it used to blame the model for lacking a 'transformer') and takes --model."""
+    folder = family_dir(FAMILY)
+    monkeypatch.chdir(folder.parent)
+    path = tmp_path / "m.safetensors"
+    run_dq("quantize", "-r", write_recipe(tmp_path / "r.yaml", recipe_data(FAMILY, folder.name)), "-o", path, "-q")
+    assert ckpt.read_info(path).model["path"] == str(folder.resolve())
+    monkeypatch.chdir(tmp_path)
+    run_dq("generate", "-c", path, "-p", PROMPT, "--steps", 1, "-o", tmp_path / "a.mp4", "-q")
+
+    gone = tmp_path / "gone.safetensors"
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    model = {**json.loads(meta["model"]), "path": str(tmp_path / "deleted_folder")}
+    save_file(_tensors(path), gone, metadata={**meta, "model": json.dumps(model)})
+    result = _refused(gone, "is not here: give the model's diffusers folder with --model", tmp_path)
+    assert "deleted_folder" in result.stderr
+    run_dq("generate", "-c", gone, "-m", folder, "-p", PROMPT, "--steps", 1, "-o", tmp_path / "b.mp4", "-q")

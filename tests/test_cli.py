@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -248,3 +249,32 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(args, dq, t
                 code=2)
     assert "--out" in result.stderr and "cannot write in" in result.stderr and str(blocker) in result.stderr
     assert "Traceback" not in result.output and sorted(tmp_path.iterdir()) == [blocker]
+
+
+# ------------------------------------------------------------------ outputs: whole, and readable
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_atomic_outputs_take_the_umask_not_mkstemps_0600(umask, tmp_path):
+    from dq_cli.atomic import write_atomic
+
+    old = os.umask(umask)
+    try:
+        write_atomic(tmp_path / "a" / "f.bin", lambda tmp: Path(tmp).write_bytes(b"x"))
+        with pytest.raises(RuntimeError):
+            write_atomic(tmp_path / "a" / "g.bin", lambda tmp: (_ for _ in ()).throw(RuntimeError("disk full")))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a" / "f.bin").read_bytes() == b"x"
+    assert (tmp_path / "a" / "f.bin").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["f.bin"]  # the failed write left nothing
+
+
+def test_generated_video_and_frames_are_readable_by_others(dq, tmp_path):
+    """What a command writes through the atomic path (here a video and its frames) has the permissions
+    of any file the user writes: 0644 under umask 022 (it was 0600)."""
+    old = os.umask(0o022)
+    try:
+        dq("generate", "-p", "a red circle", "--steps", 1, "-o", tmp_path / "v.mp4", "--save-frames", tmp_path / "f.npy",
+           "-q")
+    finally:
+        os.umask(old)
+    assert [(tmp_path / n).stat().st_mode & 0o777 for n in ("v.mp4", "f.npy")] == [0o644, 0o644]

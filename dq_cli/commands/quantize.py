@@ -74,7 +74,9 @@ def command(
     with progress_bar(quiet, "quantizing layers", len(plans)) as advance:
         count = quantize_model(adapter, plans, stats, on_layer=done)
     reduced = sorted(name for name, plan in plans.items() if uses_low_rank(plan) and plan.rank < asked[name])
-    model_meta = {"name": spec.model.name, "path": spec.model.path, "family": adapter.family, "source": adapter.source}
+    # the folder as an absolute path: the checkpoint then loads from any working directory
+    folder = str(Path(spec.model.path).expanduser().resolve()) if spec.model.path else None
+    model_meta = {"name": spec.model.name, "path": folder, "family": adapter.family, "source": adapter.source}
     ckpt.save(out, adapter.transformers(), plans, spec.text, model_meta, fits=fits,
               predictor=routing.to_json() if routing else None)
     size = out.stat().st_size
