@@ -52,9 +52,9 @@ def reduce_reservoir(r: TokenReservoir, group=None, dst: int = 0) -> None:
     win = smallest(cand_keys, cand_tickets, cap)
     m = win.numel()
     mine = owner[win] == rank
-    tokens = torch.zeros(m, r.tokens.shape[1])
+    tokens = torch.zeros(m, r.tokens.shape[1])  # summed in fp32 (a BF16 value plus zeros: exact)
     meta = torch.zeros(m, r.meta.shape[1], dtype=torch.int32)
-    tokens[mine], meta[mine] = r.tokens[slot[win][mine]], r.meta[slot[win][mine]]
+    tokens[mine], meta[mine] = r.tokens[slot[win][mine]].float(), r.meta[slot[win][mine]]
     dist.reduce(tokens, dst, op=dist.ReduceOp.SUM, group=group)
     dist.reduce(meta, dst, op=dist.ReduceOp.SUM, group=group)
     if rank == dst:

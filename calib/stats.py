@@ -55,11 +55,17 @@ def smallest(keys: torch.Tensor, tickets: torch.Tensor, k: int) -> torch.Tensor:
     return order[:k]
 
 
+# The kept tokens' dtype: what the artifact stores, and a BF16 model's activations exactly. Half of
+# fp32's host memory: Wan 2.2 A14B's recipe keeps 4,096 tokens for each of 800 layers, 39 GB in
+# BF16 against 78 in fp32.
+TOKEN_DTYPE = torch.bfloat16
+
+
 class TokenReservoir:
     """Keeps `capacity` tokens, each seen token kept with equal probability (bottom-k sampling)."""
 
     def __init__(self, in_features: int, capacity: int, seed: int = 0):
-        self.tokens = torch.zeros(capacity, in_features)
+        self.tokens = torch.zeros(capacity, in_features, dtype=TOKEN_DTYPE)
         self.meta = torch.full((capacity, len(META_COLUMNS)), -1, dtype=torch.int32)
         self.keys = torch.full((capacity,), float("inf"), dtype=torch.float64)
         self.tickets = torch.full((capacity,), -1, dtype=torch.int64)
@@ -74,7 +80,6 @@ class TokenReservoir:
         self.generator = torch.Generator().manual_seed(stream_seed(self.seed, stream))
 
     def update(self, x: torch.Tensor, meta: torch.Tensor) -> None:
-        x, meta = x.detach().float().cpu(), meta.to(torch.int32).cpu()
         n = x.shape[0]
         keys = torch.rand(n, generator=self.generator, dtype=torch.float64)
         tickets = (self.stream << TICKET_BITS) + self.position + torch.arange(n, dtype=torch.int64)
@@ -83,10 +88,12 @@ class TokenReservoir:
             return
         if self.filled == self.capacity:  # only keys under the largest kept one can enter
             candidates = keys <= self.keys.max()
-            keys, tickets, x, meta = keys[candidates], tickets[candidates], x[candidates], meta[candidates]
-            if keys.numel() == 0:
+            if not candidates.any():
                 return
-        self._admit(keys, tickets, x, meta)
+            # chosen where the tokens are: only the candidates are converted and copied to the host
+            keys, tickets = keys[candidates], tickets[candidates]
+            x, meta = x[candidates.to(x.device)], meta[candidates.to(meta.device)]
+        self._admit(keys, tickets, x.detach().to(TOKEN_DTYPE).cpu(), meta.to(torch.int32).cpu())
 
     def _admit(self, keys, tickets, tokens, meta) -> None:
         """Keep the `capacity` smallest of the kept and the new keys; new tokens that enter take the
@@ -122,5 +129,5 @@ class LayerStats:
 
     def to_tensors(self, name: str) -> dict[str, torch.Tensor]:
         tokens, meta = self.reservoir.sample()
-        return {f"{name}.absmax": self.absmax.value, f"{name}.tokens": tokens.to(torch.bfloat16),
+        return {f"{name}.absmax": self.absmax.value, f"{name}.tokens": tokens,
                 f"{name}.token_meta": meta}

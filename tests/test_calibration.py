@@ -108,15 +108,28 @@ def _stream(reservoir: TokenReservoir, n: int, chunks, start: int = 0) -> None:
         idx = torch.arange(start + i, start + i + size)
         meta = torch.zeros(size, 5, dtype=torch.int32)
         meta[:, 0] = idx.int()
-        reservoir.update(idx.float().unsqueeze(1).repeat(1, 2), meta)
+        # the number's base-256 digits: exact in the reservoir's BF16
+        reservoir.update(torch.stack([idx // 256, idx % 256], dim=1).float(), meta)
         i, k = i + size, k + 1
 
 
 def _kept(reservoir: TokenReservoir) -> torch.Tensor:
     tokens, meta = reservoir.sample()
-    assert torch.equal(tokens[:, 0].long(), meta[:, 0].long())  # each token keeps its own meta
-    assert torch.equal(tokens[:, 0], tokens[:, 1])
+    assert torch.equal(tokens[:, 0].long() * 256 + tokens[:, 1].long(), meta[:, 0].long())  # its own meta
     return meta[:, 0].long()
+
+
+def test_reservoir_keeps_tokens_as_the_artifact_stores_them():
+    """BF16 (half of fp32's host memory): an fp32 token is kept as its BF16 rounding — what the
+    artifact held before the reservoir itself was BF16 — and a BF16 one exactly."""
+    x = torch.randn(10, 3, generator=torch.Generator().manual_seed(0))
+    for given in (x, x.to(torch.bfloat16)):
+        r = TokenReservoir(3, capacity=16, seed=0)
+        meta = torch.zeros(10, 5, dtype=torch.int32)
+        meta[:, 0] = torch.arange(10)
+        r.update(given, meta)
+        tokens, kept = r.sample()
+        assert tokens.dtype == torch.bfloat16 and torch.equal(tokens, x.to(torch.bfloat16)[kept[:, 0].long()])
 
 
 def test_reservoir_is_bounded_and_fills_first(tmp_path):
@@ -323,7 +336,8 @@ def test_every_sampled_token_is_where_its_meta_says(family, layer, family_dir):
     text = adapter.state.text_tokens
     assert text == (tm.GEN_KWARGS[family]["max_sequence_length"] if family == "cogvideox" else 0)
     for x, (step, branch, ti, hi, wi) in zip(tokens, meta.tolist()):
-        seq = capture.inputs[(step, {v: k for k, v in BRANCH_CODES.items()}[branch])]
+        # kept in the reservoir's BF16: the input's rounding, exactly
+        seq = capture.inputs[(step, {v: k for k, v in BRANCH_CODES.items()}[branch])].to(x.dtype)
         assert seq.shape[0] == text + t * h * w
         if ti == -1:
             assert text > 0 and (seq[:text] == x).all(dim=1).any()
