@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors import safe_open
 
 from dq_calib.trajectories import Trajectories
 
@@ -26,12 +27,54 @@ class LayerCalibration:
 @dataclass
 class Calibration:
     summary: dict
-    layers: dict[str, LayerCalibration]
+    layers: Mapping[str, LayerCalibration]  # read from the file layer by layer
     trajectories: Trajectories | None = None  # 6Bit-Diffusion's Γ / E_rel / Δ, when recorded
 
 
+LAYER_TENSORS = ("absmax", "tokens", "token_meta")
+
+
+class _Layers(Mapping):
+    """name -> LayerCalibration, each read from the file when asked for: a Wan A14B artifact is tens
+    of GB, and a fit needs one layer's tensors at a time."""
+
+    def __init__(self, path: Path, names: list[str]):
+        self.path, self.names = path, dict.fromkeys(names)
+
+    def __getitem__(self, name: str) -> LayerCalibration:
+        if name not in self.names:
+            raise KeyError(name)
+        with safe_open(str(self.path), framework="pt") as f:
+            return LayerCalibration(*(f.get_tensor(f"{name}.{part}") for part in LAYER_TENSORS))
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+class _Tensors(Mapping):
+    """An open safetensors file as a mapping that reads a tensor when it is looked up."""
+
+    def __init__(self, f):
+        self.f, self.keys_ = f, set(f.keys())
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self.keys_:
+            raise KeyError(key)
+        return self.f.get_tensor(key)
+
+    def __iter__(self):
+        return iter(self.keys_)
+
+    def __len__(self) -> int:
+        return len(self.keys_)
+
+
 def load_calibration(path: str | Path) -> Calibration:
-    """`path` may name the .json, the .safetensors or the common stem."""
+    """`path` may name the .json, the .safetensors or the common stem. The file's header is checked
+    (every layer's tensors present, the data complete) now; layers' tensors are read on access."""
     stem = Path(path)
     stem = stem.with_suffix("") if stem.suffix in (".json", ".safetensors") else stem
     json_path, tensors_path = stem.with_suffix(".json"), stem.with_suffix(".safetensors")
@@ -42,21 +85,20 @@ def load_calibration(path: str | Path) -> Calibration:
     if summary.get("format") != "dq-calibration":
         raise ArtifactError(f"{json_path}: not a dq calibration artifact")
     try:
-        tensors = load_file(str(tensors_path))
+        handle = safe_open(str(tensors_path), framework="pt")  # checks the header and the data's extent
     except Exception as e:  # safetensors raises several types for damaged files
         raise ArtifactError(f"{tensors_path}: unreadable ({e})") from None
-    layers = {}
-    for name in summary["layers"]:
-        try:
-            layers[name] = LayerCalibration(tensors[f"{name}.absmax"], tensors[f"{name}.tokens"],
-                                            tensors[f"{name}.token_meta"])
-        except KeyError as e:
-            raise ArtifactError(f"{tensors_path}: missing tensor {e.args[0]}") from None
-    trajectories = None
-    if "trajectories" in summary:
-        try:
-            trajectories = Trajectories.from_artifact(summary["trajectories"], tensors)
-        except KeyError as e:
-            raise ArtifactError(f"{tensors_path}: missing tensor {e.args[0]} (or {json_path}: key "
-                                f"trajectories.{e.args[0]})") from None
-    return Calibration(summary, layers, trajectories)
+    with handle as f:
+        tensors = _Tensors(f)
+        for name in summary["layers"]:
+            for part in LAYER_TENSORS:
+                if f"{name}.{part}" not in tensors:
+                    raise ArtifactError(f"{tensors_path}: missing tensor {name}.{part}")
+        trajectories = None
+        if "trajectories" in summary:
+            try:
+                trajectories = Trajectories.from_artifact(summary["trajectories"], tensors)
+            except KeyError as e:
+                raise ArtifactError(f"{tensors_path}: missing tensor {e.args[0]} (or {json_path}: key "
+                                    f"trajectories.{e.args[0]})") from None
+    return Calibration(summary, _Layers(tensors_path, list(summary["layers"])), trajectories)

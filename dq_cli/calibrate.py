@@ -254,7 +254,8 @@ def save_artifact(out: Path, result: CalibrationResult, layers: list[LinearInfo]
         tensors.update(result.trajectories.to_tensors())
         summary = {**summary, "trajectories": result.trajectories.describe()}
     meta = {"format": "dq-calibration", "format_version": "1", "recipe": recipe_text, "dq_version": __version__}
-    write_atomic(tensors_path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=meta))
+    contiguous = {k: v.contiguous() for k, v in tensors.items()}
+    write_atomic(tensors_path, lambda tmp: save_file(contiguous, tmp, metadata=meta))
     doc = {**meta, **summary, "tensors": tensors_path.name,
            "layers": {i.name: {"role": i.role, "in_features": i.in_features, "out_features": i.out_features,
                                "tokens": result.stats[i.name].reservoir.filled,

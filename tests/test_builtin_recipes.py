@@ -84,7 +84,8 @@ def test_builtin_recipe_runs_on_its_family(name, family_dir, tmp_path):
         # tiny models are 24-128 wide against ranks of 64-128), as the plan that shapes a load says
         for n, p in info.layers.items():
             if p.method in ("svdquant", "deltaquant"):
-                (out_features, r), (r2, in_features) = f.get_tensor(f"{n}.lora_up").shape, f.get_tensor(f"{n}.lora_down").shape
+                out_features, r = f.get_tensor(f"{n}.lora_up").shape
+                r2, in_features = f.get_tensor(f"{n}.lora_down").shape
                 assert r == r2 == p.rank == min(data["quantization"]["default"]["rank"], out_features, in_features)
     reduced = [p for p in info.layers.values() if 0 < p.rank < data["quantization"]["default"].get("rank", 0)]
     assert ("narrower than the recipe's low-rank branch" in quant.stderr) == bool(reduced)

@@ -356,3 +356,50 @@ def test_every_sampled_token_is_where_its_meta_says(family, layer, family_dir):
         r = step * ranges // steps
         truth[r] = torch.maximum(truth[r], x.abs().amax(dim=0))
     assert torch.equal(absmax, truth)
+
+
+# ------------------------------------------------------------------ reading the artifact
+@pytest.fixture(scope="module")
+def artifact(family_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("artifact")
+    recipe = write_recipe(tmp / "r.yaml", recipe_data("wan", family_dir("wan"), calibration={"num_prompts": 1}))
+    run_dq("calibrate", "-r", recipe, "-o", tmp / "cal", "-q")
+    return tmp / "cal"
+
+
+def test_artifact_layers_are_read_one_at_a_time(artifact, monkeypatch):
+    """load_calibration reads no layer's tensors up front (a Wan A14B artifact is tens of GB): the
+    whole-file reader is never called, and each layer read on access equals the file's tensors."""
+    import safetensors.torch
+
+    from dq_calib.artifact import load_calibration
+
+    whole = safetensors.torch.load_file(str(artifact.with_suffix(".safetensors")))
+    monkeypatch.setattr(safetensors.torch, "load_file", lambda *a, **k: pytest.fail("read the whole artifact"))
+    cal = load_calibration(artifact)
+    assert list(cal.layers) == list(json.loads(artifact.with_suffix(".json").read_text())["layers"])
+    for name in cal.layers:
+        layer = cal.layers[name]
+        for part in ("absmax", "tokens", "token_meta"):
+            assert torch.equal(getattr(layer, part), whole[f"{name}.{part}"])
+    with pytest.raises(KeyError):
+        cal.layers["transformer.no_such_layer"]
+
+
+def test_damaged_artifacts_are_refused_when_loaded(artifact, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from dq_calib.artifact import ArtifactError, load_calibration
+
+    data = artifact.with_suffix(".safetensors").read_bytes()
+    (tmp_path / "cut.json").write_text(artifact.with_suffix(".json").read_text())
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(ArtifactError, match="unreadable"):
+        load_calibration(tmp_path / "cut")
+    tensors = load_file(str(artifact.with_suffix(".safetensors")))
+    name = next(iter(json.loads(artifact.with_suffix(".json").read_text())["layers"]))
+    del tensors[f"{name}.tokens"]
+    (tmp_path / "gap.json").write_text(artifact.with_suffix(".json").read_text())
+    save_file(tensors, tmp_path / "gap.safetensors")
+    with pytest.raises(ArtifactError, match=f"missing tensor {name}.tokens"):
+        load_calibration(tmp_path / "gap")

@@ -262,13 +262,15 @@ def test_generate_and_bench_sample_as_the_checkpoints_recipe(family_dir, tmp_pat
     run_dq("quantize", "-r", recipe, "-o", path, "-q")
     shape = f"{g['num_frames']} frames {g['width']}×{g['height']}"
 
-    recorded = run_dq("generate", "-c", path, "-p", PROMPT, "-o", tmp_path / "a.mp4", "--save-frames", tmp_path / "a.npy")
+    recorded = run_dq("generate", "-c", path, "-p", PROMPT, "-o", tmp_path / "a.mp4",
+                      "--save-frames", tmp_path / "a.npy")
     assert f"{shape} in" in recorded.stderr and "seed 7)" in recorded.stderr
     assert f"({recipe_data(FAMILY, folder)['sampling']['steps']} steps" in recorded.stderr
     assert "attention sage8: " in recorded.stderr
     explicit = run_dq("generate", "-c", path, "-r", recipe, "-p", PROMPT, "-o", tmp_path / "b.mp4",
                       "--save-frames", tmp_path / "b.npy")
-    assert np.array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy")) and "attention sage8: " in explicit.stderr
+    assert np.array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))
+    assert "attention sage8: " in explicit.stderr
 
     flags = run_dq("generate", "-c", path, "-p", PROMPT, "-o", tmp_path / "c.mp4", "--steps", 1, "--seed", 3,
                    "--attention", "sdpa")

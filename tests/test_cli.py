@@ -273,8 +273,8 @@ def test_generated_video_and_frames_are_readable_by_others(dq, tmp_path):
     of any file the user writes: 0644 under umask 022 (it was 0600)."""
     old = os.umask(0o022)
     try:
-        dq("generate", "-p", "a red circle", "--steps", 1, "-o", tmp_path / "v.mp4", "--save-frames", tmp_path / "f.npy",
-           "-q")
+        dq("generate", "-p", "a red circle", "--steps", 1, "-o", tmp_path / "v.mp4",
+           "--save-frames", tmp_path / "f.npy", "-q")
     finally:
         os.umask(old)
     assert [(tmp_path / n).stat().st_mode & 0o777 for n in ("v.mp4", "f.npy")] == [0o644, 0o644]

@@ -82,7 +82,8 @@ def command(
                               "the CPU)."),
     recipe_overrides: list[str] = typer.Option([], "--recipe", help="e2e: CONFIG=RECIPE, a recipe for one of dq's "
                                                "configurations (default: the family's built-in one). Repeatable."),
-    guidance: float = typer.Option(None, "--guidance", min=0.0, help="CFG scale (default: the first checkpoint's recipe's, else the model's)."),
+    guidance: float = typer.Option(None, "--guidance", min=0.0, help="CFG scale (default: the first checkpoint's "
+                                   "recipe's, else the model's)."),
     num_layers: int = typer.Option(None, "--num-layers", min=1, help="e2e: build only the first N blocks of each "
                                    "transformer (a quick check of the full-width path; rows are named MODEL-NL)."),
     smoke: bool = typer.Option(False, "--smoke", help="A seconds-long e2e run on dq-tiny (bf16, w4a4, w8a8, 6bit, "
@@ -122,7 +123,8 @@ def command(
     if out is not None:
         from dq_cli.bench_report import stem
 
-        check_writable(stem(out).with_name(stem(out).name + ".json"), "--out")
+        report = stem(out)
+        check_writable(report.with_name(report.name + ".json"), "--out")
     attention = [b for a in attention for b in a.split(",") if b]
     for backend in attention:
         check_attention(backend)
@@ -283,9 +285,9 @@ def _e2e(model, resolution, configs, attention, compile_, compile_backend, compi
     plan = e2e.plan(model=model or "dq-tiny", resolution=resolution, configs=configs, attention=attention,
                     compile_=compile_, dtype=dtype, recipe_overrides=recipe_overrides, num_layers=num_layers,
                     frames=frames, height=height, width=width, prompt=prompt, device=device,
-                    options=e2e.Options(steps=steps or 2, warmup_steps=warmup_steps, seed=seed or 0, breakdown=breakdown,
-                                        compile_backend=compile_backend, compile_mode=compile_mode,
-                                        guidance=guidance))
+                    options=e2e.Options(steps=steps or 2, warmup_steps=warmup_steps, seed=seed or 0,
+                                        breakdown=breakdown, compile_backend=compile_backend,
+                                        compile_mode=compile_mode, guidance=guidance))
     plan.settings["smoke"] = smoke
     env = br.environment(device, command_line)
 

@@ -28,7 +28,8 @@ def command(
     image: Path = typer.Option(None, "--image", help="First-frame image for image-to-video models "
                                "(Wan 2.2 I2V-A14B, TI2V-5B)."),
     negative_prompt: str = typer.Option(None, "--negative-prompt", help="What the video should not show."),
-    steps: int = typer.Option(None, "--steps", min=1, help="Denoising steps (default: the recipe's, else the model's)."),
+    steps: int = typer.Option(None, "--steps", min=1, help="Denoising steps (default: the recipe's, else the "
+                              "model's)."),
     guidance: float = typer.Option(None, "--guidance", min=0.0, help="Classifier-free guidance scale."),
     seed: int = typer.Option(None, "--seed", help="Random seed; the same seed gives the same video."),
     frames: int = typer.Option(None, "--frames", min=1, help="Number of frames."),
