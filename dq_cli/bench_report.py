@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dq_cli import __version__
+from dq_cli.atomic import write_atomic
 from dq_cli.errors import DQError
 
 # torch is imported where it is used: loading, comparing and gating reports (`dq bench compare`, the
@@ -214,14 +215,11 @@ def stem(out: Path) -> Path:
 
 
 def write(doc: dict, out: Path) -> list[Path]:
-    """<out>.json (atomically) and <out>.md; returns the paths written."""
+    """<out>.json and <out>.md, each whole or not at all; returns the paths written."""
     out = stem(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out.with_name(out.name + ".json"), out.with_name(out.name + ".md")
-    tmp = json_path.with_name(f".{json_path.name}.partial")
-    tmp.write_text(json.dumps(doc, indent=1))
-    tmp.replace(json_path)
-    md_path.write_text(markdown(doc))
+    write_atomic(json_path, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
+    write_atomic(md_path, lambda tmp: Path(tmp).write_text(markdown(doc)))
     return [json_path, md_path]
 
 
