@@ -403,3 +403,14 @@ def test_damaged_artifacts_are_refused_when_loaded(artifact, tmp_path):
     save_file(tensors, tmp_path / "gap.safetensors")
     with pytest.raises(ArtifactError, match=f"missing tensor {name}.tokens"):
         load_calibration(tmp_path / "gap")
+
+
+def test_calibrate_says_when_the_prompt_file_is_shorter_than_asked(family_dir, tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a cat\na dog\n")
+    for asked, warned in ((3, True), (2, False)):
+        recipe = write_recipe(tmp_path / "r.yaml", recipe_data("wan", family_dir("wan"), prompts,
+                                                               calibration={"num_prompts": asked, "steps": 1}))
+        result = run_dq("calibrate", "-r", recipe, "-o", tmp_path / f"cal{asked}")
+        assert ("holds 2 prompts, fewer than the 3 asked for (calibration.num_prompts)" in result.stderr) == warned
+        assert json.loads((tmp_path / f"cal{asked}.json").read_text())["prompts"] == 2

@@ -75,10 +75,15 @@ def command(
             raise DQError(f"--image: the {adapter.family} model generates from a first frame; give --image")
         first_frame = load_image(image) if image is not None else None
         prompt_source = prompts or (str(builtin_prompts(adapter.family)) if cal.prompts == "builtin" else cal.prompts)
+        wanted = num_prompts or cal.num_prompts
         try:
-            prompt_list = load_prompts(prompt_source, num_prompts or cal.num_prompts)
+            prompt_list = load_prompts(prompt_source, wanted)
         except PromptSourceError as e:
             raise DQError(str(e)) from None
+        if len(prompt_list) < wanted:
+            note(quiet, f"[yellow]note:[/] {prompt_source} holds {len(prompt_list)} prompts, fewer than the "
+                        f"{wanted} asked for ({'--num-prompts' if num_prompts else 'calibration.num_prompts'}): "
+                        f"calibrating on {len(prompt_list)}")
         run = sampling(adapter, spec.sampling, steps=cal.steps)
         if not adapter.trained:
             note(quiet, "[yellow]note:[/] dq-tiny has no trained weights yet: calibrating a seeded random network")
