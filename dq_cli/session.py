@@ -89,14 +89,30 @@ def install_runtime(adapter: Adapter, info: ckpt.CheckpointInfo, predictor_file:
     except PredictorError as e:
         raise DQError(str(e)) from None
     if predictor is not None:
-        unknown = sorted(set(predictor.layers) - set(info.layers))
-        if unknown:
-            raise DQError(f"{predictor_file or info.path}: the predictor routes {unknown[0]} ({len(unknown)} layers), "
-                          "which the checkpoint does not quantize: fit it on a calibration of the same recipe")
+        check_predictor(predictor, recipe, info.layers, predictor_file or info.path, "the checkpoint's recipe")
     use_tdc = recipe.tdc.enabled if tdc is None else tdc
     refresh = recipe.predictor.refresh_ratio if recipe.predictor else None
     config = TDCConfig(recipe.tdc.tau, recipe.tdc.max_skips, refresh) if use_tdc else None
     adapter.runtime = install(adapter, predictor, config) if (predictor is not None or config is not None) else None
+
+
+def check_predictor(predictor, recipe, layers, where, whose: str) -> None:
+    """A 6Bit-Diffusion predictor belongs to a recipe with a predictor section whose routes it uses,
+    and routes only layers that recipe quantizes: a predictor fitted on another recipe's calibration
+    (say a 6Bit one handed to a W8A8 checkpoint) would switch layers between routes it never measured."""
+    from dq_cli.errors import DQError
+
+    if recipe.predictor is None:
+        raise DQError(f"{where}: {whose} has no predictor section, so its layers are not routed per step (a "
+                      "6Bit-Diffusion recipe such as wan22_6bit.yaml has one)")
+    routes = (predictor.low_route, predictor.safe_route)
+    if not set(routes) <= set(recipe.predictor.routes):
+        raise DQError(f"{where}: the predictor routes {'/'.join(routes)} while {whose} routes "
+                      f"{'/'.join(recipe.predictor.routes)}: fit it on a calibration of that recipe")
+    unknown = sorted(set(predictor.layers) - set(layers))
+    if unknown:
+        raise DQError(f"{where}: the predictor routes {unknown[0]} ({len(unknown)} layers), which {whose} does not "
+                      "quantize: fit it on a calibration of that recipe")
 
 
 def _check_same_model(info: ckpt.CheckpointInfo, name: str, folder: str | None) -> None:

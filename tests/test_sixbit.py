@@ -404,6 +404,35 @@ def test_predictor_fit_and_generate_need_not_find_the_recipes_model(sixbit, tmp_
     assert "model.path" in refused.stderr and "elsewhere" in refused.stderr and not (tmp_path / "calib.json").exists()
 
 
+def test_a_predictor_only_goes_with_the_recipe_it_was_fitted_for(sixbit, tmp_path, monkeypatch):
+    """quantize and generate refuse a predictor for a recipe without a predictor section (a 6Bit
+    predictor on a W8A8 model was taken and routed its layers) or with other routes; quantize finds
+    predictor-fit's default output by itself, and says when there is none."""
+    import shutil
+
+    pred = sixbit.tmp / "pred.json"
+    w8a8 = write_recipe(tmp_path / "w8a8.yaml", {k: v for k, v in sixbit.data.items() if k not in ("predictor", "tdc")}
+                        | {"quantization": {"default": {"method": "rtn", "weight": "int8", "activation": "int8"}}})
+    r = run_dq("quantize", "-r", w8a8, "--predictor", pred, "-o", tmp_path / "w8a8.safetensors", code=2)
+    assert "w8a8.yaml has no predictor section" in r.stderr and not (tmp_path / "w8a8.safetensors").exists()
+    run_dq("quantize", "-r", w8a8, "-o", tmp_path / "w8a8.safetensors", "-q")
+    r = run_dq("generate", "-c", tmp_path / "w8a8.safetensors", "--predictor", pred, "-p", "a cat", "-o",
+               tmp_path / "v.mp4", code=2)
+    assert "the checkpoint's recipe has no predictor section" in r.stderr and not (tmp_path / "v.mp4").exists()
+    other = write_recipe(tmp_path / "other.yaml", {**sixbit.data, "predictor": {**sixbit.data["predictor"],
+                                                                               "routes": ["deltaquant", "int8"]}})
+    r = run_dq("quantize", "-r", other, "--predictor", pred, "-o", tmp_path / "o.safetensors", code=2)
+    assert "the predictor routes nvfp4/int8 while" in r.stderr and "other.yaml routes deltaquant/int8" in r.stderr
+
+    monkeypatch.chdir(tmp_path)
+    none = run_dq("quantize", "-r", sixbit.recipe, "-o", tmp_path / "a.safetensors")
+    assert "no predictor (--predictor, or out/recipe-predictor.json" in none.stderr
+    (tmp_path / "out").mkdir()
+    shutil.copy(pred, tmp_path / "out" / "recipe-predictor.json")
+    found = run_dq("quantize", "-r", sixbit.recipe, "-o", tmp_path / "b.safetensors")
+    assert "predictor out/recipe-predictor.json: dynamic routing" in found.stderr
+
+
 def test_predictor_fit_reports_and_writes_versioned_predictor(sixbit):
     doc = json.loads((sixbit.tmp / "pred.json").read_text())
     assert doc["format"] == "dq-predictor" and doc["version"] == 1 and doc["kind"] == "dynamic"

@@ -22,7 +22,9 @@ def command(
                                      "smoothquant / svdquant / deltaquant). Default: out/<recipe name>-calib "
                                      "when it exists."),
     predictor: Path = typer.Option(None, "--predictor", help="6Bit-Diffusion predictor from `dq predictor-fit`, "
-                                   "recorded in the checkpoint: `dq generate` then routes each layer per step."),
+                                   "recorded in the checkpoint: `dq generate` then routes each layer per step. "
+                                   "Default, for a recipe with a predictor section: out/<recipe name>-predictor.json "
+                                   "when it exists."),
     device: str = DEVICE_OPTION,
     quiet: bool = QUIET_OPTION,
 ) -> None:
@@ -55,7 +57,9 @@ def command(
                         hadamard=spec.predictor.hadamard_block if spec.predictor else 0)
     if not adapter.trained:
         note(quiet, "[yellow]note:[/] dq-tiny has no trained weights yet: quantizing a seeded random network")
-    routing = _load_predictor(predictor, plans) if predictor is not None else None
+    if predictor is None and spec.predictor is not None:
+        predictor = _default_predictor(stem, spec, quiet)
+    routing = _load_predictor(predictor, spec, plans, source) if predictor is not None else None
     stats = None
     if needs_calibration(plans):
         calibration = calibration or Path("out") / f"{stem}-calib"
@@ -95,15 +99,24 @@ def command(
     console.print(f"wrote {out} ({size / 2**20:.2f} MiB)") if not quiet else typer.echo(str(out))
 
 
-def _load_predictor(path: Path, plans: dict):
+def _default_predictor(stem: str, spec, quiet: bool) -> Path | None:
+    """Where `dq predictor-fit` writes by default, for a recipe that routes activations per step."""
+    default = Path("out") / f"{stem}-predictor.json"
+    if default.is_file():
+        return default
+    note(quiet, f"[yellow]note:[/] no predictor (--predictor, or {default} from `dq predictor-fit`): the "
+                f"checkpoint runs each layer on its recipe's activation format "
+                f"({spec.quantization.default.activation} by default), without per-step routing")
+    return None
+
+
+def _load_predictor(path: Path, spec, plans: dict, source: str):
     from dq_calib.predictor import Predictor, PredictorError
+    from dq_cli.session import check_predictor
 
     try:
         predictor = Predictor.load(path)
     except PredictorError as e:
         raise DQError(f"--predictor: {e}") from None
-    unknown = sorted(set(predictor.layers) - set(plans))
-    if unknown:
-        raise DQError(f"--predictor {path}: routes {unknown[0]} ({len(unknown)} layers), which this recipe does "
-                      "not quantize: fit the predictor on a calibration of the same recipe")
+    check_predictor(predictor, spec, plans, f"--predictor {path}", source.removeprefix("builtin:"))
     return predictor
