@@ -68,7 +68,8 @@ def test_builtin_recipe_runs_on_its_family(name, family_dir, tmp_path):
         run_dq("predictor-fit", "-r", recipe, "-c", tmp_path / "calib", "-o", tmp_path / "pred.json", "-q")
         predictor = ["--predictor", tmp_path / "pred.json"]
     quant = run_dq("quantize", "-r", recipe, "-c", tmp_path / "calib", "-o", tmp_path / "model.safetensors", *predictor)
-    gen = run_dq("generate", "-c", tmp_path / "model.safetensors", "-r", recipe, "-p", "a red car on a road",
+    # as the README runs it: the checkpoint alone (its recipe's sampling and attention come with it)
+    gen = run_dq("generate", "-c", tmp_path / "model.safetensors", "-p", "a red car on a road",
                  "-o", tmp_path / "video.mp4", "--save-frames", tmp_path / "frames.npy")
 
     info = read_info(tmp_path / "model.safetensors")
