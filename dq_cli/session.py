@@ -115,6 +115,11 @@ def check_predictor(predictor, recipe, layers, where, whose: str) -> None:
                       "quantize: fit it on a calibration of that recipe")
 
 
+def check_same_model(info: ckpt.CheckpointInfo, model: str) -> None:
+    """Refuse a checkpoint made for another model than `model` (a name or a folder)."""
+    _check_same_model(info, model, None)
+
+
 def _check_same_model(info: ckpt.CheckpointInfo, name: str, folder: str | None) -> None:
     try:
         reference = transformer_configs(name, folder)

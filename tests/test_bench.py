@@ -125,3 +125,23 @@ def test_bench_quality_takes_the_guidance(checkpoints, tmp_path):
     default = json.loads(run_dq(*common).stdout)["settings"]
     chosen = json.loads(run_dq(*common, "--guidance", "1.5").stdout)["settings"]
     assert default["guidance"] == 4.0 and chosen["guidance"] == 1.5  # dq-tiny's default, then the flag's
+
+
+def test_bench_refuses_checkpoints_of_another_model_before_running(checkpoints, family_dir, tmp_path):
+    """Every row is compared with the baseline's video, so every checkpoint must be of the baseline's
+    model (a dq-tiny checkpoint beside a Wan one used to get a row, PSNR 7 dB against the Wan video)."""
+    from conftest import recipe_data
+
+    wan = tmp_path / "wan.safetensors"
+    run_dq("quantize", "-r", write_recipe(tmp_path / "r.yaml", recipe_data("wan", family_dir("wan"))), "-o", wan, "-q")
+    result = run_dq("bench", "-c", wan, "-c", checkpoints["w8a8"], *SMALL, "-o", tmp_path / "rep", code=2)
+    assert f"{checkpoints['w8a8']}: made for another model" in result.stderr and "Traceback" not in result.output
+    assert not (tmp_path / "rep.json").exists()
+
+
+def test_bench_quiet_prints_the_result(checkpoints, tmp_path):
+    """-q leaves out progress and notes, not the result: the table, or the report files with --out."""
+    table = run_dq("bench", "-c", checkpoints["w8a8"], *SMALL, "-q")
+    assert "w8a8" in table.output and "baseline" in table.output
+    files = run_dq("bench", "-c", checkpoints["w8a8"], *SMALL, "-q", "-o", tmp_path / "rep")
+    assert files.stdout.split() == [str(tmp_path / "rep.json"), str(tmp_path / "rep.md")]

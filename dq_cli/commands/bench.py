@@ -137,7 +137,7 @@ def command(
     from dq_cli import bench as lib
     from dq_cli import bench_report as br
     from dq_cli.models import load_model
-    from dq_cli.session import load_quantized, recorded_sampling, sampling
+    from dq_cli.session import check_same_model, load_quantized, recorded_sampling, sampling
     set_threads()
     if smoke or what == "e2e":
         doc = _e2e(model, resolution, configs, attention, compile_, compile_backend, compile_mode, warmup_steps,
@@ -156,9 +156,11 @@ def command(
     if checkpoints:
         from dq_cli.checkpoint import read_info
 
-        info = read_info(checkpoints[0])
-        baseline_name = baseline_name or info.model.get("path") or info.model["name"]
-        recorded = recorded_sampling(info)  # the settings the (first) checkpoint was made for
+        infos = [read_info(path) for path in checkpoints]
+        baseline_name = baseline_name or infos[0].model.get("path") or infos[0].model["name"]
+        for info in infos:  # rows compared with one baseline's video must be of its model
+            check_same_model(info, baseline_name)
+        recorded = recorded_sampling(infos[0])  # the settings the (first) checkpoint was made for
     base_model = load_model(baseline_name or "dq-tiny", device=device)
     run = sampling(base_model, recorded, steps=steps, guidance=guidance, seed=seed, frames=frames, height=height,
                    width=width)
@@ -225,9 +227,11 @@ def _finish(doc: dict, out: Path | None, as_json: bool, quiet: bool, baseline: P
 
             written += bench_plots.write(doc, out)
         note(quiet, "wrote " + ", ".join(str(p) for p in written))
+        if quiet and not as_json:  # -q prints the result: here, the files (stdout stays JSON with --json)
+            typer.echo("\n".join(str(p) for p in written))
     if as_json:
         typer.echo(json.dumps(doc, indent=1))
-    elif not quiet:
+    elif not quiet or (out is None and baseline is None):  # -q alone: the table is the only result
         (print_table or (lambda d: console.print(br.markdown(d), soft_wrap=True, markup=False)))(doc)
     if baseline is not None:
         _gate(doc, baseline, limits, quiet)
