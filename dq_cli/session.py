@@ -4,15 +4,16 @@ with — > the family's defaults)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from dq_cli import checkpoint as ckpt
-from dq_cli.errors import CheckpointError, RecipeError
+from dq_cli.errors import CheckpointError, DQError, RecipeError
 from dq_cli.models import load_model, resolve_dtype, transformer_configs
 from dq_cli.models.base import Adapter
 from dq_cli.quant.apply import attach_state
-from dq_cli.recipe import ModelSpec, SamplingSpec, parse
+from dq_cli.recipe import ModelSpec, Recipe, SamplingSpec, parse
 
 
 @dataclass(frozen=True)
@@ -77,10 +78,8 @@ def install_runtime(adapter: Adapter, info: ckpt.CheckpointInfo, predictor_file:
     """Hook the blocks for 6Bit-Diffusion when the checkpoint (or the flags) ask for it; the run
     counters land in `adapter.runtime`."""
     from dq_calib.predictor import Predictor, PredictorError
-    from dq_cli.errors import DQError
     from dq_cli.quant.runtime import install
     from dq_cli.quant.tdc import TDCConfig
-    from dq_cli.recipe import parse
 
     recipe = parse(info.recipe, f"{info.path} (recipe)")
     try:
@@ -96,12 +95,10 @@ def install_runtime(adapter: Adapter, info: ckpt.CheckpointInfo, predictor_file:
     adapter.runtime = install(adapter, predictor, config) if (predictor is not None or config is not None) else None
 
 
-def check_predictor(predictor, recipe, layers, where, whose: str) -> None:
+def check_predictor(predictor, recipe: Recipe, layers: Iterable[str], where, whose: str) -> None:
     """A 6Bit-Diffusion predictor belongs to a recipe with a predictor section whose routes it uses,
     and routes only layers that recipe quantizes: a predictor fitted on another recipe's calibration
     (say a 6Bit one handed to a W8A8 checkpoint) would switch layers between routes it never measured."""
-    from dq_cli.errors import DQError
-
     if recipe.predictor is None:
         raise DQError(f"{where}: {whose} has no predictor section, so its layers are not routed per step (a "
                       "6Bit-Diffusion recipe such as wan22_6bit.yaml has one)")
