@@ -1,5 +1,5 @@
 """The built-in recipes for the real model families, as a user runs them: each one's quantization,
-predictor, TDC and attention settings, pointed at its family's tiny random diffusers folder (with
+predictor, TDC and attention settings, pointed at its family's tiny random diffusers folder (the Wan ones also at image-to-video Wan; with
 calibration and sampling shrunk to a few steps at the tiny size), through `dq calibrate`,
 `dq predictor-fit` where it has a predictor, `dq quantize` and `dq generate`. The checkpoint must hold
 what the recipe says, calibrated, and the video must come out of the recipe's attention backend."""
@@ -27,6 +27,9 @@ def _family(name: str) -> str | None:
 
 
 MODEL_RECIPES = [n for n in recipes.builtin_recipes() if _family(n) is not None]
+# (recipe, family folder it runs on): each on its own family, and the Wan ones also on image-to-video
+# Wan (the same transformer with the first frame's latents as extra input channels)
+RUNS = [(n, _family(n)) for n in MODEL_RECIPES] + [("wan22_w4a4.yaml", "wan-i2v"), ("wan22_6bit.yaml", "wan-i2v")]
 
 
 def test_every_model_recipe_is_covered():
@@ -36,11 +39,11 @@ def test_every_model_recipe_is_covered():
     assert {"wan22_w4a4.yaml", "wan22_w8a8.yaml", "wan22_6bit.yaml", "ltx_w4a4.yaml"} <= set(MODEL_RECIPES)
 
 
-def shrunk(name: str, folder) -> dict:
+def shrunk(name: str, family: str, folder) -> dict:
     """The built-in recipe with the tiny folder as its model and a few steps at the tiny size; its
     quantization, predictor, TDC and attention untouched."""
     data = yaml.safe_load(recipes.resolve(name)[1])
-    g = tm.GEN_KWARGS[_family(name)]
+    g = tm.GEN_KWARGS[family]
     data["model"]["path"] = str(folder)
     data["calibration"].update(num_prompts=2, steps=STEPS, tokens_per_layer=64, step_ranges=STEPS)
     data.setdefault("sampling", {}).update(steps=STEPS, frames=g["num_frames"], height=g["height"], width=g["width"])
@@ -56,13 +59,14 @@ def expected_formats(data: dict) -> set[tuple[str, str, str]]:
     return {triple(default)} | {triple(rule) for rule in data["quantization"].get("layers", [])}
 
 
-@pytest.mark.parametrize("name", MODEL_RECIPES)
-def test_builtin_recipe_runs_on_its_family(name, family_dir, tmp_path):
+@pytest.mark.parametrize("name, family", RUNS)
+def test_builtin_recipe_runs_on_its_family(name, family, family_dir, image_file, tmp_path):
     from dq_cli.checkpoint import read_info
 
-    data = shrunk(name, family_dir(_family(name)))
+    data = shrunk(name, family, family_dir(family))
     recipe = write_recipe(tmp_path / name, data)
-    run_dq("calibrate", "-r", recipe, "-o", tmp_path / "calib", "-q")
+    image = ["--image", image_file] if family == "wan-i2v" else []
+    run_dq("calibrate", "-r", recipe, "-o", tmp_path / "calib", "-q", *image)
     predictor = []
     if "predictor" in data:
         run_dq("predictor-fit", "-r", recipe, "-c", tmp_path / "calib", "-o", tmp_path / "pred.json", "-q")
@@ -70,7 +74,7 @@ def test_builtin_recipe_runs_on_its_family(name, family_dir, tmp_path):
     quant = run_dq("quantize", "-r", recipe, "-c", tmp_path / "calib", "-o", tmp_path / "model.safetensors", *predictor)
     # as the README runs it: the checkpoint alone (its recipe's sampling and attention come with it)
     gen = run_dq("generate", "-c", tmp_path / "model.safetensors", "-p", "a red car on a road",
-                 "-o", tmp_path / "video.mp4", "--save-frames", tmp_path / "frames.npy")
+                 "-o", tmp_path / "video.mp4", "--save-frames", tmp_path / "frames.npy", *image)
 
     info = read_info(tmp_path / "model.safetensors")
     calib = json.loads((tmp_path / "calib.json").read_text())
@@ -90,7 +94,7 @@ def test_builtin_recipe_runs_on_its_family(name, family_dir, tmp_path):
                 assert r == r2 == p.rank == min(data["quantization"]["default"]["rank"], out_features, in_features)
     reduced = [p for p in info.layers.values() if 0 < p.rank < data["quantization"]["default"].get("rank", 0)]
     assert ("narrower than the recipe's low-rank branch" in quant.stderr) == bool(reduced)
-    g = tm.GEN_KWARGS[_family(name)]
+    g = tm.GEN_KWARGS[family]
     frames = np.load(tmp_path / "frames.npy")
     assert frames.shape == (g["num_frames"], g["height"], g["width"], 3) and frames.std() > 0
     if data.get("sampling", {}).get("attention") == "sage8":
