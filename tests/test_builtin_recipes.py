@@ -1,8 +1,9 @@
 """The built-in recipes for the real model families, as a user runs them: each one's quantization,
-predictor, TDC and attention settings, pointed at its family's tiny random diffusers folder (the Wan ones also at image-to-video Wan; with
-calibration and sampling shrunk to a few steps at the tiny size), through `dq calibrate`,
-`dq predictor-fit` where it has a predictor, `dq quantize` and `dq generate`. The checkpoint must hold
-what the recipe says, calibrated, and the video must come out of the recipe's attention backend."""
+predictor, TDC and attention settings, pointed at its family's tiny random diffusers folder (the
+Wan ones also at image-to-video Wan; calibration and sampling shrunk to a few steps at the tiny
+size), through `dq calibrate`, `dq predictor-fit` where it has a predictor, `dq quantize` and
+`dq generate`. The checkpoint must hold what the recipe says, calibrated, and the video must come
+out of the recipe's attention backend."""
 
 from __future__ import annotations
 
