@@ -54,24 +54,6 @@ class _Layers(Mapping):
         return len(self.names)
 
 
-class _Tensors(Mapping):
-    """An open safetensors file as a mapping that reads a tensor when it is looked up."""
-
-    def __init__(self, f):
-        self.f, self.keys_ = f, set(f.keys())
-
-    def __getitem__(self, key: str) -> torch.Tensor:
-        if key not in self.keys_:
-            raise KeyError(key)
-        return self.f.get_tensor(key)
-
-    def __iter__(self):
-        return iter(self.keys_)
-
-    def __len__(self) -> int:
-        return len(self.keys_)
-
-
 def load_calibration(path: str | Path) -> Calibration:
     """`path` may name the .json, the .safetensors or the common stem. The file's header is checked
     (every layer's tensors present, the data complete) now; layers' tensors are read on access."""
@@ -89,16 +71,18 @@ def load_calibration(path: str | Path) -> Calibration:
     except Exception as e:  # safetensors raises several types for damaged files
         raise ArtifactError(f"{tensors_path}: unreadable ({e})") from None
     with handle as f:
-        tensors = _Tensors(f)
-        for name in summary["layers"]:
-            for part in LAYER_TENSORS:
-                if f"{name}.{part}" not in tensors:
-                    raise ArtifactError(f"{tensors_path}: missing tensor {name}.{part}")
-        trajectories = None
-        if "trajectories" in summary:
-            try:
-                trajectories = Trajectories.from_artifact(summary["trajectories"], tensors)
-            except KeyError as e:
-                raise ArtifactError(f"{tensors_path}: missing tensor {e.args[0]} (or {json_path}: key "
-                                    f"trajectories.{e.args[0]})") from None
+        names = set(f.keys())
+        missing = next((f"{name}.{part}" for name in summary["layers"] for part in LAYER_TENSORS
+                        if f"{name}.{part}" not in names), None)
+        if missing is not None:
+            raise ArtifactError(f"{tensors_path}: missing tensor {missing}")
+        # 6Bit-Diffusion's trajectories are small: read now, the rest layer by layer
+        trajectory_tensors = {k: f.get_tensor(k) for k in names if k.startswith("traj.")}
+    trajectories = None
+    if "trajectories" in summary:
+        try:
+            trajectories = Trajectories.from_artifact(summary["trajectories"], trajectory_tensors)
+        except KeyError as e:
+            raise ArtifactError(f"{tensors_path}: missing tensor {e.args[0]} (or {json_path}: key "
+                                f"trajectories.{e.args[0]})") from None
     return Calibration(summary, _Layers(tensors_path, list(summary["layers"])), trajectories)

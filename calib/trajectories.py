@@ -2,8 +2,8 @@
 per quantized linear and step the relative error E_rel of each candidate activation route, and per
 block the step-to-step change of its residual Δ = out − in (what the Temporal Delta Cache uses).
 
-The metrics are small pure functions (the runtime takes Γ and the Δ change with the same math in one
-pass, dq_kernels.residual_l1, whose reference they are checked against);
+The metrics are small pure functions (their L1 sums are `dq_kernels.residual_l1.l1_parts`, the
+reference of the one-pass kernel with which the runtime takes Γ and the Δ change);
 `Trajectories` holds them in dense arrays indexed [prompt, step, branch, block(, linear, route)],
 NaN where nothing ran (another expert's blocks, a branch without CFG), so that time-shifted pairs
 are plain array slices and a missing step can never pair by accident.
@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from dq_kernels.residual_l1 import l1_parts
+
 BRANCHES = ("cond", "uncond")
 EPS = 1e-12
 
@@ -22,13 +24,6 @@ EPS = 1e-12
 # ---- metrics (per batch row: a batched CFG forward holds both branches) ---------------------------
 def _rows(x: torch.Tensor) -> torch.Tensor:
     return x.detach().float().reshape(x.shape[0], -1)
-
-
-def l1_parts(new: torch.Tensor, old: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(‖new − old‖₁, ‖old‖₁) per batch row: the sums behind `gamma` and `rel_l1_change` (sums add
-    up over slices of a sharded sequence; ratios do not)."""
-    a, b = _rows(new), _rows(old)
-    return (a - b).abs().sum(1), b.abs().sum(1)
 
 
 def gamma(block_in: torch.Tensor, block_out: torch.Tensor) -> torch.Tensor:

@@ -4,9 +4,10 @@ and the plain-torch reference, `residual_l1_reference`.
 6Bit-Diffusion's runtime (dq_cli/quant/runtime.py) needs, after every block it computes, per batch
 row: Γ = ‖out − in‖₁ / ‖in‖₁ (the next step's routing), the residual Δ = out − in in the model's
 dtype (the Temporal Delta Cache's cached value) and ‖Δ − Δ_cached‖₁ / ‖Δ_cached‖₁ (the cache's rate
-of change). In torch that is a subtraction and two `l1_parts` calls, each with fp32 copies of both
-operands: about 15 GB of memory traffic per block at Wan A14B 480p (32,760 × 5,120), roughly 4 ms,
-160 ms per forward over 40 blocks. This kernel reads out, in and Δ_cached once and writes Δ once.
+of change). In torch that is a subtraction and two `l1_parts` calls (below; calibration's metrics
+use the same function), each with fp32 copies of both operands: about 15 GB of memory traffic per
+block at Wan A14B 480p (32,760 × 5,120), roughly 4 ms, 160 ms per forward over 40 blocks. This
+kernel reads out, in and Δ_cached once and writes Δ once.
 
 The math is the reference's, bit for bit, except for the order of the fp32 sums: the differences
 and magnitudes are taken in fp32 from the inputs' exact values, Δ is the fp32 difference rounded
@@ -29,25 +30,29 @@ try:
 except ImportError:  # pragma: no cover - CPU-only installs without triton
     triton = None
 
-__all__ = ["residual_l1", "residual_l1_reference", "SUMS"]
+__all__ = ["residual_l1", "residual_l1_reference", "l1_parts", "SUMS"]
 
 # The columns of the [rows, 4] fp32 sums both functions return.
 SUMS = ("delta", "input", "change", "cached")  # ‖out − in‖₁, ‖in‖₁, ‖Δ − Δ_cached‖₁, ‖Δ_cached‖₁
 KERNEL_DTYPES = (torch.bfloat16, torch.float32)
 
 
+def l1_parts(new: torch.Tensor, old: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(‖new − old‖₁, ‖old‖₁) per batch row in fp32: the sums behind calibration's Γ and TDC's rate
+    of change (dq_calib.trajectories), which add up over the slices of a sharded sequence."""
+    a, b = new.detach().float().reshape(new.shape[0], -1), old.detach().float().reshape(old.shape[0], -1)
+    return (a - b).abs().sum(1), b.abs().sum(1)
+
+
 def residual_l1_reference(out: torch.Tensor, inp: torch.Tensor, cached: torch.Tensor | None = None,
                           write_delta: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
     """(Δ = out − in in out's dtype or None, fp32 sums [rows, 4] per batch row in `SUMS` order;
     the last two columns are 0 without `cached`)."""
-    rows = out.shape[0]
-    o, i = out.detach().float().reshape(rows, -1), inp.detach().float().reshape(rows, -1)
-    sums = torch.zeros(rows, 4, dtype=torch.float32, device=out.device)
-    sums[:, 0], sums[:, 1] = (o - i).abs().sum(1), i.abs().sum(1)
+    sums = torch.zeros(out.shape[0], 4, dtype=torch.float32, device=out.device)
+    sums[:, 0], sums[:, 1] = l1_parts(out, inp)
     delta = out - inp if write_delta or cached is not None else None
     if cached is not None:
-        d, c = delta.detach().float().reshape(rows, -1), cached.detach().float().reshape(rows, -1)
-        sums[:, 2], sums[:, 3] = (d - c).abs().sum(1), c.abs().sum(1)
+        sums[:, 2], sums[:, 3] = l1_parts(delta, cached)
     return (delta if write_delta else None), sums
 
 

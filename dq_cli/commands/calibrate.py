@@ -9,7 +9,8 @@ import typer
 
 from dq_cli import recipe as recipes
 from dq_cli.commands.common import (DEVICE_OPTION, QUIET_OPTION, RECIPE_OPTION, check_writable, console,
-                                    handle_errors, load_image, note, pick_device, progress_bar, set_threads)
+                                    default_output, handle_errors, load_image, note, pick_device, progress_bar,
+                                    set_threads)
 from dq_cli.errors import DQError
 
 
@@ -54,7 +55,7 @@ def command(
     set_threads()
     spec = recipes.load(recipe, model_path=model)
     source = recipes.resolve(recipe)[0]
-    out = out or Path("out") / (Path(source.removeprefix("builtin:")).stem + "-calib")
+    out = out or default_output(source, "calibration")
     check_writable(out.with_suffix(".safetensors"), "--out")
     if image is not None and not image.is_file():
         raise DQError(f"--image {image}: no such file")

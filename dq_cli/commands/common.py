@@ -124,6 +124,16 @@ def note(quiet: bool, message: str) -> None:
         console.print(message, soft_wrap=True)
 
 
+# What each command writes by default — and the next command reads — under out/, after the recipe's
+# file name: out/<name>-calib(.json, .safetensors), out/<name>-predictor.json, out/<name>.safetensors.
+DEFAULT_SUFFIXES = {"calibration": "-calib", "predictor": "-predictor.json", "checkpoint": ".safetensors"}
+
+
+def default_output(recipe_source: str, kind: str) -> Path:
+    """out/<recipe file name><suffix of `kind`> (`recipe_source` as `recipes.resolve` names it)."""
+    return Path("out") / (Path(recipe_source.removeprefix("builtin:")).stem + DEFAULT_SUFFIXES[kind])
+
+
 def check_writable(path: Path, what: str) -> None:
     """Refuse an output path before any work: a directory, or a place no file can be created in. The
     folders the command will create are probed at the nearest one that exists, with a temporary

@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 
 from dq_cli import recipe as recipes
-from dq_cli.commands.common import QUIET_OPTION, RECIPE_OPTION, check_writable, console, handle_errors, note, progress_bar
+from dq_cli.commands.common import (QUIET_OPTION, RECIPE_OPTION, check_writable, console, default_output,
+                                    handle_errors, note, progress_bar)
 from dq_cli.errors import DQError, RecipeError
 
 
@@ -41,9 +42,8 @@ def command(
     if spec.predictor is None:
         raise RecipeError(source, "predictor", "the recipe has no predictor section (target_bits, routes); "
                                                "see recipes/tiny_6bit.yaml")
-    stem = Path(source.removeprefix("builtin:")).stem
-    calibration = calibration or Path("out") / f"{stem}-calib"
-    out = out or Path("out") / f"{stem}-predictor.json"
+    calibration = calibration or default_output(source, "calibration")
+    out = out or default_output(source, "predictor")
     if out.suffix != ".json":
         raise DQError(f"--out {out}: the predictor is written as JSON; give a path ending in .json")
     check_writable(out, "--out")

@@ -9,7 +9,7 @@ import typer
 from dq_cli import recipe as recipes
 from dq_cli.errors import DQError
 from dq_cli.commands.common import (DEVICE_OPTION, QUIET_OPTION, RECIPE_OPTION, check_writable, console,
-                                    handle_errors, note, pick_device, progress_bar, set_threads)
+                                    default_output, handle_errors, note, pick_device, progress_bar, set_threads)
 
 
 @handle_errors
@@ -45,8 +45,7 @@ def command(
     set_threads()
     spec = recipes.load(recipe, model_path=model)
     source = recipes.resolve(recipe)[0]
-    stem = Path(source.removeprefix("builtin:")).stem
-    out = out or Path("out") / (stem + ".safetensors")
+    out = out or default_output(source, "checkpoint")
     check_writable(out, "--out")
     device = pick_device(device)
     adapter = load_recipe_model(spec.model, device)
@@ -58,11 +57,11 @@ def command(
     if not adapter.trained:
         note(quiet, "[yellow]note:[/] dq-tiny has no trained weights yet: quantizing a seeded random network")
     if predictor is None and spec.predictor is not None:
-        predictor = _default_predictor(stem, spec, quiet)
+        predictor = _default_predictor(source, spec, quiet)
     routing = _load_predictor(predictor, spec, plans, source) if predictor is not None else None
     stats = None
     if needs_calibration(plans):
-        calibration = calibration or Path("out") / f"{stem}-calib"
+        calibration = calibration or default_output(source, "calibration")
         try:
             stats = load_calibration(calibration)
         except ArtifactError as e:
@@ -99,9 +98,9 @@ def command(
     console.print(f"wrote {out} ({size / 2**20:.2f} MiB)") if not quiet else typer.echo(str(out))
 
 
-def _default_predictor(stem: str, spec, quiet: bool) -> Path | None:
+def _default_predictor(source: str, spec, quiet: bool) -> Path | None:
     """Where `dq predictor-fit` writes by default, for a recipe that routes activations per step."""
-    default = Path("out") / f"{stem}-predictor.json"
+    default = default_output(source, "predictor")
     if default.is_file():
         return default
     note(quiet, f"[yellow]note:[/] no predictor (--predictor, or {default} from `dq predictor-fit`): the "
