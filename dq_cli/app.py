@@ -3,6 +3,8 @@ options, calls the library, prints."""
 
 from __future__ import annotations
 
+import inspect
+
 import typer
 
 from dq_cli import __version__
@@ -17,11 +19,18 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-app.command("calibrate")(calibrate.command)
-app.command("predictor-fit")(predictor_fit.command)
-app.command("quantize")(quantize.command)
-app.command("generate")(generate.command)
-app.command("bench")(bench.command)
+
+
+def reflowed_help(doc: str) -> str:
+    """A docstring's paragraphs each on one line: Typer's rich help keeps the source's line breaks,
+    which a terminal then wraps again, leaving half-empty lines."""
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
+
+
+for _name, _module in (("calibrate", calibrate), ("predictor-fit", predictor_fit), ("quantize", quantize),
+                       ("generate", generate), ("bench", bench)):
+    app.command(_name, help=reflowed_help(_module.command.__doc__))(_module.command)
 
 
 def _version(value: bool) -> None:

@@ -45,6 +45,21 @@ def test_each_subcommand_help_explains_itself(dq, command):
     assert "In: " in text and "Out: " in text
 
 
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_paragraphs_fill_the_terminal(command):
+    """The docstring's line breaks are the source's, not the terminal's: on a wide terminal each
+    paragraph of the description is one line, not the source lines re-wrapped into ragged halves."""
+    from typer.testing import CliRunner
+
+    from dq_cli.app import app
+
+    callback = next(c.callback for c in app.registered_commands if c.name == command)
+    paragraphs = [" ".join(p.split()) for p in callback.__doc__.split("\n\n") if p.strip()]
+    lines = [line.strip() for line in CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "1000"}).stdout.splitlines()]
+    for paragraph in paragraphs:
+        assert paragraph in lines, paragraph
+
+
 def test_help_does_not_import_torch():
     """`dq --help` must not wait for torch and diffusers."""
     code = "import sys; import dq_cli.app; print('torch' in sys.modules, 'diffusers' in sys.modules)"
