@@ -54,12 +54,18 @@ class _Layers(Mapping):
         return len(self.names)
 
 
+def artifact_paths(path: str | Path) -> tuple[Path, Path]:
+    """(<stem>.safetensors, <stem>.json) for a path naming either file or their stem. Only those two
+    suffixes are the artifact's: any other dot belongs to the name (`out/cal.v2` → `out/cal.v2.json`)."""
+    path = Path(path)
+    stem = path.with_suffix("") if path.suffix in (".json", ".safetensors") else path
+    return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+
+
 def load_calibration(path: str | Path) -> Calibration:
     """`path` may name the .json, the .safetensors or the common stem. The file's header is checked
     (every layer's tensors present, the data complete) now; layers' tensors are read on access."""
-    stem = Path(path)
-    stem = stem.with_suffix("") if stem.suffix in (".json", ".safetensors") else stem
-    json_path, tensors_path = stem.with_suffix(".json"), stem.with_suffix(".safetensors")
+    tensors_path, json_path = artifact_paths(path)
     for p in (json_path, tensors_path):
         if not p.is_file():
             raise ArtifactError(f"{p}: no such calibration file (run `dq calibrate` first)")

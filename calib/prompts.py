@@ -1,8 +1,10 @@
 """Calibration prompts from a local file (txt, jsonl, csv, parquet) or a `datasets` dataset saved
-with `save_to_disk`. Column `prompt`, else `text`, else `caption`."""
+with `save_to_disk`. Per row, the first non-empty of the columns `prompt`, `text`, `caption` (JSON
+lines need not share their keys)."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 COLUMNS = ("prompt", "text", "caption")
@@ -31,33 +33,49 @@ def load_prompts(source: str | Path, limit: int | None = None) -> list[str]:
     return prompts[:limit] if limit else prompts
 
 
-def _column(names: list[str], where: Path) -> str:
-    for c in COLUMNS:
-        if c in names:
-            return c
-    raise PromptSourceError(f"{where}: no column named {', '.join(COLUMNS)} (columns: {', '.join(names)})")
+def _prompts(ds, where: Path) -> list[str]:
+    columns = [c for c in COLUMNS if c in ds.column_names]
+    if not columns:
+        raise PromptSourceError(f"{where}: no column named {', '.join(COLUMNS)} "
+                                f"(columns: {', '.join(ds.column_names)})")
+    prompts = []
+    for row in zip(*(ds[c] for c in columns)):
+        text = next((str(v).strip() for v in row if v is not None and str(v).strip()), None)
+        if text:
+            prompts.append(text)
+    return prompts
+
+
+@contextmanager
+def _quiet_datasets():
+    """datasets draws a progress bar for building even a two-line file's cache: not dq's output."""
+    import datasets
+
+    was_disabled = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield datasets
+    finally:
+        if not was_disabled:
+            datasets.enable_progress_bars()
 
 
 def _from_table(path: Path) -> list[str]:
-    import datasets
-
     kind = {".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}[path.suffix]
-    try:
-        ds = datasets.load_dataset(kind, data_files=str(path), split="train")
-    except Exception as e:  # datasets wraps parse errors in many types
-        raise PromptSourceError(f"{path}: cannot read as {kind} ({e})") from None
-    col = _column(ds.column_names, path)
-    return [str(p).strip() for p in ds[col] if p and str(p).strip()]
+    with _quiet_datasets() as datasets:
+        try:
+            ds = datasets.load_dataset(kind, data_files=str(path), split="train")
+        except Exception as e:  # datasets wraps parse errors in many types
+            raise PromptSourceError(f"{path}: cannot read as {kind} ({e})") from None
+    return _prompts(ds, path)
 
 
 def _from_dataset(path: Path) -> list[str]:
-    import datasets
-
-    try:
-        ds = datasets.load_from_disk(str(path))
-    except Exception as e:
-        raise PromptSourceError(f"{path}: not a dataset saved with save_to_disk ({e})") from None
+    with _quiet_datasets() as datasets:
+        try:
+            ds = datasets.load_from_disk(str(path))
+        except Exception as e:
+            raise PromptSourceError(f"{path}: not a dataset saved with save_to_disk ({e})") from None
     if isinstance(ds, datasets.DatasetDict):
         ds = ds["train"] if "train" in ds else next(iter(ds.values()))
-    col = _column(ds.column_names, path)
-    return [str(p).strip() for p in ds[col] if p and str(p).strip()]
+    return _prompts(ds, path)

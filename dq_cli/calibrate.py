@@ -13,6 +13,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from safetensors.torch import save_file
 
+from dq_calib.artifact import artifact_paths
 from dq_calib.stats import LayerStats
 from dq_calib.trajectories import Trajectories, cosine, gamma, rel_error, rel_l1_change
 from dq_cli import __version__
@@ -246,7 +247,7 @@ def save_artifact(out: Path, result: CalibrationResult, layers: list[LinearInfo]
                   summary: dict) -> tuple[Path, Path]:
     """`<out>.safetensors` (tensors) and `<out>.json` (summary); each written atomically, JSON last
     so that a summary never points at missing tensors."""
-    tensors_path, json_path = out.with_suffix(".safetensors"), out.with_suffix(".json")
+    tensors_path, json_path = artifact_paths(out)
     tensors = {}
     for info in layers:
         tensors.update(result.stats[info.name].to_tensors(info.name))

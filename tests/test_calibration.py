@@ -12,6 +12,7 @@ import torch
 from safetensors import safe_open
 
 from conftest import recipe_data, run_dq, tm, write_recipe
+from dq_calib.artifact import load_calibration
 from dq_calib.prompts import PromptSourceError, load_prompts
 from dq_calib.stats import ChannelAbsMax, TokenReservoir
 from dq_cli.calibrate import BRANCH_CODES, calibrate, save_artifact, token_meta
@@ -68,6 +69,17 @@ def test_prompts_from_every_source(kind, column, tmp_path):
     assert load_prompts(str(path), limit=2) == PROMPTS[:2]
 
 
+def test_prompts_take_the_first_filled_column_of_each_row(tmp_path, capfd):
+    """JSON lines need not share keys; a row's empty `prompt` falls back to its `text`. And the
+    datasets library's cache-building progress bar is not dq's output."""
+    rows = [{"text": "a red circle"}, {"caption": "a blue square"}, {"prompt": "", "text": "a green star"},
+            {"prompt": None, "caption": "  "}, {"prompt": "a pink ring", "text": "ignored"}]
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert load_prompts(path) == ["a red circle", "a blue square", "a green star", "a pink ring"]
+    assert "Generating" not in capfd.readouterr().err
+
+
 def test_prompt_source_errors(tmp_path):
     with pytest.raises(PromptSourceError, match="no such prompt file"):
         load_prompts(tmp_path / "absent.txt")
@@ -89,10 +101,13 @@ def test_calibrate_cli_takes_prompts_from_a_file(family_dir, tmp_path):
     path = _write_source("parquet", tmp_path)
     recipe = write_recipe(tmp_path / "r.yaml", recipe_data("cogvideox", family_dir("cogvideox"),
                                                           calibration={"steps": 2}))
-    run_dq("calibrate", "-r", recipe, "--prompts", path, "-n", 2, "-o", tmp_path / "calib", "-q")
-    summary = json.loads((tmp_path / "calib.json").read_text())
+    # A dot in the name is the name's: the artifact is calib.v2.json, not calib.json.
+    run_dq("calibrate", "-r", recipe, "--prompts", path, "-n", 2, "-o", tmp_path / "calib.v2", "-q")
+    assert sorted(p.name for p in tmp_path.glob("calib*")) == ["calib.v2.json", "calib.v2.safetensors"]
+    summary = json.loads((tmp_path / "calib.v2.json").read_text())
     assert summary["prompts"] == 2 and summary["prompt_source"] == str(path)
     assert summary["forwards"] == 2 * 2  # 2 prompts x 2 steps, CFG batched
+    assert load_calibration(tmp_path / "calib.v2").summary["prompts"] == 2
     bad = run_dq("calibrate", "-r", recipe, "--prompts", tmp_path / "r.yaml", "-o", tmp_path / "x", code=2)
     assert "unknown prompt file type" in bad.stderr and not (tmp_path / "x.json").exists()
 

@@ -47,6 +47,7 @@ def command(
     a single process writes, and process 0 writes it.
     """
     # Imported here: `dq --help` must not wait for torch and diffusers.
+    from dq_calib.artifact import artifact_paths
     from dq_calib.prompts import PromptSourceError, load_prompts
     from dq_cli.calibrate import calibrate, owned_prompts, reduce_result, save_artifact
     from dq_cli.parallel import world as process_world
@@ -56,7 +57,7 @@ def command(
     spec = recipes.load(recipe, model_path=model)
     source = recipes.resolve(recipe)[0]
     out = out or default_output(source, "calibration")
-    check_writable(out.with_suffix(".safetensors"), "--out")
+    check_writable(artifact_paths(out)[0], "--out")
     if image is not None and not image.is_file():
         raise DQError(f"--image {image}: no such file")
     cal = spec.calibration
@@ -82,9 +83,10 @@ def command(
         except PromptSourceError as e:
             raise DQError(str(e)) from None
         if len(prompt_list) < wanted:
-            note(quiet, f"[yellow]note:[/] {prompt_source} holds {len(prompt_list)} prompts, fewer than the "
-                        f"{wanted} asked for ({'--num-prompts' if num_prompts else 'calibration.num_prompts'}): "
-                        f"calibrating on {len(prompt_list)}")
+            held = f"{len(prompt_list)} prompt" + "s" * (len(prompt_list) != 1)
+            asked = "--num-prompts" if num_prompts else "calibration.num_prompts"
+            note(quiet, f"[yellow]note:[/] {prompt_source} holds {held}, fewer than the {wanted} asked for "
+                        f"({asked}): calibrating on {len(prompt_list)}")
         run = sampling(adapter, spec.sampling, steps=cal.steps)
         if not adapter.trained:
             note(quiet, "[yellow]note:[/] dq-tiny has no trained weights yet: calibrating a seeded random network")

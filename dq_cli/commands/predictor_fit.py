@@ -33,7 +33,7 @@ def command(
     steps) and the Δ-similarity heat map (blocks × steps).
     """
     from dq_calib import plots as draw
-    from dq_calib.artifact import ArtifactError, load_calibration
+    from dq_calib.artifact import ArtifactError, artifact_paths, load_calibration
     from dq_calib.predictor import (ROUTE_BITS, SAFE_ROUTE, Predictor, choose_threshold, decisions, fit_layers,
                                     median_r2)
 
@@ -52,8 +52,7 @@ def command(
         cal = load_calibration(calibration)
     except ArtifactError as e:
         raise DQError(f"--calibration: {e}") from None
-    stem = Path(calibration)  # as load_calibration names it
-    json_path = (stem.with_suffix("") if stem.suffix in (".json", ".safetensors") else stem).with_suffix(".json")
+    json_path = artifact_paths(calibration)[1]
     traj = cal.trajectories
     if traj is None:
         raise DQError(f"{json_path}: no 'trajectories' (Γ and E_rel per step): run `dq calibrate` with a recipe "
