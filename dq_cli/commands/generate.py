@@ -124,6 +124,9 @@ def command(
             save_frames(video, save_frames_to)
         if adapter.attention is not None:
             note(quiet, attention_note(adapter.attention))
+        if video.shape[0] != run.frames:  # the VAE's temporal factor: Wan takes 4k + 1 frames, LTX 8k + 1
+            note(quiet, f"[yellow]note:[/] the {adapter.family} model made {video.shape[0]} frames of the "
+                        f"{run.frames} asked for (its VAE takes frame counts of a fixed step)")
         note(quiet, f"{video.shape[0]} frames {video.shape[2]}×{video.shape[1]} in {elapsed:.1f} s "
                     f"({run.steps} steps, guidance {run.guidance}, seed {run.seed})")
         if getattr(adapter, "runtime", None) is not None:

@@ -9,6 +9,7 @@ reaches exactly such hooks, so dq learns the CFG branch without patching a pipel
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,6 +190,7 @@ class Adapter:
     supports_image: bool = False
     needs_image: bool = False
     defaults: SamplingDefaults = SamplingDefaults(steps=30, guidance=5.0, frames=81, height=480, width=832)
+    pipeline_size_multiple: int = 1  # what the diffusers pipeline's own check of height and width asks
 
     def __init__(self, pipe, source: str):
         self.pipe, self.source = pipe, source
@@ -255,6 +257,26 @@ class Adapter:
         raise NotImplementedError
 
     # ---- sampling ----------------------------------------------------------------------------
+    def size_multiple(self) -> tuple[int, int, int]:
+        """(multiple, VAE factor, patch): height and width must be multiples of the VAE's spatial
+        factor times the transformer's patch, and of what the pipeline insists on. The pipelines check
+        only the VAE's factor or a fixed number: off the multiple, CogVideoX fails mid-sampling with
+        a shape error and TI2V-5B (16 × 2, checked for 16) makes a smaller video than asked."""
+        vae = getattr(self.pipe, "vae_scale_factor_spatial", None) or getattr(
+            self.pipe, "vae_spatial_compression_ratio", None) or 1
+        patch = next(iter(self.transformers().values())).config.patch_size
+        patch = patch[-1] if isinstance(patch, (tuple, list)) else patch
+        return math.lcm(int(vae) * int(patch), self.pipeline_size_multiple), int(vae), int(patch)
+
+    def check_size(self, height: int, width: int) -> None:
+        multiple, vae, patch = self.size_multiple()
+        if height % multiple or width % multiple:
+            why = [f"VAE factor {vae} × patch {patch}" if vae > 1 else f"patch {patch}"]
+            if multiple != vae * patch:
+                why.append(f"its pipeline's {self.pipeline_size_multiple}")
+            raise DQError(f"height × width {height}×{width}: the {self.family} model takes multiples of {multiple} "
+                          f"({' and '.join(why)}), e.g. {_nearest(height, multiple)}×{_nearest(width, multiple)}")
+
     def expert_at(self, timestep: float) -> str:
         boundary = getattr(self.pipe.config, "boundary_ratio", None)
         if boundary is None or "transformer_2" not in self.transformers():
@@ -266,6 +288,7 @@ class Adapter:
                  seed: int, frames: int, height: int, width: int,
                  on_step: StepCallback | None = None, progress: bool = False) -> torch.Tensor:
         """Sample one video; returns uint8 frames [F, H, W, 3]. `on_step` runs after each step."""
+        self.check_size(height, width)
         pipe = self.pipeline_for(image)
         pipe.set_progress_bar_config(disable=not progress)
         call = dict(prompt=prompt, negative_prompt=negative_prompt or None, num_inference_steps=steps,
@@ -311,6 +334,10 @@ class Adapter:
         for model in self.transformers().values():
             _own_aligned_memory(model)
         return self
+
+
+def _nearest(value: int, multiple: int) -> int:
+    return max(multiple, round(value / multiple) * multiple)
 
 
 def _own_aligned_memory(model: torch.nn.Module) -> None:

@@ -10,6 +10,7 @@ from dq_cli.models.base import Adapter, SamplingDefaults
 class LTXAdapter(Adapter):
     family = "ltx"
     defaults = SamplingDefaults(steps=50, guidance=3.0, frames=121, height=512, width=768, fps=24)
+    pipeline_size_multiple = 32
 
     def grid_of(self, module, args, kwargs):
         p, pt = module.config.patch_size, module.config.patch_size_t

@@ -9,6 +9,7 @@ class WanAdapter(Adapter):
     family = "wan"
     components = ("transformer", "transformer_2")
     defaults = SamplingDefaults(steps=40, guidance=4.0, frames=81, height=480, width=832, fps=16)
+    pipeline_size_multiple = 16
 
     def grid_of(self, module, args, kwargs):
         hidden = kwargs.get("hidden_states", args[0] if args else None)  # [B, C, F, H, W]
