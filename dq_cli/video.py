@@ -24,6 +24,22 @@ def upscale(frames: torch.Tensor, min_size: int) -> torch.Tensor:
     return x.round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
+def check_mp4_writer() -> None:
+    """Raise VideoWriterError unless an ffmpeg is at hand for write_mp4: asked before sampling, not
+    after minutes of it (imageio's own error comes only at the first write, as a traceback)."""
+    try:
+        import imageio_ffmpeg
+
+        imageio_ffmpeg.get_ffmpeg_exe()
+    except (ImportError, RuntimeError) as e:
+        raise VideoWriterError(f"writing MP4 needs ffmpeg, through the imageio-ffmpeg package (pip install "
+                               f"imageio-ffmpeg, a dependency of dq; or IMAGEIO_FFMPEG_EXE=/path/to/ffmpeg): {e}") from None
+
+
+class VideoWriterError(RuntimeError):
+    pass
+
+
 def write_mp4(frames: torch.Tensor, path: Path, fps: int) -> None:
     """uint8 [F, H, W, 3] → H.264 MP4 (yuv420p, playable everywhere; sides padded to even)."""
     import imageio.v2 as imageio

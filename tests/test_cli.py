@@ -198,6 +198,22 @@ def test_generate_refuses_bad_arguments(dq, family_dir, tmp_path, args, message)
     assert not list(tmp_path.glob("*.mp4")) and not list(tmp_path.glob(".*"))
 
 
+def test_generate_without_ffmpeg_says_so_before_sampling(dq, tmp_path, monkeypatch):
+    """Without imageio-ffmpeg, imageio failed at the first frame written — after the whole sampling
+    (50 s for dq-tiny on an H200 with compile), as a traceback. dq asks before loading the model."""
+    import dq_cli.models
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the video writer was checked")
+
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # what an absent package gives: ImportError
+    monkeypatch.setattr(dq_cli.models, "load_model", no_model)
+    out = tmp_path / "v.mp4"
+    result = dq("generate", "-p", "a cat", "--steps", 1, "-o", out, code=2)
+    assert "pip install imageio-ffmpeg" in result.stderr and "Traceback" not in result.output
+    assert not out.exists()
+
+
 def test_generate_from_a_recipe_takes_its_sampling_settings(dq, family_dir, tmp_path):
     data = recipe_data("cogvideox", family_dir("cogvideox"))
     data["sampling"].update(steps=1, frames=9, height=32, width=64)  # the family's default: 49 x 480 x 720

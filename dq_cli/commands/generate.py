@@ -77,7 +77,12 @@ def command(
     from dq_cli.parallel import enable_context_parallel, launched
     from dq_cli.parallel import world as process_world
     from dq_cli.session import sampling
-    from dq_cli.video import save_frames, upscale, write_mp4
+    from dq_cli.video import VideoWriterError, check_mp4_writer, save_frames, upscale, write_mp4
+
+    try:
+        check_mp4_writer()
+    except VideoWriterError as e:
+        raise DQError(str(e)) from None
 
     if context_parallel and context_parallel > 1 and not launched():
         raise DQError(f"--context-parallel {context_parallel}: start dq with torchrun --nproc-per-node "
