@@ -223,10 +223,17 @@ def test_generate_from_a_recipe_takes_its_sampling_settings(dq, family_dir, tmp_
     assert np.load(npy).shape == (9, 32, 64, 3)
 
 
-def test_settings_the_pipeline_refuses_are_a_user_error(dq, family_dir, tmp_path):
+def test_settings_the_pipeline_refuses_are_a_user_error(dq, family_dir, tmp_path, monkeypatch):
+    from dq_cli.models.base import Adapter
+
     out = tmp_path / "v.mp4"
-    result = dq("generate", "-m", family_dir("ltx"), "-p", "a cat", "-o", out, "--steps", 2, "--frames", 9,
-                "--height", 32, "--width", 48, code=2)
+    size = ("--frames", 9, "--height", 32, "--width", 48)
+    result = dq("generate", "-m", family_dir("ltx"), "-p", "a cat", "-o", out, "--steps", 2, *size, code=2)
+    assert "takes multiples of 32" in result.stderr  # dq's own check of the size comes first
+    assert "Traceback" not in result.output and not out.exists()
+    # What the pipeline's own checks refuse (a ValueError) is a user error too, named after the family.
+    monkeypatch.setattr(Adapter, "check_size", lambda self, height, width: None)
+    result = dq("generate", "-m", family_dir("ltx"), "-p", "a cat", "-o", out, "--steps", 2, *size, code=2)
     assert "ltx: " in result.stderr and "divisible by 32" in result.stderr
     assert "Traceback" not in result.output and not out.exists()
     result = dq("generate", "-m", family_dir("ltx"), "-p", "a cat", "-o", out, "--steps", 1, "--frames", 9,
