@@ -429,3 +429,40 @@ def test_calibrate_says_when_the_prompt_file_is_shorter_than_asked(family_dir, t
         result = run_dq("calibrate", "-r", recipe, "-o", tmp_path / f"cal{asked}")
         assert ("holds 2 prompts, fewer than the 3 asked for (calibration.num_prompts)" in result.stderr) == warned
         assert json.loads((tmp_path / f"cal{asked}.json").read_text())["prompts"] == 2
+
+
+def test_quantize_refuses_an_artifact_of_another_model_before_fitting(family_dir, tmp_path):
+    """An artifact of another model failed mid-fit with a shape traceback (or, where names and widths
+    agreed, would fit the layers to foreign tokens). Both models here have the same recipe."""
+    smooth = {"quantization": {"default": {"method": "smoothquant", "weight": "int8", "activation": "int8"}}}
+    cog = write_recipe(tmp_path / "cog.yaml", recipe_data("cogvideox", family_dir("cogvideox"), **smooth,
+                                                          calibration={"steps": 2, "num_prompts": 1}))
+    run_dq("calibrate", "-r", cog, "-o", tmp_path / "cog", "-q")
+    wan = write_recipe(tmp_path / "wan.yaml", recipe_data("wan", family_dir("wan"), **smooth))
+    out = tmp_path / "wan.safetensors"
+    result = run_dq("quantize", "-r", wan, "-c", tmp_path / "cog", "-o", out, code=2)
+    message = " ".join(result.stderr.split())
+    assert f"was calibrated on cogvideox ({family_dir('cogvideox')})" in message
+    assert "has no statistics for" in message and "Traceback" not in result.output and not out.exists()
+    # a recipe whose methods need no statistics says it does not use the artifact given
+    rtn = write_recipe(tmp_path / "rtn.yaml", recipe_data("cogvideox", family_dir("cogvideox")))
+    result = run_dq("quantize", "-r", rtn, "-c", tmp_path / "cog", "-o", tmp_path / "rtn.safetensors")
+    assert "need no calibration" in " ".join(result.stderr.split())
+
+
+def test_check_calibration_names_the_layer_of_another_width():
+    from dq_cli.errors import DQError
+    from dq_cli.models.base import LinearInfo
+    from dq_cli.quant.apply import check_calibration
+    from dq_cli.quant.plan import LayerPlan
+
+    info = LinearInfo("transformer", "blocks.0.attn1.to_q", "self_attn.q", 128, 128)
+    plans = {info.name: LayerPlan(method="smoothquant", weight="int8", activation="int8", group_size=0, rank=0,
+                                  smoothing={"alpha": 0.5}, cubes=None, core="none")}
+    artifact = lambda width: SimpleNamespace(  # noqa: E731
+        summary={"model": {"name": "dq-tiny", "path": None}, "layers": {info.name: {"in_features": width}}},
+        layers={info.name: None})
+    check_calibration(artifact(128), [info], plans, "c")  # the same width: accepted
+    with pytest.raises(DQError, match=r"its transformer.blocks.0.attn1.to_q takes 24 input channels, this model's 128"):
+        check_calibration(artifact(24), [info], plans, "c")
+    check_calibration(artifact(24), [info], {}, "c")  # a layer the recipe leaves alone is not checked

@@ -40,7 +40,7 @@ def command(
     from dq_calib.artifact import ArtifactError, load_calibration
     from dq_cli.quant import plan_layers, quantize_model
     from dq_cli.quant.linear import uses_low_rank
-    from dq_cli.quant.apply import needs_calibration
+    from dq_cli.quant.apply import check_calibration, needs_calibration
     from dq_cli.session import load_recipe_model
     set_threads()
     spec = recipes.load(recipe, model_path=model)
@@ -66,6 +66,9 @@ def command(
             stats = load_calibration(calibration)
         except ArtifactError as e:
             raise DQError(f"--calibration: {e}") from None
+        check_calibration(stats, layers, plans, f"--calibration {calibration}")
+    elif calibration is not None:
+        note(quiet, f"[yellow]note:[/] the recipe's methods need no calibration: --calibration {calibration} unused")
     fits = {}
 
     def done(name, fit):

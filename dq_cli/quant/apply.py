@@ -72,9 +72,32 @@ def attach_state(adapter: Adapter) -> None:
         adapter.quant_layers[component] = layers
 
 
-def _fit(info: LinearInfo, linear: nn.Linear, plan: LayerPlan, calibration: Calibration | None) -> WeightFit:
+def _calibrated_name(info: LinearInfo, calibration: Calibration | None) -> str | None:
     # A fused Q/K/V layer reads what its parts read: an artifact calibrated unfused serves it too.
-    source = next((n for n in (info.name, part_names(info.name)[0]) if calibration and n in calibration.layers), None)
+    return next((n for n in (info.name, part_names(info.name)[0]) if calibration and n in calibration.layers), None)
+
+
+def check_calibration(calibration: Calibration, layers: list[LinearInfo], plans: dict[str, LayerPlan],
+                      where: str) -> None:
+    """Before any fit: every layer a calibrated method quantizes has statistics in the artifact, of
+    its input width. An artifact of another model would otherwise fail in the middle of fitting (as
+    a shape error) or, where names and widths happen to agree, fit the layers to foreign tokens."""
+    made_for = calibration.summary.get("model", {})
+    origin = f"{where} was calibrated on {made_for.get('name', '?')} ({made_for.get('path') or 'built-in'})"
+    wanted = [info for info in layers if info.name in plans and plans[info.name].method in CALIBRATED_METHODS]
+    missing = [info.name for info in wanted if _calibrated_name(info, calibration) is None]
+    if missing:
+        raise DQError(f"{origin} and has no statistics for {len(missing)} of the {len(wanted)} layers this recipe "
+                      f"calibrates (e.g. {missing[0]}): run `dq calibrate` with this recipe and model")
+    for info in wanted:
+        width = calibration.summary["layers"][_calibrated_name(info, calibration)]["in_features"]
+        if width != info.in_features:
+            raise DQError(f"{origin}: its {info.name} takes {width} input channels, this model's "
+                          f"{info.in_features}: run `dq calibrate` with this recipe and model")
+
+
+def _fit(info: LinearInfo, linear: nn.Linear, plan: LayerPlan, calibration: Calibration | None) -> WeightFit:
+    source = _calibrated_name(info, calibration)
     if source is None:
         raise DQError(f"layer {info.name}: method '{plan.method}' needs calibration statistics; run "
                       "`dq calibrate` with the same recipe and pass --calibration")
