@@ -151,6 +151,32 @@ def test_passthrough_checkpoint_changes_nothing(family_dir, tmp_path, dtype):
     assert torch.equal(_generate(reference), _generate(loaded))
 
 
+def test_builtin_model_in_bf16_matches_its_passthrough_checkpoint(tmp_path):
+    """dq-tiny in BF16 (what `auto` picks on a GPU) is cast as diffusers loads a 16-bit model — its
+    fp32-kept modules fp32, the text encoder BF16 — so a checkpoint of it (rebuilt the diffusers way)
+    generates the very same video. A plain `.to(bf16)` cast those modules too: on the H200 `dq bench`
+    put a passthrough checkpoint at 34 dB from the model instead of identical."""
+    from diffusers import WanTransformer3DModel
+
+    from dq_cli.models import load_model
+    from dq_cli.session import load_quantized
+    from dq_cli.tiny.pipeline import weights_dir
+
+    path = tmp_path / "pass.safetensors"
+    recipe = write_recipe(tmp_path / "pass.yaml", {"quantization": {"default": {"method": "none"}}})
+    run_dq("quantize", "-r", recipe, "-o", path, "--device", "cpu", "-q")  # fp32 on the CPU
+    model = load_model("dq-tiny", device="cpu", dtype="bfloat16")
+    loaded, _ = load_quantized(path, "cpu", dtype="bfloat16")
+    diffusers_way = WanTransformer3DModel.from_pretrained(weights_dir() / "transformer", torch_dtype=torch.bfloat16)
+    expected = {k: v.dtype for k, v in diffusers_way.state_dict().items()}
+    assert {torch.float32, torch.bfloat16} == set(expected.values())
+    for adapter in (model, loaded):
+        assert {k: v.dtype for k, v in adapter.pipe.transformer.state_dict().items()} == expected
+        assert {p.dtype for p in adapter.pipe.text_encoder.parameters()} == {torch.bfloat16}
+    kwargs = dict(prompt=PROMPT, steps=2, guidance=4.0, seed=0, frames=4, height=16, width=16)
+    assert torch.equal(model.generate(**kwargs), loaded.generate(**kwargs))
+
+
 # ------------------------------------------------------------------ refused checkpoints
 
 

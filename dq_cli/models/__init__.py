@@ -35,7 +35,7 @@ def load_model(name: str = "dq-tiny", path: str | None = None, family: str | Non
     so that the folder's own transformer weights are never read."""
     torch_dtype = resolve_dtype(dtype, device)
     if path is None and name in BUILTIN:
-        return BUILTIN[name].load(components=components).to(device, torch_dtype)
+        return BUILTIN[name].load(components=components, dtype=torch_dtype).to(device)
     folder = Path(path or name).expanduser()
     if not folder.is_dir():
         raise DQError(f"model '{path or name}': not a built-in model ({', '.join(BUILTIN)}) "
@@ -48,7 +48,7 @@ def load_model(name: str = "dq-tiny", path: str | None = None, family: str | Non
         raise DQError(f"model.family '{family}' is not one of {', '.join(ADAPTERS)}")
     adapter_cls = ADAPTERS[family]
     if family == "dq-tiny":
-        return adapter_cls.load(folder, components=components).to(device, torch_dtype)
+        return adapter_cls.load(folder, components=components, dtype=torch_dtype).to(device)
     import diffusers
 
     # The folder's own pipeline class, not DiffusionPipeline: DiffusionPipeline.from_pretrained

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 from diffusers import WanTransformer3DModel
 
 from dq_cli.models.base import Adapter, SamplingDefaults
@@ -24,10 +26,14 @@ class DqTinyAdapter(Adapter):
         return self.pipe.tokenizer.unknown_words(prompt)
 
     @classmethod
-    def load(cls, path=None, components: dict | None = None) -> "DqTinyAdapter":
+    def load(cls, path=None, components: dict | None = None, dtype: torch.dtype | None = None) -> "DqTinyAdapter":
+        """`dtype` casts the text encoder and the transformer (diffusers' way: its fp32 modules stay fp32)
+        before `components` (a checkpoint's transformer, already in its dtypes) replace it, so that a
+        checkpoint runs beside the same text encoder as the model it came from."""
         folder = path or weights_dir()
         trained = (folder / "transformer" / "config.json").is_file()
         pipe = DqTinyPipeline.from_pretrained(folder) if trained else DqTinyPipeline.random(seed=0)
+        pipe.to(dtype=dtype)
         if components:
             pipe.transformer = components["transformer"]
         adapter = cls(pipe, str(folder) if trained else "dq-tiny (untrained: seeded random weights)")

@@ -41,6 +41,22 @@ def default_tokenizer() -> WordTokenizer:
     return WordTokenizer(vocabulary(), TEXT_CONFIG["max_length"])
 
 
+def cast_keeping_fp32(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Cast to `dtype` as diffusers' `from_pretrained(torch_dtype=...)` loads: in a 16-bit model the
+    modules the class keeps in fp32 (Wan's time embedder, norms, modulation tables) stay fp32. A
+    plain `.to(dtype)` casts them too, and a checkpoint, rebuilt the diffusers way, then no longer
+    computes what the model it came from computes."""
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ()) if dtype in (torch.float16, torch.bfloat16) else set()
+    for module_name, module in model.named_modules():
+        prefix = f"{module_name}." if module_name else ""
+        # matched on the tensor's full name, as diffusers does: `scale_shift_table` is a parameter
+        for key, p in module.named_parameters(recurse=False):
+            p.data = p.data.to(torch.float32 if keep & set((prefix + key).split(".")) else dtype)
+        for key, b in module.named_buffers(recurse=False):
+            if b.is_floating_point():
+                module._buffers[key] = b.to(torch.float32 if keep & set((prefix + key).split(".")) else dtype)
+
+
 @dataclass
 class _Output:
     frames: torch.Tensor  # [B, F, 3, H, W] in [0, 1]
@@ -84,9 +100,13 @@ class DqTinyPipeline:
         self.text_encoder.save_pretrained(folder / "text_encoder")
         self.tokenizer.save(folder / "vocab.json")
 
-    def to(self, device, dtype=None) -> "DqTinyPipeline":
-        for m in (self.transformer, self.text_encoder):
-            m.to(device) if dtype is None else m.to(device, dtype)
+    def to(self, device=None, dtype=None) -> "DqTinyPipeline":
+        if dtype is not None:
+            cast_keeping_fp32(self.transformer, dtype)
+            cast_keeping_fp32(self.text_encoder, dtype)
+        if device is not None:
+            self.transformer.to(device)
+            self.text_encoder.to(device)
         return self
 
     def set_progress_bar_config(self, disable: bool = True) -> None:
