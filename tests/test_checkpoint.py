@@ -44,7 +44,7 @@ def int8(family_dir, tmp_path_factory):
     recipe = write_recipe(tmp / "int8.yaml", recipe_data(FAMILY, folder, quantization={
         "default": {"method": "rtn", "weight": "int8", "activation": "none"}}))
     path = tmp / "int8.safetensors"
-    run_dq("quantize", "-r", recipe, "-o", path, "-q")
+    run_dq("quantize", "-r", recipe, "-o", path, "--device", "cpu", "-q")  # compared with CPU loads below
     return folder, recipe, path
 
 
@@ -131,7 +131,7 @@ def test_passthrough_checkpoint_changes_nothing(family_dir, tmp_path, dtype):
     recipe = write_recipe(tmp_path / "bf16.yaml", recipe_data(
         FAMILY, folder, model={"dtype": dtype}, quantization={"default": {"method": "none"}}))
     path = tmp_path / "bf16.safetensors"
-    result = run_dq("quantize", "-r", recipe, "-o", path)
+    result = run_dq("quantize", "-r", recipe, "-o", path, "--device", "cpu")  # as the reference below
     assert "quantized 0 of" in result.stderr
     info = ckpt.read_info(path)
     assert info.layers == {}
