@@ -26,7 +26,7 @@ DQ_RECIPES = {  # family -> recipe, per dq configuration (a recipe's `quantizati
     "w4a4": {"ltx": "ltx_w4a4.yaml", "cogvideox": "cogvideox_w4a4.yaml", "*": "wan22_w4a4.yaml"},
     "w4a4-recipe": {"ltx": "ltx_w4a4.yaml", "cogvideox": "cogvideox_w4a4.yaml", "*": "wan22_w4a4.yaml"},
     "6bit": {"cogvideox": "cogvideox_6bit.yaml", "*": "wan22_6bit.yaml"},
-    "w8a8": {"*": "wan22_w8a8.yaml"},
+    "w8a8": {"cogvideox": "cogvideox_w8a8.yaml", "*": "wan22_w8a8.yaml"},
 }
 CONFIGS = {
     "bf16": "unquantized, in the model's dtype (bfloat16 on a GPU)",
@@ -40,7 +40,7 @@ CONFIGS = {
             "Cache (no NVFP4 tensor cores on Hopper: on CUDA the reference math on exact BF16 carriers, one Triton "
             "BF16 GEMM per layer with the scales in its epilogue; 16-bit speed at best, 4-bit weights at rest; TDC "
             "caches each block's residual per CFG branch)",
-    "w8a8": "dq W8A8 SmoothQuant (the wan22_w8a8 recipe's layers): INT8 weights per channel, INT8 activations per "
+    "w8a8": "dq W8A8 SmoothQuant (the wan22_w8a8 / cogvideox_w8a8 recipes' layers): INT8 weights per channel, INT8 activations per "
             "token after smoothing (dq::w8a8_linear on CUDA)",
     "torchao-fp8": "torchao Float8DynamicActivationFloat8WeightConfig, rowwise scales",
     "torchao-int8": "torchao Int8DynamicActivationInt8WeightConfig",
