@@ -40,7 +40,10 @@ def cube_means(x: torch.Tensor, ids: torch.Tensor, n_cubes: int) -> torch.Tensor
     b, _, k = x.shape
     sums = torch.zeros(b, n_cubes, k, dtype=torch.float32, device=x.device)
     sums.index_add_(1, ids, x.float())
-    counts = torch.bincount(ids, minlength=n_cubes).clamp_min(1).to(torch.float32)
+    # index_add_ of ones, not bincount: bincount's output shape depends on the data, which is a
+    # graph break under torch.compile (one per DeltaQuant layer on the reference path)
+    counts = torch.zeros(n_cubes, dtype=torch.float32, device=x.device)
+    counts = counts.index_add_(0, ids, torch.ones_like(ids, dtype=torch.float32)).clamp_min(1)
     return sums / counts[None, :, None]
 
 
