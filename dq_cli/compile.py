@@ -18,6 +18,16 @@ def default_backend() -> str:
     return os.environ.get("DQ_COMPILE_BACKEND", "inductor")
 
 
+def exact_casts():
+    """Inductor settings under which compiled code rounds as eager does: inductor drops a cast to a
+    16-bit type that an upcast follows (`emulate_precision_casts` off, its default), and the
+    reference path's formats (BF16 group scales) then quantize otherwise than eager — up to 5% of
+    a DeltaQuant layer's output range on the CPU."""
+    import torch._inductor.config
+
+    return torch._inductor.config.patch(emulate_precision_casts=True)
+
+
 class RegionalCompile:
     """torch.compile on each transformer block (regional compilation, as diffusers'
     `compile_repeated_blocks`), with dq's modules traced into the blocks, no graph breaks:
@@ -27,12 +37,14 @@ class RegionalCompile:
       custom op.
     6Bit-Diffusion's per-step routing is not compiled (`dq bench e2e` skips it, `dq generate` refuses).
     `mode` is torch.compile's; with "reduce-overhead" each transformer call first begins a new CUDA
-    graph step, without which a block's replay overwrote buffers still in use (LTX-Video, H200)."""
+    graph step, without which a block's replay overwrote buffers still in use (LTX-Video, H200).
+    Compiled under `exact_casts()`."""
 
     def __init__(self, adapter, backend: str, mode: str = "default"):
         self.adapter, self.backend, self.mode = adapter, backend, mode
         self.blocks: list[nn.Module] = []
         self.handles: list = []
+        self.config = None
 
     def __enter__(self):
         import torch._dynamo
@@ -50,6 +62,8 @@ class RegionalCompile:
             if self.mode == "reduce-overhead":  # CUDA graph replays may reuse the last forward's buffers
                 self.handles.append(model.register_forward_pre_hook(
                     lambda *_: torch.compiler.cudagraph_mark_step_begin()))
+        self.config = exact_casts()  # the blocks compile at their first call, inside this context
+        self.config.__enter__()
         return self
 
     def summary(self) -> str:
@@ -68,4 +82,6 @@ class RegionalCompile:
             block._compiled_call_impl = None
         for handle in self.handles:
             handle.remove()
+        if self.config is not None:
+            self.config.__exit__(None, None, None)
         torch._dynamo.reset()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["clip_cube", "cube_ids", "cube_means", "split_deltas"]
+__all__ = ["clip_cube", "cube_ids", "cube_means", "cube_sizes", "split_deltas"]
 
 
 def clip_cube(cube: tuple[int, int, int], grid: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -35,16 +35,22 @@ def cube_ids(grid: tuple[int, int, int], cube: tuple[int, int, int], device=None
     return ids.reshape(-1), nt * nh * nw
 
 
-def cube_means(x: torch.Tensor, ids: torch.Tensor, n_cubes: int) -> torch.Tensor:
-    """Mean token of each cube: x [B, N, K], ids [N] → [B, n_cubes, K] (fp32)."""
+def cube_sizes(grid: tuple[int, int, int], cube: tuple[int, int, int], device=None) -> torch.Tensor:
+    """Tokens in each cube, in `cube_ids`' order (edge cubes hold fewer) [n_cubes], fp32. From the
+    grid's arithmetic, not by counting ids: `bincount` has a data-dependent output shape (a graph
+    break under torch.compile) and counting with a scatter trips inductor's CPU code generation."""
+    extents = [(g - torch.arange(-(-g // c), device=device) * c).clamp(max=c)
+               for g, c in zip(grid, clip_cube(cube, grid))]
+    t, h, w = extents
+    return (t[:, None, None] * h[None, :, None] * w[None, None, :]).reshape(-1).to(torch.float32)
+
+
+def cube_means(x: torch.Tensor, ids: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    """Mean token of each cube: x [B, N, K], ids [N], sizes [n_cubes] (its tokens) → [B, n_cubes, K] (fp32)."""
     b, _, k = x.shape
-    sums = torch.zeros(b, n_cubes, k, dtype=torch.float32, device=x.device)
+    sums = torch.zeros(b, sizes.numel(), k, dtype=torch.float32, device=x.device)
     sums.index_add_(1, ids, x.float())
-    # index_add_ of ones, not bincount: bincount's output shape depends on the data, which is a
-    # graph break under torch.compile (one per DeltaQuant layer on the reference path)
-    counts = torch.zeros(n_cubes, dtype=torch.float32, device=x.device)
-    counts = counts.index_add_(0, ids, torch.ones_like(ids, dtype=torch.float32)).clamp_min(1)
-    return sums / counts[None, :, None]
+    return sums / sizes.to(torch.float32)[None, :, None]
 
 
 def split_deltas(x: torch.Tensor, grid: tuple[int, int, int], cube: tuple[int, int, int]
@@ -53,5 +59,5 @@ def split_deltas(x: torch.Tensor, grid: tuple[int, int, int], cube: tuple[int, i
     ids, n = cube_ids(grid, cube, x.device)
     if ids.numel() != x.shape[1]:
         raise ValueError(f"split_deltas: {x.shape[1]} tokens for a {grid} grid ({ids.numel()} tokens)")
-    core = cube_means(x, ids, n)
+    core = cube_means(x, ids, cube_sizes(grid, cube, x.device))
     return core, x.float() - core[:, ids], ids

@@ -14,7 +14,7 @@ from dq_cli.models.base import ForwardState
 from dq_cli.quant.activations import quantize_core
 from dq_cli.quant.linear import QuantLinear
 from dq_cli.quant.plan import LayerPlan
-from dq_kernels.delta_cubes import cube_ids, cube_means, split_deltas
+from dq_kernels.delta_cubes import cube_ids, cube_means, cube_sizes, split_deltas
 from dq_kernels.formats import fake_quant
 
 
@@ -34,6 +34,7 @@ def test_cube_ids_match_brute_force(grid, cube):
     assert ids.tolist() == expected
     assert n == -(-t // ct) * nh * nw
     assert set(ids.tolist()) == set(range(n))  # ragged edge cubes exist and none is empty
+    assert cube_sizes(grid, cube).tolist() == torch.bincount(torch.tensor(expected), minlength=n).float().tolist()
 
 
 def test_split_deltas_recomposes_and_means_are_float64_means():
@@ -54,7 +55,7 @@ def test_split_deltas_recomposes_and_means_are_float64_means():
 def test_cube_means_rejects_nothing_and_counts_ragged_members():
     ids = torch.tensor([0, 0, 1])
     x = torch.tensor([[[1.0], [3.0], [10.0]]])
-    assert cube_means(x, ids, 2).flatten().tolist() == [2.0, 10.0]
+    assert cube_means(x, ids, torch.tensor([2, 1])).flatten().tolist() == [2.0, 10.0]
 
 
 def _video_like(b, grid, k, noise, generator):
