@@ -11,6 +11,8 @@ rounded differently (a delta may cross a rounding boundary), hence the mismatch 
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -336,12 +338,41 @@ def test_compiled_deltaquant_reference_path_has_no_graph_breaks(monkeypatch):
     from dq_cli.compile import exact_casts
 
     compiled = torch.compile(layer, backend="inductor")
-    with torch.no_grad(), exact_casts():
+    with torch.no_grad(), exact_casts(SimpleNamespace(transformers=lambda: {"transformer": layer})):
         got, want = compiled(x), layer(x)
     # one flipped 4-bit code would move an output by ~1/16 of the range: 1e-5 admits only fp32 order
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+    from contextlib import nullcontext  # nothing to emulate without reference layers (all on the kernels)
+
+    assert isinstance(exact_casts(SimpleNamespace(transformers=lambda: {"transformer": torch.nn.Identity()})),
+                      nullcontext)
     assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("method, weight, activation, core, on_kernels", [
+    ("rtn", "int8", "int8", "fp8", True), ("smoothquant", "int8", "int8", "fp8", True),
+    ("svdquant", "int8", "int8", "fp8", False), ("rtn", "int4", "none", "fp8", True),
+    ("svdquant", "int4_row", "none", "fp8", False), ("rtn", "int4_row", "int4_row", "fp8", True),
+    ("rtn", "int4", "int4", "fp8", False), ("deltaquant", "int4_row", "int4_row", "fp8", True),
+    ("deltaquant", "int4_pow2", "int4_pow2", "bf16", False)])
+def test_plan_on_kernels_says_what_kernel_forward_does(method, weight, activation, core, on_kernels, monkeypatch):
+    """`plan_on_kernels` (which decides whether dq's compile must emulate 16-bit casts) agrees with
+    the dispatch itself for a layer seeing the forward's video."""
+    from dataclasses import replace
+
+    from dq_cli.models.base import ForwardState
+    from dq_cli.quant.kernel_path import kernel_forward, plan_on_kernels
+
+    monkeypatch.setenv("DQ_KERNELS", "triton")
+    layer = quant_layer(method, weight, k=64, n=32, act=activation)
+    layer.plan = replace(layer.plan, core=core)
+    layer.sees_video = True
+    state = ForwardState(step=0, num_steps=4, grid=(2, 3, 5), in_forward=True)
+    layer.forward_state = state
+    layer.resolve_cube(state.progress)
+    assert plan_on_kernels(layer.plan) == on_kernels
+    assert (kernel_forward(layer, activations(30, 64, seed=16).reshape(1, 30, 64)) is not None) == on_kernels
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -28,6 +28,21 @@ from dq_kernels.formats import INT4_FORMATS, KERNEL_INT4_FORMATS
 W4A4_METHODS = ("rtn", "smoothquant", "svdquant", "deltaquant")
 
 
+def plan_on_kernels(plan) -> bool:
+    """Whether layers of this plan run on the kernels on CUDA, as far as the plan decides (`kernel_forward`
+    also sends 6Bit's per-step routes and DeltaQuant calls without the forward's video to the reference)."""
+    if plan.weight == "nvfp4":
+        return True
+    if plan.hadamard:
+        return False
+    if plan.weight == plan.activation == "int8":
+        return plan.method in ("rtn", "smoothquant")
+    if plan.weight in INT4_FORMATS and plan.activation == "none":
+        return plan.method == "rtn"
+    return (plan.weight in KERNEL_INT4_FORMATS and plan.activation in KERNEL_INT4_FORMATS
+            and plan.method in W4A4_METHODS and (plan.method != "deltaquant" or plan.core == "fp8"))
+
+
 def wants_kernels(x: torch.Tensor) -> bool:
     choice = os.environ.get("DQ_KERNELS", "auto")
     return choice == "triton" or (choice == "auto" and x.is_cuda)
