@@ -202,18 +202,29 @@ def load(name_or_path: str = DEFAULT_RECIPE, model_path: str | None = None, chec
     if model_path is not None:
         recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={"path": model_path})})
     if check:
+        if model_path is not None and not Path(model_path).expanduser().is_dir():
+            raise RecipeError("--model", "", f"no such folder '{model_path}'{_relative_note(model_path)}")
         check_paths(recipe, source)
     return recipe
 
 
 def check_paths(recipe: Recipe, source: str) -> None:
-    """Files a recipe names must exist before any work starts (paths are relative to the
-    current directory)."""
-    if recipe.model.path is not None and not Path(recipe.model.path).expanduser().is_dir():
-        raise RecipeError(source, "model.path", f"no such folder '{recipe.model.path}'")
+    """Files a recipe names must exist before any work starts. Relative paths are taken from the
+    current directory, not the recipe's (the built-in recipes' `./Wan2.2-…` folders are where the
+    user runs dq)."""
+    path = recipe.model.path
+    if path is not None and not Path(path).expanduser().is_dir():
+        raise RecipeError(source, "model.path", f"no such folder '{path}'{_relative_note(path)}; "
+                                                "give the model's folder with --model")
     prompts = recipe.calibration.prompts
     if prompts != "builtin" and not Path(prompts).expanduser().exists():
-        raise RecipeError(source, "calibration.prompts", f"no such file or folder '{prompts}'")
+        raise RecipeError(source, "calibration.prompts",
+                          f"no such file or folder '{prompts}'{_relative_note(prompts)}")
+
+
+def _relative_note(path: str) -> str:
+    p = Path(path).expanduser()
+    return "" if p.is_absolute() else f" (relative paths are taken from the current directory, {Path.cwd()})"
 
 
 def parse(text: str, source: str = "<recipe>") -> Recipe:

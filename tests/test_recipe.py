@@ -160,6 +160,22 @@ def test_calibrate_refuses_a_bad_recipe(case, dq, family_dir, tmp_path, monkeypa
     _check_refused(result, path, key, out.with_suffix(".json"), out.with_suffix(".safetensors"))
 
 
+def test_missing_folders_say_where_relative_paths_start(dq, family_dir, tmp_path, monkeypatch):
+    """A relative path that is not there is named with the directory it was looked for in (the
+    current one, not the recipe's); a missing --model is named as --model, not as the recipe's key."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    path = write_recipe(tmp_path / "r.yaml", recipe_data("cogvideox", "models/cogvideox"))
+    out = tmp_path / "model.safetensors"
+    result = dq("quantize", "-r", path, "-o", out, code=None)
+    _check_refused(result, path, "model.path", out)
+    assert f"taken from the current directory, {elsewhere}" in result.stderr and "--model" in result.stderr
+    result = dq("quantize", "-r", write_recipe(tmp_path / "ok.yaml", recipe_data("cogvideox", family_dir("cogvideox"))),
+                "--model", "no_model_here", "-o", out, code=2)
+    assert result.stderr.startswith("error: --model: no such folder 'no_model_here'") and not out.exists()
+
+
 def test_missing_recipe_file(dq, tmp_path):
     path = tmp_path / "nope.yaml"
     out = tmp_path / "model.safetensors"
