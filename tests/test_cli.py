@@ -316,3 +316,13 @@ def test_generated_video_and_frames_are_readable_by_others(dq, tmp_path):
     finally:
         os.umask(old)
     assert [(tmp_path / n).stat().st_mode & 0o777 for n in ("v.mp4", "f.npy")] == [0o644, 0o644]
+
+
+def test_generate_warns_of_words_dq_tiny_cannot_read(dq, tmp_path):
+    """dq-tiny knows a small vocabulary and reads 16 words: what it drops is said, not silently lost."""
+    prompt = "a red circle moving right on a blue background with a zebra " + "and a red circle " * 3
+    result = dq("generate", "-p", prompt, "--steps", 1, "--frames", 2, "--height", 16, "--width", 16,
+                "-o", tmp_path / "v.mp4", "--device", "cpu")
+    text = " ".join(result.stderr.split())
+    assert "words the model does not know (ignored): with, zebra" in text
+    assert "reads the first 16 words of a prompt; ignored: and a red circle and a red circle" in text

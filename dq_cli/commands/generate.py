@@ -106,6 +106,10 @@ def command(
         unknown = getattr(adapter, "unknown_words", lambda p: [])(prompt)
         if unknown:
             console.print(f"[yellow]warning:[/] words the model does not know (ignored): {', '.join(unknown)}")
+        dropped = getattr(adapter, "words_past_limit", lambda p: [])(prompt)
+        if dropped:
+            console.print(f"[yellow]warning:[/] the model reads the first {adapter.pipe.tokenizer.max_length} words "
+                          f"of a prompt; ignored: {' '.join(dropped)}")
         run = sampling(adapter, spec.sampling if spec else recorded, steps=steps, guidance=guidance, seed=seed,
                        frames=frames, height=height, width=width, fps=fps, negative_prompt=negative_prompt,
                        attention=attention)

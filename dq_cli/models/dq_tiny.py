@@ -25,6 +25,9 @@ class DqTinyAdapter(Adapter):
     def unknown_words(self, prompt: str) -> list[str]:
         return self.pipe.tokenizer.unknown_words(prompt)
 
+    def words_past_limit(self, prompt: str) -> list[str]:
+        return self.pipe.tokenizer.words_past_limit(prompt)
+
     @classmethod
     def load(cls, path=None, components: dict | None = None, dtype: torch.dtype | None = None) -> "DqTinyAdapter":
         """`dtype` casts the text encoder and the transformer (diffusers' way: its fp32 modules stay fp32)

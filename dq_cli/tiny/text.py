@@ -29,6 +29,10 @@ class WordTokenizer:
     def unknown_words(self, text: str) -> list[str]:
         return [w for w in self.words(text) if w not in self.index]
 
+    def words_past_limit(self, text: str) -> list[str]:
+        """The words a caption loses to truncation at `max_length`."""
+        return self.words(text)[self.max_length:]
+
     def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids [B, L] and a mask of real tokens [B, L]; long captions are truncated."""
         ids = torch.zeros(len(texts), self.max_length, dtype=torch.long)
