@@ -47,14 +47,17 @@ def cast_keeping_fp32(model: torch.nn.Module, dtype: torch.dtype) -> None:
     plain `.to(dtype)` casts them too, and a checkpoint, rebuilt the diffusers way, then no longer
     computes what the model it came from computes."""
     keep = set(getattr(model, "_keep_in_fp32_modules", None) or ()) if dtype in (torch.float16, torch.bfloat16) else set()
+
+    def target(name: str) -> torch.dtype:  # on the tensor's full name, as diffusers: `scale_shift_table` is a parameter
+        return torch.float32 if keep & set(name.split(".")) else dtype
+
     for module_name, module in model.named_modules():
         prefix = f"{module_name}." if module_name else ""
-        # matched on the tensor's full name, as diffusers does: `scale_shift_table` is a parameter
         for key, p in module.named_parameters(recurse=False):
-            p.data = p.data.to(torch.float32 if keep & set((prefix + key).split(".")) else dtype)
+            p.data = p.data.to(target(prefix + key))
         for key, b in module.named_buffers(recurse=False):
             if b.is_floating_point():
-                module._buffers[key] = b.to(torch.float32 if keep & set((prefix + key).split(".")) else dtype)
+                module._buffers[key] = b.to(target(prefix + key))
 
 
 @dataclass
