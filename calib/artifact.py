@@ -47,6 +47,9 @@ class _Layers(Mapping):
         with safe_open(str(self.path), framework="pt") as f:
             return LayerCalibration(*(f.get_tensor(f"{name}.{part}") for part in LAYER_TENSORS))
 
+    def __contains__(self, name) -> bool:  # Mapping's own would read the layer's tensors to find out
+        return name in self.names
+
     def __iter__(self):
         return iter(self.names)
 

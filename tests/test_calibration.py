@@ -393,6 +393,13 @@ def test_artifact_layers_are_read_one_at_a_time(artifact, monkeypatch):
     monkeypatch.setattr(safetensors.torch, "load_file", lambda *a, **k: pytest.fail("read the whole artifact"))
     cal = load_calibration(artifact)
     assert list(cal.layers) == list(json.loads(artifact.with_suffix(".json").read_text())["layers"])
+    # asking whether a layer is there reads nothing (Mapping's default `in` would read its tensors:
+    # dq quantize asks for every layer before fitting)
+    import dq_calib.artifact
+
+    with monkeypatch.context() as m:
+        m.setattr(dq_calib.artifact, "safe_open", lambda *a, **k: pytest.fail("read a layer to test membership"))
+        assert all(name in cal.layers for name in cal.layers) and "transformer.no_such_layer" not in cal.layers
     for name in cal.layers:
         layer = cal.layers[name]
         for part in ("absmax", "tokens", "token_meta"):

@@ -103,13 +103,8 @@ def command(
             raise DQError(f"--image: the {adapter.family} model generates from a first frame; give --image")
         if not adapter.trained:
             note(quiet, "[yellow]note:[/] dq-tiny is untrained (seeded random weights): the video will be noise")
-        unknown = getattr(adapter, "unknown_words", lambda p: [])(prompt)
-        if unknown:
-            console.print(f"[yellow]warning:[/] words the model does not know (ignored): {', '.join(unknown)}")
-        dropped = getattr(adapter, "words_past_limit", lambda p: [])(prompt)
-        if dropped:
-            console.print(f"[yellow]warning:[/] the model reads the first {adapter.pipe.tokenizer.max_length} words "
-                          f"of a prompt; ignored: {' '.join(dropped)}")
+        for warning in adapter.prompt_warnings(prompt):
+            console.print(f"[yellow]warning:[/] {warning}")
         run = sampling(adapter, spec.sampling if spec else recorded, steps=steps, guidance=guidance, seed=seed,
                        frames=frames, height=height, width=width, fps=fps, negative_prompt=negative_prompt,
                        attention=attention)

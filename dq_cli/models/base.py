@@ -257,6 +257,10 @@ class Adapter:
         raise NotImplementedError
 
     # ---- sampling ----------------------------------------------------------------------------
+    def prompt_warnings(self, prompt: str) -> list[str]:
+        """What the model will not read of `prompt` (dq-tiny's small vocabulary and 16 words)."""
+        return []
+
     def size_multiple(self) -> tuple[int, int, int]:
         """(multiple, VAE factor, patch): height and width must be multiples of the VAE's spatial
         factor times the transformer's patch, and of what the pipeline insists on. The pipelines check

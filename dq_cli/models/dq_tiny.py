@@ -22,11 +22,14 @@ class DqTinyAdapter(Adapter):
         _, _, f, h, w = hidden.shape
         return (f // pt, h // ph, w // pw), 0
 
-    def unknown_words(self, prompt: str) -> list[str]:
-        return self.pipe.tokenizer.unknown_words(prompt)
-
-    def words_past_limit(self, prompt: str) -> list[str]:
-        return self.pipe.tokenizer.words_past_limit(prompt)
+    def prompt_warnings(self, prompt: str) -> list[str]:
+        tokenizer, warnings = self.pipe.tokenizer, []
+        if unknown := tokenizer.unknown_words(prompt):
+            warnings.append(f"words the model does not know (ignored): {', '.join(unknown)}")
+        if dropped := tokenizer.words_past_limit(prompt):
+            warnings.append(f"the model reads the first {tokenizer.max_length} words of a prompt; ignored: "
+                            f"{' '.join(dropped)}")
+        return warnings
 
     @classmethod
     def load(cls, path=None, components: dict | None = None, dtype: torch.dtype | None = None) -> "DqTinyAdapter":

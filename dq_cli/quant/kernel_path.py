@@ -28,19 +28,26 @@ from dq_kernels.formats import INT4_FORMATS, KERNEL_INT4_FORMATS
 W4A4_METHODS = ("rtn", "smoothquant", "svdquant", "deltaquant")
 
 
-def plan_on_kernels(plan) -> bool:
-    """Whether layers of this plan run on the kernels on CUDA, as far as the plan decides (`kernel_forward`
-    also sends 6Bit's per-step routes and DeltaQuant calls without the forward's video to the reference)."""
+def kernel_route(plan) -> str | None:
+    """Which kernel path a layer of this plan takes on CUDA — "carrier" (NVFP4), "w8a8", "w4a16" or
+    "w4a4" — or None for the reference; `kernel_forward` adds what the forward decides."""
     if plan.weight == "nvfp4":
-        return True
+        return "carrier"
     if plan.hadamard:
-        return False
+        return None  # 6Bit-Diffusion's rotations run on the reference
     if plan.weight == plan.activation == "int8":
-        return plan.method in ("rtn", "smoothquant")
+        return "w8a8" if plan.method in ("rtn", "smoothquant") else None
     if plan.weight in INT4_FORMATS and plan.activation == "none":
-        return plan.method == "rtn"
-    return (plan.weight in KERNEL_INT4_FORMATS and plan.activation in KERNEL_INT4_FORMATS
-            and plan.method in W4A4_METHODS and (plan.method != "deltaquant" or plan.core == "fp8"))
+        return "w4a16" if plan.method == "rtn" else None
+    if plan.weight in KERNEL_INT4_FORMATS and plan.activation in KERNEL_INT4_FORMATS and plan.method in W4A4_METHODS:
+        return "w4a4"
+    return None
+
+
+def plan_on_kernels(plan) -> bool:
+    """Whether every call of a layer of this plan runs on the kernels on CUDA: its route, and for
+    DeltaQuant FP8 core tokens (the cubes of the forward's video need them)."""
+    return kernel_route(plan) is not None and (plan.method != "deltaquant" or plan.core == "fp8")
 
 
 def wants_kernels(x: torch.Tensor) -> bool:
@@ -53,20 +60,19 @@ def kernel_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
     import dq_kernels.linear_ops  # noqa: F401  (registers torch.ops.dq.*; imports triton)
 
     plan = layer.plan
-    if plan.weight == "nvfp4":
+    route = kernel_route(plan)
+    if route == "carrier":
         return carrier_forward(layer, x)
-    if plan.hadamard or layer.route is not None or layer.refresh_ratio is not None:
-        return None  # 6Bit-Diffusion's per-step routes and rotations run on the reference
-    if plan.weight == plan.activation == "int8" and plan.method in ("rtn", "smoothquant"):
+    if route is None or layer.route is not None or layer.refresh_ratio is not None:
+        return None  # 6Bit-Diffusion's per-step routes run on the reference
+    if route == "w8a8":
         y = torch.ops.dq.w8a8_linear(x.reshape(-1, x.shape[-1]), layer.qweight, layer.scales, layer.smooth, layer.bias)
         return y.reshape(*x.shape[:-1], -1)
-    if plan.weight in INT4_FORMATS and plan.activation == "none" and plan.method == "rtn":
+    if route == "w4a16":
         k = layer.qweight.shape[1] * 2  # packed two codes a byte, K padded
         y = torch.ops.dq.w4a16_linear(_pad_k(x, k).reshape(-1, k), layer.qweight, layer.scales, layer.bias,
                                       plan.weight)
         return y.reshape(*x.shape[:-1], -1)
-    if not (plan.weight in KERNEL_INT4_FORMATS and plan.activation in KERNEL_INT4_FORMATS and plan.method in W4A4_METHODS):
-        return None
     if not (plan.method == "deltaquant" and layer.sees_video):
         return _w4a4(layer, x, [], [])
     state = layer.forward_state
