@@ -315,7 +315,8 @@ def test_compiled_block_with_a_deltaquant_layer_has_no_graph_breaks(device, monk
     torch._dynamo.reset()
 
 
-def test_compiled_deltaquant_reference_path_has_no_graph_breaks(monkeypatch):
+@pytest.mark.parametrize("device", DEVICES)
+def test_compiled_deltaquant_reference_path_has_no_graph_breaks(device, monkeypatch):
     """The reference path (the CPU, and formats no kernel runs) compiles whole too, through inductor:
     the cube sizes come from the grid's arithmetic — bincount's data-dependent output shape broke the
     graph once per DeltaQuant layer (27 breaks in a tiny Wan 2.2 W4A4 checkpoint's `dq generate
@@ -328,11 +329,11 @@ def test_compiled_deltaquant_reference_path_has_no_graph_breaks(monkeypatch):
     from dq_cli.models.base import ForwardState
 
     monkeypatch.setenv("DQ_KERNELS", "reference")
-    layer = quant_layer("deltaquant", "int4", k=64, n=32)  # free group scales: reference only
+    layer = quant_layer("deltaquant", "int4", k=64, n=32).to(device)  # free group scales: reference only
     state = ForwardState(step=0, num_steps=4, grid=(3, 4, 16), in_forward=True)  # ragged: cubes 4x1x4
     layer.forward_state = state
     layer.resolve_cube(state.progress)
-    x = activations(192, 64, seed=15).reshape(1, 192, 64)
+    x = activations(192, 64, seed=15).reshape(1, 192, 64).to(device)
     torch._dynamo.reset()
     counters.clear()
     from dq_cli.compile import exact_casts

@@ -65,6 +65,12 @@
 #   PART=w8a8compiled  the GPU test of `dq bench e2e` (2 blocks an expert at full width; ~5 minutes, more than
 #               PART=verify's first run gave it, which also had tests/test_scale_out.py: 2 GPUs), then the
 #               full-size Wan A14B at 480p compiled, BF16 and W8A8 (wan22_w8a8) × SDPA and sage8
+# Sixteenth session:
+#   PART=followup  what the fifteenth session changed without a GPU: the reference path compiled by inductor
+#               under dq's exact casts on CUDA (tests/test_kernels_w4a4.py -k reference_path), every built-in
+#               recipe through the CLI (tests/test_builtin_recipes.py, now with cogvideox_w8a8), then the
+#               full-size CogVideoX-5B at 480p, BF16 and W8A8 (the cogvideox_w8a8 recipe) × SDPA and sage8
+#               × compile off and on, 2 steps after the default warm-up, no breakdown
 source tools/gpu_env.sh || exit 1
 L=$OUT/log.txt
 { nvidia-smi --query-gpu=name,driver_version --format=csv; python -c "import torch,triton;print(torch.__version__,triton.__version__)"; } > $L 2>&1
@@ -241,6 +247,13 @@ sixbitfull)
     timeout -s KILL ${LIMIT:-480} python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p \
       --configs bf16,6bit,w4a4 --attention sdpa --steps 2 --warmup-steps 1 --out $OUT/wan480_full_6bit >> $L 2>&1
   fi ;;
+followup)
+  echo "== gpu tests: reference path compiled, built-in recipes $(date +%T)" >> $L
+  timeout -s KILL 240 python -P -m pytest -m gpu -q tests/test_kernels_w4a4.py -k reference_path \
+    tests/test_builtin_recipes.py >> $L 2>&1
+  echo "== full size cogvideox-5b, w8a8 recipe $(date +%T)" >> $L
+  timeout -s KILL ${LIMIT:-300} python -P -m dq_cli bench e2e --model cogvideox-5b --configs bf16,w8a8 \
+    --attention sdpa,sage8 --compile off,on --steps 2 --no-breakdown --out $OUT/cogvideox_w8a8_full >> $L 2>&1 ;;
 ltxgraphs)
   echo "== full size ltx-video, CUDA graphs $(date +%T)" >> $L
   timeout -s KILL ${LIMIT:-400} python -P -m dq_cli bench e2e --model ltx-video --configs bf16,w4a4 \
