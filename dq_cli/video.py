@@ -1,5 +1,5 @@
 """Writing videos: H.264 MP4 through imageio's ffmpeg (the binary ships in the imageio-ffmpeg
-wheel), and raw frames for metrics. Files appear only once complete."""
+wheel), and raw frames for metrics. Files appear only once complete. Reading a first-frame image."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from dq_cli.atomic import write_atomic
+from dq_cli.errors import DQError
 
 
 def upscale(frames: torch.Tensor, min_size: int) -> torch.Tensor:
@@ -22,6 +23,16 @@ def upscale(frames: torch.Tensor, min_size: int) -> torch.Tensor:
     x = frames.permute(0, 3, 1, 2).float()
     x = F.interpolate(x, scale_factor=factor, mode="nearest")
     return x.round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def load_image(path: Path, name: str = "image"):
+    """A first-frame image as RGB; a file that is not a readable image is a DQError naming `name`."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        return Image.open(path).convert("RGB")
+    except (UnidentifiedImageError, OSError) as e:
+        raise DQError(f"{name} {path}: not a readable image ({e})") from None
 
 
 def check_mp4_writer() -> None:

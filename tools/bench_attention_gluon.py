@@ -60,7 +60,8 @@ def configs(d: int, all_configs: bool = False) -> list[dict]:
     """The default sweep: the 64x128 / 4-warp tile (fresh accumulator, s2 and s3; chained, with and
     without the 168-register cap that would give three CTAs an SM), 128x128 / 8 warps, and the plain-K
     fallback. all_configs adds the rest of GLUON_CONFIGS (64x64 / 4 warps and 128x64 / 8 warps, which
-    lost by 15-30% on the H200) and plain-K 64x64. Then the warp-specialized kernel (not yet timed):
+    lost by 15-30% on the H200) and plain-K 64x64. Then the warp-specialized kernel (timed on the H200
+    in the eleventh session: slower than the Triton kernel, docs/performance.md):
     128 x 128 keys chained, s2 / s3, free-running and ping-pong; 128 x 64 keys fresh; 128 x 128 fresh."""
     from dq_kernels.sage_attention_gluon import GLUON_CONFIGS
 

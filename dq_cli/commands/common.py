@@ -151,10 +151,7 @@ def check_writable(path: Path, what: str) -> None:
 
 
 def load_image(path: Path):
-    """A first-frame image as RGB; an unreadable file is the user's error."""
-    from PIL import Image, UnidentifiedImageError
+    """--image's first frame as RGB (an unreadable file is the user's error)."""
+    from dq_cli.video import load_image as load
 
-    try:
-        return Image.open(path).convert("RGB")
-    except (UnidentifiedImageError, OSError) as e:
-        raise DQError(f"--image {path}: not a readable image ({e})") from None
+    return load(path, "--image")

@@ -85,6 +85,7 @@ class ForwardState:
     grid: tuple[int, int, int] = (0, 0, 0)
     text_tokens: int = 0  # tokens before the video tokens in a joint sequence (CogVideoX)
     in_forward: bool = False
+    sampling: bool = False  # inside `Adapter.run_pipeline`, whose step callback advances `step`
     # Context parallelism: this process's SequenceShard (dq_cli/quant/sequence.py), else None.
     shard: object | None = None
 
@@ -132,6 +133,8 @@ class ForwardTracker(ModelHook):
         state.branches = self.adapter.branches_of(context.name if context else None, batch)
         state.grid, state.text_tokens = self.adapter.grid_of(module, args, kwargs)
         state.in_forward = True
+        if not state.sampling:
+            self.adapter.warn_untracked_call()
         cubes = self._resolve_cubes(state.progress)
         self._prepare_cube_orders(cubes, batch, next(module.parameters()).device)
         return args, kwargs
@@ -198,6 +201,8 @@ class Adapter:
         self.trained = True
         self.runtime = None  # 6Bit-Diffusion's run counters (dq_cli/quant/runtime.py), when installed
         self.attention = None  # AttentionStats once `set_attention` ran
+        self.recorded_sampling = None  # a loaded checkpoint's recipe's sampling section (dq_cli.api.load)
+        self._warned_untracked = False
         self.quant_layers: dict[str, list] = {}  # component -> its QuantLinears (dq_cli.quant.apply.attach_state)
         for name, module in self.transformers().items():
             HookRegistry.check_if_exists_or_initialize(module).register_hook(ForwardTracker(self, name), TRACKER_HOOK)
@@ -311,7 +316,7 @@ class Adapter:
         """One call of `pipe` (its output's `.frames`) with dq's forward state kept: the step index,
         which DeltaQuant's cube schedule and 6Bit's routing read; `on_step(i, t)` after each step."""
         state = self.state
-        state.step, state.num_steps = 0, steps
+        state.step, state.num_steps, state.sampling = 0, steps, True
 
         def step_end(pipe, i, t, kwargs):
             if on_step is not None:
@@ -324,6 +329,24 @@ class Adapter:
                 return pipe(**self.pipeline_kwargs(dict(call, callback_on_step_end=step_end))).frames
             except ValueError as e:  # the pipeline's check of the settings (sizes, frames, prompt)
                 raise DQError(f"{self.family}: {e}") from None
+            finally:
+                state.sampling = False
+
+    def warn_untracked_call(self) -> None:
+        """Once per model: a transformer called outside `run_pipeline` (a user's own `pipe(...)`)
+        leaves the sampling step where it was, and what depends on it then does not follow: the
+        DeltaQuant cube schedule, 6Bit-Diffusion's per-step routing and TDC."""
+        if self._warned_untracked:
+            return
+        schedules = any(len(layer.plan.cubes or ()) > 1 for layers in self.quant_layers.values() for layer in layers)
+        if schedules or self.runtime is not None:
+            import warnings
+
+            warnings.warn("dq: the transformer ran outside Adapter.run_pipeline, so the sampling step dq sees "
+                          f"stays at {self.state.step}: the DeltaQuant cube schedule and 6Bit-Diffusion's "
+                          "routing will not follow the steps. Call model.run_pipeline(model.pipe, kwargs, steps) "
+                          "or dq_cli.generate(...) instead of model.pipe(...).", stacklevel=2)
+            self._warned_untracked = True
 
     def pipeline_for(self, image):
         """The pipeline that samples with (or without) a first-frame image."""

@@ -1,0 +1,89 @@
+"""dq from Python (dq_cli/api.py): `dq_cli.load` + `dq_cli.generate` give the frames `dq generate -c`
+writes for the same checkpoint and settings (the recipe's sampling by default, overrides as flags),
+errors are DQErrors naming what is wrong, and a transformer called outside `run_pipeline` — where the
+sampling step does not advance — warns when something in the model depends on that step."""
+
+from __future__ import annotations
+
+import warnings
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import dq_cli
+from conftest import recipe_data, run_dq, tm, write_recipe
+from dq_cli.errors import DQError
+
+FAMILY = "wan"
+PROMPT = "a cat dancing in the rain"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(family_dir, tmp_path_factory):
+    folder, tmp = family_dir(FAMILY), tmp_path_factory.mktemp("api")
+    recipe = write_recipe(tmp / "r.yaml", recipe_data(FAMILY, folder, sampling={"seed": 5}))
+    path = tmp / "m.safetensors"
+    run_dq("quantize", "-r", recipe, "-o", path, "--device", "cpu", "-q")
+    return path
+
+
+def test_load_and_generate_give_the_frames_of_dq_generate(checkpoint, tmp_path):
+    """Same checkpoint, same (recorded) settings: the same frames, bit for bit; and an override
+    changes them as the flag does."""
+    run_dq("generate", "-c", checkpoint, "-p", PROMPT, "-o", tmp_path / "a.mp4", "--save-frames",
+           tmp_path / "a.npy", "--device", "cpu", "-q")
+    run_dq("generate", "-c", checkpoint, "-p", PROMPT, "-o", tmp_path / "b.mp4", "--save-frames",
+           tmp_path / "b.npy", "--device", "cpu", "--seed", 6, "-q")
+    model = dq_cli.load(checkpoint, device="cpu")
+    recorded = dq_cli.generate(model, PROMPT)  # the checkpoint's recipe: seed 5
+    assert recorded.dtype == torch.uint8 and recorded.shape[-1] == 3
+    assert np.array_equal(recorded.numpy(), np.load(tmp_path / "a.npy"))
+    assert np.array_equal(dq_cli.generate(model, PROMPT, seed=6).numpy(), np.load(tmp_path / "b.npy"))
+    assert not np.array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))
+
+
+def test_load_and_generate_errors_name_the_problem(checkpoint, tmp_path, image_file):
+    with pytest.raises(DQError, match="no such checkpoint"):
+        dq_cli.load(tmp_path / "missing.safetensors", device="cpu")
+    with pytest.raises(DQError, match="attention 'fast'"):
+        dq_cli.load(checkpoint, device="cpu", attention="fast")
+    model = dq_cli.load(checkpoint, device="cpu")
+    with pytest.raises(DQError, match="text only"):
+        dq_cli.generate(model, PROMPT, image=image_file)
+    with pytest.raises(AttributeError, match="no attribute 'quantize'"):
+        dq_cli.quantize  # noqa: B018 - only load and generate are the package's
+
+
+def _untracked_warnings(call) -> list[str]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        call()
+    return [str(w.message) for w in caught if "outside Adapter.run_pipeline" in str(w.message)]
+
+
+def test_a_direct_pipeline_call_warns_where_the_step_matters(family_dir):
+    """A user's own `model.pipe(...)` skips dq's step callback. With a DeltaQuant cube schedule (a
+    stand-in layer here) that is wrong silently, so it warns once; `run_pipeline` does not warn, and
+    a model with nothing step-dependent does not either."""
+    from dq_cli.models import load_model
+
+    adapter = load_model(FAMILY, str(family_dir(FAMILY)), device="cpu")
+    g = tm.GEN_KWARGS[FAMILY]
+    call = dict(prompt=PROMPT, num_inference_steps=1, guidance_scale=g["guidance_scale"], num_frames=g["num_frames"],
+                height=g["height"], width=g["width"], output_type="pt",
+                generator=torch.Generator("cpu").manual_seed(0))
+
+    def direct():
+        with torch.inference_mode():
+            adapter.pipe(**call)
+
+    assert _untracked_warnings(direct) == []  # nothing depends on the step
+    scheduled = SimpleNamespace(plan=SimpleNamespace(cubes=((0.5, (4, 1, 4)), (1.0, (4, 2, 8))), method="deltaquant"),
+                                cube=None, resolve_cube=lambda progress: None)
+    adapter.quant_layers = {"transformer": [scheduled]}
+    assert _untracked_warnings(lambda: adapter.run_pipeline(adapter.pipe, call, 1)) == []
+    first = _untracked_warnings(direct)
+    assert len(first) == 1 and "cube schedule" in first[0]
+    assert _untracked_warnings(direct) == []  # once per model
