@@ -59,6 +59,14 @@ class AttentionStats:
     def reset(self) -> None:
         self._start = _counts()
 
+    def line(self) -> str:
+        """One line on what the 8-bit attention did (calls routed, calls left on SDPA and why)."""
+        left = ", ".join(f"{n} {why}" for why, n in self.fallback.items())
+        line = f"attention {self.backend}: {self.routed} self-attention calls in 8 bits"
+        if not self.routed and not self.fallback:
+            line += " (no SDPA call reached the routed modules: is DIFFUSERS_ATTN_BACKEND set to another backend?)"
+        return line + (f"; left on SDPA: {left}" if left else "")
+
     def as_dict(self) -> dict:
         return {"backend": self.backend, "modules": self.modules, "routed": self.routed,
                 "fallback": dict(self.fallback)}

@@ -7,6 +7,7 @@ import math
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -56,6 +57,54 @@ def run_config(name: str, adapter: Adapter, prompt: str, run, checkpoint_bytes: 
     row = BenchRow(config=name, step_ms_median=statistics.median(steps_ms), end_to_end_s=total,
                    peak_memory_gib=peak, weights_bytes=weights_bytes(adapter), checkpoint_bytes=checkpoint_bytes)
     return row, video
+
+
+def run_baseline(adapter: Adapter, prompt: str, run, extra: list[str],
+                 advance=lambda: None) -> tuple[list[BenchRow], torch.Tensor]:
+    """The unquantized model's rows — SDPA, then each extra attention backend ('baseline+<backend>')
+    — and its SDPA video, the reference of every PSNR. `advance` after every step."""
+    row, reference = run_config("baseline", adapter, prompt, run, None, on_step=lambda s: advance())
+    return [row, *_attention_rows(adapter, "baseline", None, reference, prompt, run, extra, advance)], reference
+
+
+def run_checkpoints(checkpoints: list[Path], reference: torch.Tensor, prompt: str, run, device: str,
+                    model: str | None, extra: list[str], advance=lambda: None) -> list[BenchRow]:
+    """Each checkpoint's rows (rebuilt around `model` when given), one at a time: SDPA, then each
+    extra attention backend ('<stem>+<backend>')."""
+    from dq_cli.session import load_quantized
+
+    rows = []
+    for path in checkpoints:
+        adapter, _ = load_quantized(path, device, model=model)
+        rows += _attention_rows(adapter, path.stem, path, reference, prompt, run, extra, advance)
+        del adapter
+    return rows
+
+
+def _attention_rows(adapter: Adapter, name: str, path: Path | None, reference: torch.Tensor, prompt: str, run,
+                    extra: list[str], advance) -> list[BenchRow]:
+    rows = []
+    for label in attention_variants(adapter, name, extra, skip_sdpa=path is None):
+        row, video = run_config(label, adapter, prompt, run, path.stat().st_size if path else None,
+                                on_step=lambda s: advance())
+        row.psnr_db = psnr_db(video, reference)
+        if adapter.attention is not None:
+            row.notes.append(adapter.attention.line())
+        rows.append(row)
+    return rows
+
+
+def attention_variants(adapter: Adapter, name: str, extra: list[str], skip_sdpa: bool = False):
+    """Yield the row label for each attention backend the configuration runs with (SDPA first),
+    with the adapter switched to it; back on SDPA afterwards."""
+    if not skip_sdpa:
+        yield name
+    for backend in extra:
+        adapter.set_attention(backend)
+        yield f"{name}+{backend}"
+    if extra:
+        adapter.set_attention("sdpa")
+        adapter.attention = None
 
 
 def psnr_db(video: torch.Tensor, reference: torch.Tensor) -> float:

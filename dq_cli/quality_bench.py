@@ -115,6 +115,48 @@ def quantized_layers(adapter: Adapter) -> dict[str, torch.nn.Module]:
             if getattr(m, "is_quant_linear", False)}
 
 
+def run_configs(baseline: Adapter, checkpoints: list, prompts: list[str], run, device: str, model: str | None = None,
+                extra: list[str] = (), on_video: Callable[[], None] = lambda: None,
+                on_rows: Callable[[list[QualityRow]], None] | None = None) -> list[QualityRow]:
+    """Every prompt through the unquantized model (the reference), through it with each extra
+    attention backend, then through each checkpoint (rebuilt around `model` when given) with SDPA and
+    each backend; PSNR/SSIM against the reference, adherence on dq-tiny (whose world the analyzer
+    reads), and last each checkpoint's per-layer error on the baseline's activations of the first
+    prompt. `on_video` after each video and once for the layer errors; `on_rows(rows so far)` after
+    each configuration."""
+    from dq_cli.bench import attention_variants
+    from dq_cli.session import load_quantized
+
+    adherence = baseline.family == "dq-tiny"
+    rows: list[QualityRow] = []
+
+    def add(row: QualityRow) -> None:
+        rows.append(row)
+        if on_rows is not None:
+            on_rows(rows)
+
+    reference = generate_all(baseline, prompts, run, on_video=on_video)
+    add(evaluate("baseline", prompts, reference, None, adherence))
+    for label in attention_variants(baseline, "baseline", extra, skip_sdpa=True):
+        add(evaluate(label, prompts, generate_all(baseline, prompts, run, on_video=on_video), reference, adherence))
+    variants = {}
+    for path in checkpoints:
+        adapter, _ = load_quantized(path, device, model=model)
+        for label in attention_variants(adapter, path.stem, extra):
+            row = evaluate(label, prompts, generate_all(adapter, prompts, run, on_video=on_video), reference,
+                           adherence)
+            row.runtime = adapter.runtime.summary() if adapter.runtime is not None else None
+            add(row)
+        variants[path.stem] = quantized_layers(adapter)
+    errors = layer_errors(baseline, variants, prompts[0], run) if variants else {}
+    on_video()
+    for row in rows[1:]:
+        per_layer = errors.get(row.config, {})
+        row.layer_error = sum(per_layer.values()) / len(per_layer) if per_layer else None
+        row.per_layer_error = per_layer
+    return rows
+
+
 def report(rows: list[QualityRow], env: dict, settings: dict) -> dict:
     from dq_cli.bench_report import new_report
 

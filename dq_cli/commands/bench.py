@@ -16,7 +16,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from dq_cli.commands.common import (DEVICE_OPTION, QUIET_OPTION, attention_note, check_attention, check_writable,
+from dq_cli.commands.common import (DEVICE_OPTION, QUIET_OPTION, check_attention, check_writable,
                                     console, handle_errors, note, pick_device, progress_bar, set_threads)
 from dq_cli.errors import DQError
 
@@ -139,7 +139,7 @@ def command(
     from dq_cli import bench as lib
     from dq_cli import bench_report as br
     from dq_cli.models import load_model
-    from dq_cli.session import check_same_model, load_quantized, recorded_sampling, sampling
+    from dq_cli.session import check_same_model, recorded_sampling, sampling
     set_threads()
     if smoke or what == "e2e":
         doc = _e2e(model, resolution, configs, attention, compile_, compile_backend, compile_mode, warmup_steps,
@@ -170,26 +170,10 @@ def command(
         doc = _quality(base_model, checkpoints, model, run, prompts, num_prompts, device, quiet, extra, command_line,
                        out)
         return _finish(doc, out, as_json, quiet, baseline, limits, print_table=_print_quality)
-    rows = []
     with progress_bar(quiet, "benchmarking", run.steps * (1 + len(checkpoints)) * (1 + len(extra))) as advance:
-        row, reference = lib.run_config("baseline", base_model, prompt, run, None, on_step=lambda s: advance())
-        rows.append(row)
-
-        def measure(adapter, name: str, path: Path | None) -> None:
-            for label in _attention_variants(adapter, name, extra, skip_sdpa=path is None):
-                row, video = lib.run_config(label, adapter, prompt, run, path.stat().st_size if path else None,
-                                            on_step=lambda s: advance())
-                row.psnr_db = lib.psnr_db(video, reference)
-                if adapter.attention is not None:
-                    row.notes.append(attention_note(adapter.attention))
-                rows.append(row)
-
-        measure(base_model, "baseline", None)
-        del base_model
-        for path in checkpoints:
-            adapter, _ = load_quantized(path, device, model=model)
-            measure(adapter, path.stem, path)
-            del adapter
+        rows, reference = lib.run_baseline(base_model, prompt, run, extra, advance)
+        del base_model  # before the checkpoints load: one model in memory at a time
+        rows += lib.run_checkpoints(checkpoints, reference, prompt, run, device, model, extra, advance)
     settings = {"prompt": prompt, "attention": ["sdpa", *extra], "steps": run.steps, "seed": run.seed,
                 "frames": run.frames, "height": run.height, "width": run.width}
     doc = lib.report(rows, br.environment(device, command_line), settings)
@@ -307,19 +291,6 @@ def _e2e(model, resolution, configs, attention, compile_, compile_backend, compi
     return e2e.report(rows, env, plan.settings_with(info))
 
 
-def _attention_variants(adapter, name: str, extra: list[str], skip_sdpa: bool = False):
-    """Yield the row label for each attention backend the configuration runs with (SDPA first),
-    with the adapter switched to it; back on SDPA afterwards."""
-    if not skip_sdpa:
-        yield name
-    for backend in extra:
-        adapter.set_attention(backend)
-        yield f"{name}+{backend}"
-    if extra:
-        adapter.set_attention("sdpa")
-        adapter.attention = None
-
-
 def _cube(text: str) -> tuple[int, int, int]:
     try:
         cube = tuple(int(v) for v in text.split(","))
@@ -361,55 +332,29 @@ def _quality(baseline, checkpoints, model, run, prompts, num_prompts, device, qu
     from dq_cli import bench_report as br
     from dq_cli import quality_bench as qb
     from dq_cli.commands.calibrate import builtin_prompts
-    from dq_cli.session import load_quantized
 
     source = prompts or builtin_prompts("dq-tiny-heldout")
     try:
         prompt_list = load_prompts(source, num_prompts)
     except PromptSourceError as e:
         raise DQError(str(e)) from None
-    adherence = baseline.family == "dq-tiny"  # the analyzer reads dq-tiny's world only
-    total = len(prompt_list) * (1 + len(checkpoints)) * (1 + len(extra)) + 1
     settings = {"prompts": len(prompt_list), "prompt_source": str(source), "attention": ["sdpa", *extra],
                 "steps": run.steps, "guidance": run.guidance, "seed": run.seed, "frames": run.frames, "height": run.height,
                 "width": run.width}
     env = br.environment(device, command_line)
-    rows = []
-
-    def add(row) -> None:
-        rows.append(row)
-        if out is not None:
-            br.write(qb.report(rows, env, settings), out)
-
+    partial = (lambda rows: br.write(qb.report(rows, env, settings), out)) if out is not None else None
+    total = len(prompt_list) * (1 + len(checkpoints)) * (1 + len(extra)) + 1
     with progress_bar(quiet, "generating", total) as advance:
-        reference = qb.generate_all(baseline, prompt_list, run, on_video=advance)
-        add(qb.evaluate("baseline", prompt_list, reference, None, adherence))
-        for label in _attention_variants(baseline, "baseline", list(extra), skip_sdpa=True):
-            videos = qb.generate_all(baseline, prompt_list, run, on_video=advance)
-            add(qb.evaluate(label, prompt_list, videos, reference, adherence))
-        variants = {}
-        for path in checkpoints:
-            adapter, _ = load_quantized(path, device, model=model)
-            for label in _attention_variants(adapter, path.stem, list(extra)):
-                videos = qb.generate_all(adapter, prompt_list, run, on_video=advance)
-                row = qb.evaluate(label, prompt_list, videos, reference, adherence)
-                row.runtime = adapter.runtime.summary() if adapter.runtime is not None else None
-                add(row)
-            variants[path.stem] = qb.quantized_layers(adapter)
-        # Per-layer error: every checkpoint's layers on the baseline's own activations (first prompt).
-        errors = qb.layer_errors(baseline, variants, prompt_list[0], run) if variants else {}
-        advance()
-    for row in rows[1:]:
-        per_layer = errors.get(row.config, {})
-        row.layer_error = sum(per_layer.values()) / len(per_layer) if per_layer else None
-        row.per_layer_error = per_layer
+        rows = qb.run_configs(baseline, checkpoints, prompt_list, run, device, model, list(extra), on_video=advance,
+                              on_rows=partial)
     return qb.report(rows, env, settings)
 
 
 def _print_quality(doc: dict) -> None:
     from dq_cli import quality_bench as qb
 
-    table = Table(title=f"dq bench --quality ({doc['settings']['prompts']} prompts)")
+    n = doc["settings"]["prompts"]
+    table = Table(title=f"dq bench --quality ({n} prompt{'' if n == 1 else 's'})")
     for col in ("config", "layer err", "PSNR dB", "SSIM", "adherence %", "act bits", "TDC skip %"):
         table.add_column(col, justify="right")
     for r in doc["rows"]:

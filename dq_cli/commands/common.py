@@ -35,15 +35,6 @@ def check_attention(backend: str | None, flag: str = "--attention") -> None:
         raise DQError(f"{flag} {backend}: expected one of {', '.join(BACKENDS)}")
 
 
-def attention_note(stats) -> str:
-    """One line on what the 8-bit attention did (calls routed, calls left on SDPA and why)."""
-    left = ", ".join(f"{n} {why}" for why, n in stats.fallback.items())
-    line = f"attention {stats.backend}: {stats.routed} self-attention calls in 8 bits"
-    if not stats.routed and not stats.fallback:
-        line += " (no SDPA call reached the routed modules: is DIFFUSERS_ATTN_BACKEND set to another backend?)"
-    return line + (f"; left on SDPA: {left}" if left else "")
-
-
 def handle_errors(fn):
     """User errors → one line on stderr and their exit code, no traceback."""
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from dq_cli import recipe as recipes
-from dq_cli.commands.common import (ATTENTION_OPTION, DEVICE_OPTION, QUIET_OPTION, attention_note, check_attention,
+from dq_cli.commands.common import (ATTENTION_OPTION, DEVICE_OPTION, QUIET_OPTION, check_attention,
                                     check_writable, console, handle_errors, load_image, note, pick_device,
                                     progress_bar, set_threads)
 from dq_cli.errors import DQError
@@ -127,7 +127,7 @@ def command(
         if save_frames_to is not None:
             save_frames(video, save_frames_to)
         if adapter.attention is not None:
-            note(quiet, attention_note(adapter.attention))
+            note(quiet, adapter.attention.line())
         if video.shape[0] != run.frames:  # the VAE's temporal factor: Wan takes 4k + 1 frames, LTX 8k + 1
             note(quiet, f"[yellow]note:[/] the {adapter.family} model made {video.shape[0]} frames of the "
                         f"{run.frames} asked for (its VAE takes frame counts of a fixed step)")
