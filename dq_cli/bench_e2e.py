@@ -492,6 +492,19 @@ def _ratios(rows: list[Row]) -> None:
             row.e2e_vs_bf16 = base.e2e_s / row.e2e_s
 
 
+def fill_ratios(rows: list[dict]) -> None:
+    """`_ratios` on a report's rows, for the rows that lack one: a merged report whose bf16 rows came
+    from another run (one configuration per run, each inside a time limit) gets its speed-ups."""
+    index = {r["key"]: r for r in rows}
+    for row in rows:
+        base = index.get(row_key(row["model"], row["resolution"], "bf16", "sdpa", row["compile"]))
+        if base is None or base["status"] != "ok" or row["status"] != "ok":
+            continue
+        for ratio, metric in (("vs_bf16", "forward_ms"), ("e2e_vs_bf16", "e2e_s")):
+            if row.get(ratio) is None and base.get(metric) and row.get(metric):
+                row[ratio] = base[metric] / row[metric]
+
+
 def line(row: Row) -> str:
     """One progress line per row."""
     head = f"{row.config} / {row.attention} / {'compile' if row.compile else 'eager'}"

@@ -189,6 +189,23 @@ def test_merge_joins_reports_of_one_device(report, tmp_path):
     assert "measured on NVIDIA H200" in result.output
 
 
+def test_merge_gives_rows_their_speed_up_from_another_reports_bf16(report, tmp_path):
+    """One configuration per run (each inside a time limit): the w8a8 run has no bf16 row, so no
+    '× BF16'; merged with the bf16 run, it gets bf16's forward / its own, as one run would give."""
+    def only(config):
+        def keep(doc):
+            doc["rows"] = [dict(r, vs_bf16=None, e2e_vs_bf16=None) for r in doc["rows"] if r["config"] == config]
+        return keep
+    bf16 = _variant(report, tmp_path / "bf16.json", only("bf16"))
+    w8a8 = _variant(report, tmp_path / "w8a8.json", only("w8a8"))
+    doc = json.loads(run_dq("bench", "merge", bf16, w8a8, "--json").stdout)
+    whole = {r["config"]: r for r in json.loads(report.read_text())["rows"]}
+    got = {r["config"]: r for r in doc["rows"]}
+    assert got["w8a8"]["vs_bf16"] == pytest.approx(whole["w8a8"]["vs_bf16"], rel=1e-12)
+    assert got["w8a8"]["e2e_vs_bf16"] == pytest.approx(whole["w8a8"]["e2e_vs_bf16"], rel=1e-12)
+    assert got["bf16"]["vs_bf16"] == pytest.approx(1.0)
+
+
 def test_an_explicit_commit_wins_over_the_trees_git(monkeypatch, tmp_path):
     from dq_cli.bench_report import git_state
 
