@@ -71,6 +71,8 @@
 #               recipe through the CLI (tests/test_builtin_recipes.py, now with cogvideox_w8a8), then the
 #               full-size CogVideoX-5B at 480p, BF16 and W8A8 (the cogvideox_w8a8 recipe) × SDPA and sage8
 #               × compile off and on, 2 steps after the default warm-up, no breakdown
+#   PART=fulltable  the gpu-bench workflow's Wan A14B 480p table, CONFIGS=... per call (two calls: the 10-minute
+#               limit), breakdown on, as the workflow runs it
 source tools/gpu_env.sh || exit 1
 L=$OUT/log.txt
 { nvidia-smi --query-gpu=name,driver_version --format=csv; python -c "import torch,triton;print(torch.__version__,triton.__version__)"; } > $L 2>&1
@@ -254,6 +256,12 @@ followup)
   echo "== full size cogvideox-5b, w8a8 recipe $(date +%T)" >> $L
   timeout -s KILL ${LIMIT:-300} python -P -m dq_cli bench e2e --model cogvideox-5b --configs bf16,w8a8 \
     --attention sdpa,sage8 --compile off,on --steps 2 --no-breakdown --out $OUT/cogvideox_w8a8_full >> $L 2>&1 ;;
+fulltable)  # the CI workflow's table (.github/workflows/gpu-bench.yml) in two calls: CONFIGS=bf16,w4a4,w8a8, then
+           # CONFIGS=6bit,torchao-fp8,torchao-int8; `dq bench merge` joins them (and fills the second's × BF16)
+  echo "== full size Wan A14B 480p, ${CONFIGS} $(date +%T)" >> $L
+  timeout -s KILL ${LIMIT:-560} python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p \
+    --configs ${CONFIGS} --attention sdpa,sage8 --compile off,on --steps 2 --device cuda \
+    -o $OUT/wan480_table_${CONFIGS//,/_} >> $L 2>&1 ;;
 ltxgraphs)
   echo "== full size ltx-video, CUDA graphs $(date +%T)" >> $L
   timeout -s KILL ${LIMIT:-400} python -P -m dq_cli bench e2e --model ltx-video --configs bf16,w4a4 \
