@@ -73,6 +73,10 @@
 #               × compile off and on, 2 steps after the default warm-up, no breakdown
 #   PART=fulltable  the gpu-bench workflow's Wan A14B 480p table, CONFIGS=... per call (two calls: the 10-minute
 #               limit), breakdown on, as the workflow runs it
+#   PART=w8a8traced  (written for the seventeenth session, not yet run) the full-size Wan A14B at 480p compiled,
+#               BF16 and W8A8 × SDPA and sage8, with the Triton INT8 quantizer (default) and with
+#               DQ_W8A8_QUANTIZER=traced (torch ops inductor may fuse; only the GEMM a custom op): does dq's W8A8
+#               close on torchao's FP8 compiled (1.19× / 1.46× against 1.14× / 1.40×)?
 source tools/gpu_env.sh || exit 1
 L=$OUT/log.txt
 { nvidia-smi --query-gpu=name,driver_version --format=csv; python -c "import torch,triton;print(torch.__version__,triton.__version__)"; } > $L 2>&1
@@ -262,6 +266,13 @@ fulltable)  # the CI workflow's table (.github/workflows/gpu-bench.yml) in two c
   timeout -s KILL ${LIMIT:-560} python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p \
     --configs ${CONFIGS} --attention sdpa,sage8 --compile off,on --steps 2 --device cuda \
     -o $OUT/wan480_table_${CONFIGS//,/_} >> $L 2>&1 ;;
+w8a8traced)
+  for q in triton traced; do
+    echo "== full size Wan A14B 480p compiled, W8A8 quantizer $q $(date +%T)" >> $L
+    DQ_W8A8_QUANTIZER=$q timeout -s KILL 280 python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p \
+      --configs bf16,w8a8 --attention sdpa,sage8 --compile on --steps 2 --no-breakdown \
+      -o $OUT/wan480_w8a8_quantizer_$q >> $L 2>&1
+  done ;;
 ltxgraphs)
   echo "== full size ltx-video, CUDA graphs $(date +%T)" >> $L
   timeout -s KILL ${LIMIT:-400} python -P -m dq_cli bench e2e --model ltx-video --configs bf16,w4a4 \
