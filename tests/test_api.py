@@ -44,6 +44,23 @@ def test_load_and_generate_give_the_frames_of_dq_generate(checkpoint, tmp_path):
     assert not np.array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))
 
 
+def test_image_to_video_from_python_takes_a_path_as_the_cli_does(family_dir, image_file, tmp_path):
+    """Image-to-video Wan: `image=` a path gives `dq generate --image`'s frames; without an image the
+    model is refused by name."""
+    folder = family_dir("wan-i2v")
+    recipe = write_recipe(tmp_path / "r.yaml", recipe_data("wan-i2v", folder))
+    path = tmp_path / "i2v.safetensors"
+    run_dq("quantize", "-r", recipe, "-o", path, "--device", "cpu", "-q")
+    run_dq("generate", "-c", path, "-p", PROMPT, "--image", image_file, "-o", tmp_path / "v.mp4", "--save-frames",
+           tmp_path / "v.npy", "--device", "cpu", "-q")
+    model = dq_cli.load(path, device="cpu")
+    assert np.array_equal(dq_cli.generate(model, PROMPT, image=image_file).numpy(), np.load(tmp_path / "v.npy"))
+    with pytest.raises(DQError, match="from a first frame"):
+        dq_cli.generate(model, PROMPT)
+    with pytest.raises(DQError, match="not a readable image"):
+        dq_cli.generate(model, PROMPT, image=tmp_path / "v.npy")
+
+
 def test_load_and_generate_errors_name_the_problem(checkpoint, tmp_path, image_file):
     with pytest.raises(DQError, match="no such checkpoint"):
         dq_cli.load(tmp_path / "missing.safetensors", device="cpu")
