@@ -62,14 +62,14 @@ def fit(recipe: Recipe, cal, json_path: Path, static: bool = False,
     target = None if budget is not None else pspec.target_bits
     low_bits, safe_bits = ROUTE_BITS[low_route], ROUTE_BITS[SAFE_ROUTE]
     in_features = {name: d["in_features"] for name, d in cal.summary.get("layers", {}).items()}
+    skipped = tdc_skips(traj, recipe) if recipe.tdc.enabled and pspec.budget_tdc else None
+    tdc_estimate = float(skipped[torch.isfinite(traj.gamma)].float().mean()) if skipped is not None else None
 
     def fit_kind(kind_static: bool):
         layers = fit_layers(traj, low_route, in_features, static=kind_static)
         d = decisions(traj, layers, low_route, static=kind_static, skipped=skipped)
         return layers, d, choose_threshold(d, low_bits, safe_bits, target_bits=target, error_budget=budget)
 
-    skipped = tdc_skips(traj, recipe) if recipe.tdc.enabled and pspec.budget_tdc else None
-    tdc_estimate = float(skipped[torch.isfinite(traj.gamma)].float().mean()) if skipped is not None else None
     layers, d, choice = fit_kind(static)
     advance()
     other_layers, _, other = fit_kind(not static)
