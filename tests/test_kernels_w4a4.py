@@ -264,22 +264,27 @@ def test_w8a8_traced_quantizer_compiles_into_the_block_and_matches_the_op(device
     layer = quant_layer("smoothquant", "int8").to(device)
     block = torch.nn.Sequential(torch.nn.LayerNorm(150), layer).to(device)
     x = activations(90, 150, seed=19).reshape(1, 90, 150).to(device)
+    calls, traced = [], ops.quantize_int8_traced
+
+    def spy(*args):
+        calls.append(1)
+        return traced(*args)
+
+    monkeypatch.setattr(ops, "quantize_int8_traced", spy)
     with torch.no_grad():
         want = block(x)  # eager: dq::w8a8_linear
+        torch._dynamo.reset()
+        counters.clear()
+        default = torch.compile(block, backend="inductor")(x)  # the switch unset: dq::w8a8_linear
+        assert not calls and sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
         monkeypatch.setenv("DQ_W8A8_QUANTIZER", "traced")
         assert not traced_int8_quantizer()  # not while eager
         torch._dynamo.reset()
         counters.clear()
-        calls, traced = [], ops.quantize_int8_traced
-
-        def spy(*args):
-            calls.append(1)
-            return traced(*args)
-
-        monkeypatch.setattr(ops, "quantize_int8_traced", spy)
         got = torch.compile(block, backend="inductor")(x)
     assert calls, "the traced quantizer did not run while compiling"
     assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
+    torch.testing.assert_close(default, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
     step = (layer.scales.reshape(-1).float().abs().max() * x.abs().max()).item()  # ≥ one code's product
     tol = 1e-5 * want.abs().max().item() if device == "cpu" else 2 * step
     torch.testing.assert_close(got, want, rtol=1e-5, atol=tol)
