@@ -269,6 +269,13 @@ def merge(docs: list[tuple[str, dict]]) -> dict:
 
         fill_ratios(rows)
     env = dict(first["environment"])
+    commands = [(name, doc["environment"].get("command")) for name, doc in docs]
+    if len({c for _, c in commands}) > 1:  # one "Command:" line would claim every row came from the first
+        env["command"] = None
+        notes = [f"merged from {name}" + (f": `{c}`" if c else "") for name, c in commands] + notes
+    commits = sorted({str(doc["environment"].get("git_commit"))[:12] for _, doc in docs})
+    if len(commits) > 1:
+        notes.insert(0, f"the merged reports ran at different commits: {', '.join(commits)}")
     return new_report(first["kind"], env, {"merged": settings}, rows, notes,
                       merged_from=[name for name, _ in docs])
 

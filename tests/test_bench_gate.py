@@ -177,6 +177,7 @@ def test_merge_joins_reports_of_one_device(report, tmp_path):
     other = _variant(report, tmp_path / "other.json", rename)
     doc = json.loads(run_dq("bench", "merge", report, other, "--json", "-o", tmp_path / "all.480p").stdout)
     assert len(doc["rows"]) == 4 and doc["merged_from"] == [str(report), str(other)]
+    assert doc["environment"]["command"] == json.loads(report.read_text())["environment"]["command"]  # one command
     # a dot in the name is not a suffix to replace
     assert (tmp_path / "all.480p.md").read_text().count("### ") == 2
     assert json.loads((tmp_path / "all.480p.json").read_text()) == doc
@@ -198,7 +199,13 @@ def test_merge_gives_rows_their_speed_up_from_another_reports_bf16(report, tmp_p
         return keep
     bf16 = _variant(report, tmp_path / "bf16.json", only("bf16"))
     w8a8 = _variant(report, tmp_path / "w8a8.json", only("w8a8"))
-    doc = json.loads(run_dq("bench", "merge", bf16, w8a8, "--json").stdout)
+    w8a8 = _variant(w8a8, w8a8, lambda d: d["environment"].update(command="dq bench e2e --configs w8a8",
+                                                                   git_commit="0123456789abcdef"))
+    doc = json.loads(run_dq("bench", "merge", bf16, w8a8, "--json", "-o", tmp_path / "m").stdout)
+    # two commands: each named, no single "Command:" line claiming every row; the commits differ
+    assert doc["environment"]["command"] is None and "Command:" not in (tmp_path / "m.md").read_text()
+    assert f"merged from {w8a8}: `dq bench e2e --configs w8a8`" in doc["notes"]
+    assert doc["notes"][0].startswith("the merged reports ran at different commits") and "0123456789ab" in doc["notes"][0]
     whole = {r["config"]: r for r in json.loads(report.read_text())["rows"]}
     got = {r["config"]: r for r in doc["rows"]}
     assert got["w8a8"]["vs_bf16"] == pytest.approx(whole["w8a8"]["vs_bf16"], rel=1e-12)
