@@ -41,7 +41,7 @@ def load(checkpoint: str | Path, *, model: str | None = None, device: str | None
     if attention is not None and attention not in BACKENDS:
         raise DQError(f"attention {attention!r}: expected one of {', '.join(BACKENDS)}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    adapter, info = load_quantized(path, device, dtype=dtype, model=model)
+    adapter, info = load_quantized(path, device, dtype=dtype, model=model, model_option="model=")
     adapter.recorded_sampling = recorded_sampling(info)
     backend = attention or (adapter.recorded_sampling.attention if adapter.recorded_sampling else None)
     if backend and backend != "sdpa":

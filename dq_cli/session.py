@@ -53,17 +53,19 @@ def load_recipe_model(spec: ModelSpec, device: str) -> Adapter:
 
 
 def load_quantized(path: Path, device: str, dtype: str = "auto", model: str | None = None,
-                   predictor: Path | None = None, tdc: bool | None = None) -> tuple[Adapter, ckpt.CheckpointInfo]:
+                   predictor: Path | None = None, tdc: bool | None = None,
+                   model_option: str = "--model") -> tuple[Adapter, ckpt.CheckpointInfo]:
     """Rebuild a quantized model from a checkpoint; `model` (a name or folder) overrides where its
     other components (VAE, text encoder) come from, and must be the model it was made from.
     6Bit-Diffusion's runtime (per-step routing, TDC) is installed from the checkpoint's predictor and
-    recipe; `predictor` (a file) replaces the recorded predictor, `tdc` turns TDC on or off."""
+    recipe; `predictor` (a file) replaces the recorded predictor, `tdc` turns TDC on or off.
+    `model_option` is how the caller's user gives `model` (errors name it)."""
     info = ckpt.read_info(path)
     spec = info.model
     name, folder = (model, None) if model else (spec["name"], spec.get("path"))
     if folder is not None and not Path(folder).expanduser().is_dir():
         raise CheckpointError(f"{path}: the model folder it was quantized from, {folder}, is not here: give the "
-                              "model's diffusers folder with --model")
+                              f"model's diffusers folder with {model_option}")
     _check_same_model(info, name, folder)
     components = ckpt.build_components(info, device, resolve_dtype(dtype, device))
     adapter = load_model(name, folder, spec.get("family") if not model else None, device=device, dtype=dtype,

@@ -5,6 +5,7 @@ sampling step does not advance — warns when something in the model depends on 
 
 from __future__ import annotations
 
+import json
 import warnings
 from types import SimpleNamespace
 
@@ -59,6 +60,22 @@ def test_image_to_video_from_python_takes_a_path_as_the_cli_does(family_dir, ima
         dq_cli.generate(model, PROMPT)
     with pytest.raises(DQError, match="not a readable image"):
         dq_cli.generate(model, PROMPT, image=tmp_path / "v.npy")
+
+
+def test_a_checkpoint_whose_model_folder_moved_loads_with_model(checkpoint, family_dir, tmp_path):
+    """The error names the Python argument (not the CLI's --model), and `model=` then loads it."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(checkpoint), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    moved = tmp_path / "moved.safetensors"
+    save_file(tensors, moved, metadata={**meta, "model": json.dumps(
+        {**json.loads(meta["model"]), "path": str(tmp_path / "old_folder")})})
+    with pytest.raises(DQError, match="old_folder, is not here: give the model's diffusers folder with model="):
+        dq_cli.load(moved, device="cpu")
+    model = dq_cli.load(moved, device="cpu", model=str(family_dir(FAMILY)))
+    assert model.family == FAMILY
 
 
 def test_load_and_generate_errors_name_the_problem(checkpoint, tmp_path, image_file):
