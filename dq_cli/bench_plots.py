@@ -71,18 +71,38 @@ def _breakdown(rows: list[dict], many: bool, path: Path, doc: dict) -> Path:
     return path
 
 
+# Up to this many points each carry their label; more would overprint one another (a whole e2e table
+# has ~20), so then a legend names the colours instead.
+MAX_ANNOTATED = 8
+
+
 def _scatter(rows: list[dict], metric: str, ylabel: str, many: bool, path: Path, doc: dict,
              scale: float = 1.0) -> Path:
+    """One point per row: colour = configuration, ○ eager / □ compiled, filled = 8-bit attention
+    (any backend but SDPA), hollow = SDPA."""
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
+    def config_of(r):
+        return f"{r['model']}@{r['resolution']} · {r['config']}" if many else r["config"]
+
+    configs = list(dict.fromkeys(config_of(r) for r in rows))
+    palette = plt.get_cmap("tab10" if len(configs) <= 10 else "tab20")
+    color = {c: palette(i % palette.N) for i, c in enumerate(configs)}
     fig, ax = plt.subplots(figsize=(8, 5.5))
     for r in rows:
-        x = r.get("vs_bf16") or 0.0
-        y = r[metric] * scale
-        marker = "s" if r["compile"] else "o"
-        ax.scatter([x], [y], marker=marker, s=40)
-        ax.annotate(_label(r, many), (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
-    ax.set_xlabel("forward speed-up vs BF16 with SDPA (same compile mode; ○ eager, □ compiled)")
+        x, y, c = r.get("vs_bf16") or 0.0, r[metric] * scale, color[config_of(r)]
+        ax.scatter([x], [y], marker="s" if r["compile"] else "o", s=48, edgecolors=[c], linewidths=1.5,
+                   facecolors=[c] if r["attention"] != "sdpa" else ["none"])
+        if len(rows) <= MAX_ANNOTATED:
+            ax.annotate(_label(r, many), (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    if len(rows) > MAX_ANNOTATED:
+        handles = [Line2D([], [], ls="", marker="o", color=color[c], label=c) for c in configs]
+        handles += [Line2D([], [], ls="", marker="o", mfc="none", color="k", label="eager, SDPA"),
+                    Line2D([], [], ls="", marker="s", color="k", label="compiled, 8-bit attention")]
+        ax.legend(handles=handles, fontsize=7, loc="best")
+    ax.set_xlabel("forward speed-up vs BF16 with SDPA (same compile mode; ○ eager, □ compiled; "
+                  "filled: 8-bit attention)")
     ax.set_ylabel(ylabel)
     ax.axvline(1.0, color="#999", lw=0.8, ls="--")
     ax.set_title(_title(doc, "speed vs " + ("quality" if metric == "psnr_db" else "size")), fontsize=10)

@@ -93,6 +93,31 @@ def test_smoke_writes_markdown_and_plots(smoke):
         assert png.startswith(PNG) and len(png) > 10_000
 
 
+def test_a_crowded_scatter_names_configs_in_a_legend_not_on_every_point(monkeypatch, tmp_path):
+    """A whole table (~20 rows) labelled point by point overprinted itself into an unreadable plot (the
+    H200 table of 2026-12-01); past MAX_ANNOTATED points a legend names the configurations instead.
+    A small report keeps its labels."""
+    import matplotlib.pyplot as plt
+
+    from dq_cli import bench_plots
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figures to look at them
+
+    def rows(configs):
+        return [dict(model="m", resolution="r", config=c, attention=a, compile=on, vs_bf16=1.0 + i / 10,
+                     checkpoint_bytes=2**30 * (i + 1)) for i, (c, a, on) in enumerate(
+                         (c, a, on) for c in configs for a in ("sdpa", "sage8") for on in (False, True))]
+    doc = {"environment": {"gpu": "X"}, "rows": []}
+    bench_plots._scatter(rows(["bf16", "w4a4", "w8a8"]), "checkpoint_bytes", "GiB", False, tmp_path / "a.png", doc)
+    bench_plots._scatter(rows(["bf16"]), "checkpoint_bytes", "GiB", False, tmp_path / "b.png", doc)
+    crowded, small = (f.axes[0] for f in figures)
+    assert len(crowded.texts) == 0 and [t.get_text() for t in crowded.get_legend().get_texts()][:3] == [
+        "bf16", "w4a4", "w8a8"]
+    assert len(small.texts) == 4 and small.get_legend() is None
+    assert (tmp_path / "a.png").read_bytes().startswith(PNG)
+
+
 # ---- every family on its tiny random configuration ----------------------------------------------------------
 TOKENS = {"wan": 3 * 2 * 2, "wan-ti2v": 3 * 1 * 1, "ltx": 3 * 8 * 8, "cogvideox": 3 * 2 * 2 + 16}
 CALLS = {"wan": ({"transformer": 2, "transformer_2": 2}, 1), "wan-ti2v": ({"transformer": 4}, 1),
