@@ -26,6 +26,8 @@ from dq_cli.models.base import Adapter
 
 __all__ = ["generate", "load"]
 
+DTYPES = ("auto", "bfloat16", "float16", "float32")  # as a recipe's model.dtype
+
 
 def load(checkpoint: str | Path, *, model: str | None = None, device: str | None = None, dtype: str = "auto",
          attention: str | None = None) -> Adapter:
@@ -33,14 +35,16 @@ def load(checkpoint: str | Path, *, model: str | None = None, device: str | None
     folder) says where the other components come from when the recorded folder moved; `device`
     defaults to CUDA when present; `attention` ("sdpa" or "sage8") replaces the recipe's backend."""
     from dq_cli.attention import BACKENDS
-    from dq_cli.session import load_quantized, recorded_sampling
+    from dq_cli.session import load_quantized, pick_device, recorded_sampling
 
     path = Path(checkpoint)
     if not path.is_file():
         raise DQError(f"{path}: no such checkpoint")
     if attention is not None and attention not in BACKENDS:
         raise DQError(f"attention {attention!r}: expected one of {', '.join(BACKENDS)}")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if dtype not in DTYPES:
+        raise DQError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    device = pick_device(device, "device")
     adapter, info = load_quantized(path, device, dtype=dtype, model=model, model_option="model=")
     adapter.recorded_sampling = recorded_sampling(info)
     backend = attention or (adapter.recorded_sampling.attention if adapter.recorded_sampling else None)
@@ -57,6 +61,10 @@ def generate(model: Adapter, prompt: str, *, negative_prompt: str | None = None,
     image-to-video models."""
     from dq_cli.session import sampling
 
+    for name, value, least in (("steps", steps, 1), ("frames", frames, 1), ("height", height, 1),
+                               ("width", width, 1), ("guidance", guidance, 0)):
+        if value is not None and value < least:
+            raise DQError(f"{name} {value}: must be at least {least}")
     if image is not None and not model.supports_image:
         raise DQError(f"image: the {model.family} model generates from text only")
     if image is None and model.needs_image:
@@ -70,3 +78,4 @@ def generate(model: Adapter, prompt: str, *, negative_prompt: str | None = None,
     return model.generate(prompt, negative_prompt=run.negative_prompt, image=image, steps=run.steps,
                           guidance=run.guidance, seed=run.seed, frames=run.frames, height=run.height,
                           width=run.width)
+

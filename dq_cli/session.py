@@ -48,6 +48,19 @@ def recorded_sampling(info: ckpt.CheckpointInfo) -> SamplingSpec | None:
         return None
 
 
+def pick_device(device: str | None, option: str = "--device") -> str:
+    """cpu or cuda[:N]; None: CUDA when present. `option` is how the caller's user gives it (errors name it)."""
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not (device in ("cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise DQError(f"{option} {device}: expected cpu or cuda[:N]")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DQError(f"{option} {device}: no CUDA device is available")
+    return device
+
+
 def load_recipe_model(spec: ModelSpec, device: str) -> Adapter:
     return load_model(spec.name, spec.path, spec.family, device=device, dtype=spec.dtype)
 

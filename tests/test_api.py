@@ -86,6 +86,16 @@ def test_load_and_generate_errors_name_the_problem(checkpoint, tmp_path, image_f
     model = dq_cli.load(checkpoint, device="cpu")
     with pytest.raises(DQError, match="text only"):
         dq_cli.generate(model, PROMPT, image=image_file)
+    for kw, message in ((dict(dtype="fp16"), "dtype 'fp16': expected one of auto"),
+                        (dict(device="tpu"), "device tpu: expected cpu or cuda")):
+        with pytest.raises(DQError, match=message):
+            dq_cli.load(checkpoint, **kw)
+    if not torch.cuda.is_available():
+        with pytest.raises(DQError, match="no CUDA device is available"):
+            dq_cli.load(checkpoint, device="cuda")
+    for kw in (dict(steps=0), dict(frames=0), dict(height=-8), dict(guidance=-1.0)):
+        with pytest.raises(DQError, match=f"{next(iter(kw))} .*: must be at least"):
+            dq_cli.generate(model, PROMPT, **kw)
     with pytest.raises(AttributeError, match="no attribute 'quantize'"):
         dq_cli.quantize  # noqa: B018 - only load and generate are the package's
 

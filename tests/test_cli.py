@@ -187,6 +187,8 @@ def test_image_to_video_needs_an_image(dq, family_dir, tmp_path):
     (["-o", "{tmp}/v.mp4", "--save-frames", "{tmp}/f.txt"], "expected a .npy or .pt"),
     (["-o", "{tmp}/v.mp4", "-c", "{tmp}/missing.safetensors"], "no such checkpoint file"),
     (["-o", "{tmp}/v.mp4", "-m", "{tmp}/no_model"], "not a built-in model"),
+    (["-o", "{tmp}/v.mp4", "--device", "tpu"], "--device tpu: expected cpu or cuda[:N]"),
+    (["-o", "{tmp}/v.mp4", "--device", "cudax"], "--device cudax: expected cpu or cuda[:N]"),  # torch's error before
 ])
 def test_generate_refuses_bad_arguments(dq, family_dir, tmp_path, args, message):
     (tmp_path / "not_an_image.png").write_text("hello")

@@ -79,15 +79,9 @@ def _quiet_libraries() -> None:
 
 
 def pick_device(device: str | None) -> str:
-    import torch
+    from dq_cli.session import pick_device as pick
 
-    if device is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise DQError(f"--device {device}: no CUDA device is available")
-    if not (device == "cpu" or device.startswith("cuda")):
-        raise DQError(f"--device {device}: expected cpu or cuda[:N]")
-    return device
+    return pick(device, "--device")
 
 
 def set_threads() -> None:
