@@ -5,7 +5,8 @@ reference math: on CUDA, for the formats the Hopper kernels implement exactly â€
   output channel / token (`int4_row`), in any pairing (RTN, SmoothQuant, SVDQuant, DeltaQuant with
   FP8 core tokens; in a joint text + video sequence, as CogVideoX's, the video tokens through the
   cubes and the text tokens per token, one call each): `dq::w4a4_linear`;
-- `int8` weights and activations: `dq::w8a8_linear`;
+- `int8` weights and activations: `dq::w8a8_linear` (compiled with `DQ_W8A8_QUANTIZER=traced`: the
+  activations in torch operations, then `dq::w8a8_gemm`);
 - INT4 weights (any of the three scale layouts, round-to-nearest) with 16-bit activations: `dq::w4a16_linear`;
 - NVFP4 weights (6Bit-Diffusion) on their NVFP4 / INT8 / 16-bit routes, Hadamard rotation
   included: exact BF16 carriers on cuBLAS (dq_cli/quant/carrier_path.py).
