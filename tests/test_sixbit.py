@@ -118,6 +118,36 @@ def test_regressions_use_the_previous_steps_gamma():
     assert (a.block, b.in_features) == ("t.blocks.0", 256)
 
 
+@pytest.mark.parametrize("static", [False, True])
+def test_predictor_fit_library_records_what_it_chose(static, tmp_path):
+    """`dq_cli.predictor_fit.fit` (what `dq predictor-fit` prints and writes): the predictor holds the
+    chosen kind's fits and threshold, its achieved record is the chosen mix's, the other kind is
+    fitted at the same target, and the regressions reported (median R²) are the dynamic ones whatever
+    kind was asked — exact here (E_rel = α·Γ(t−1) + β), so R² is 1."""
+    from dq_cli import predictor_fit
+    from dq_cli.recipe import parse
+
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "recipes" / "tiny_6bit.yaml").read_text()
+    recipe = parse(text.replace("target_bits: 6.0", "target_bits: 6.5"))
+    traj = _synthetic(prompts=2, steps=6)
+    traj.delta_rel_l1 = torch.full_like(traj.gamma, 1.0)  # TDC would never skip (budget_tdc is false anyway)
+    cal = SimpleNamespace(trajectories=traj, summary={"layers": {"t.blocks.0.a": {"in_features": 64},
+                                                               "t.blocks.1.b": {"in_features": 256}}})
+    result = predictor_fit.fit(recipe, cal, tmp_path / "cal.json", static=static)
+    p = result.predictor
+    assert p.kind == ("static" if static else "dynamic") and p.threshold == result.choice.threshold
+    assert p.achieved["bits"] == result.choice.bits and p.target_bits == 6.5 and result.choice.bits <= 6.5 + 1e-9
+    assert set(p.layers) == {"t.blocks.0.a", "t.blocks.1.b"} and p.layers["t.blocks.1.b"].in_features == 256
+    assert p.achieved["median_r2"] == pytest.approx(1.0, abs=1e-6)
+    assert all(f.alpha != 0 for f in result.dynamic_fits.values())  # the Γ regressions, not the static mix
+    assert (p.layers is result.dynamic_fits) == (not static)
+    assert result.goal == "target 6.50 bits" and result.tdc_skip_estimate is None
+    files, shown = predictor_fit.draw(result, traj, tmp_path / "plots")
+    assert shown >= 1 and all(f.read_bytes().startswith(b"\x89PNG") for f in files.values())
+
+
 def test_decisions_count_tdc_skips_as_predictor_fit_replays_them():
     traj = _synthetic(prompts=1, steps=6)
     layers = fit_layers(traj, "nvfp4", {})
