@@ -17,16 +17,18 @@ Errors are `dq_cli.errors.DQError` (bad paths, another model's checkpoint, unsup
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 
 import torch
 
 from dq_cli.errors import DQError
 from dq_cli.models.base import Adapter
+from dq_cli.recipe import ModelSpec
 
 __all__ = ["generate", "load"]
 
-DTYPES = ("auto", "bfloat16", "float16", "float32")  # as a recipe's model.dtype
+DTYPES = typing.get_args(ModelSpec.model_fields["dtype"].annotation)  # a recipe's model.dtype
 
 
 def load(checkpoint: str | Path, *, model: str | None = None, device: str | None = None, dtype: str = "auto",
@@ -37,15 +39,12 @@ def load(checkpoint: str | Path, *, model: str | None = None, device: str | None
     from dq_cli.attention import BACKENDS
     from dq_cli.session import load_quantized, pick_device, recorded_sampling
 
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise DQError(f"{path}: no such checkpoint")
     if attention is not None and attention not in BACKENDS:
         raise DQError(f"attention {attention!r}: expected one of {', '.join(BACKENDS)}")
     if dtype not in DTYPES:
         raise DQError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     device = pick_device(device, "device")
-    adapter, info = load_quantized(path, device, dtype=dtype, model=model, model_option="model=")
+    adapter, info = load_quantized(Path(checkpoint), device, dtype=dtype, model=model, model_option="model=")
     adapter.recorded_sampling = recorded_sampling(info)
     backend = attention or (adapter.recorded_sampling.attention if adapter.recorded_sampling else None)
     if backend and backend != "sdpa":

@@ -431,7 +431,6 @@ def run(model: str, resolution: str, make_workload: Callable[[], Workload], conf
                         log(traceback.format_exc())
                         _free()
                 rows.append(row)
-                _ratios(rows)  # a report cut short by a time limit keeps its ratios
                 log(line(row))
                 if on_row is not None:
                     on_row(rows, info)
@@ -478,23 +477,10 @@ def _quality(rows: list[Row], outputs: dict[str, torch.Tensor]) -> None:
             row.notes.append(f"no SSIM: {e}")
 
 
-def _ratios(rows: list[Row]) -> None:
-    """Speed-ups against bf16 with SDPA in the same compile mode: the baseline a user replaces, so a row
-    with dq's 8-bit attention shows what the attention gains too."""
-    index = {r.key: r for r in rows}
-    for row in rows:
-        base = index.get(row_key(row.model, row.resolution, "bf16", "sdpa", row.compile))
-        if base is None or base.status != "ok" or row.status != "ok":
-            continue
-        if base.forward_ms and row.forward_ms:
-            row.vs_bf16 = base.forward_ms / row.forward_ms
-        if base.e2e_s and row.e2e_s:
-            row.e2e_vs_bf16 = base.e2e_s / row.e2e_s
-
-
 def fill_ratios(rows: list[dict]) -> None:
-    """`_ratios` on a report's rows, for the rows that lack one: a merged report whose bf16 rows came
-    from another run (one configuration per run, each inside a time limit) gets its speed-ups."""
+    """Speed-ups against bf16 with SDPA in the same compile mode (the baseline a user replaces, so a row
+    with dq's 8-bit attention shows what the attention gains too), for a report's rows that lack one:
+    every row of a fresh report, and in a merged one the rows whose bf16 came from another run."""
     index = {r["key"]: r for r in rows}
     for row in rows:
         base = index.get(row_key(row["model"], row["resolution"], "bf16", "sdpa", row["compile"]))
@@ -561,7 +547,9 @@ def report(rows: list[Row], env: dict, settings: dict) -> dict:
         notes.append(NOTES["compile"])
     for config in dict.fromkeys(r.config for r in rows):
         notes.append(f"{config}: {CONFIGS.get(config, '')}")
-    return br.new_report("e2e", env, settings, [asdict(r) for r in rows], notes)
+    docs = [asdict(r) for r in rows]
+    fill_ratios(docs)  # also in the reports written after each row: one cut short keeps its ratios
+    return br.new_report("e2e", env, settings, docs, notes)
 
 
 # ---- markdown ---------------------------------------------------------------------------------------------

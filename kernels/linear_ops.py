@@ -83,7 +83,12 @@ def w8a8_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, sm
                 bias: torch.Tensor | None) -> torch.Tensor:
     """x [M, K] → y [M, N]: per-token INT8 activations × per-channel INT8 weights, int32 accumulation."""
     q, s = quantize_int8_tokens(x, smooth)
-    return scaled_gemm(q, qweight, s, scales.reshape(-1).float(), bias=bias, out_dtype=x.dtype)
+    return _int8_gemm(q, s, qweight, scales, bias, x.dtype)
+
+
+def _int8_gemm(codes, token_scales, qweight, scales, bias, out_dtype):
+    """INT8 codes × INT8 weights, int32 sums, scaled per token and output channel in the epilogue."""
+    return scaled_gemm(codes, qweight, token_scales, scales.reshape(-1).float(), bias=bias, out_dtype=out_dtype)
 
 
 @w8a8_linear.register_fake
@@ -95,7 +100,7 @@ def _(x, qweight, scales, smooth, bias):
 def w8a8_gemm(codes: torch.Tensor, token_scales: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
               bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
     """codes [M, K] int8 and their fp32 scales [M] (per token) → y [M, N]: dq::w8a8_linear's GEMM."""
-    return scaled_gemm(codes, qweight, token_scales, scales.reshape(-1).float(), bias=bias, out_dtype=out_dtype)
+    return _int8_gemm(codes, token_scales, qweight, scales, bias, out_dtype)
 
 
 @w8a8_gemm.register_fake
