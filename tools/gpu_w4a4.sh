@@ -73,8 +73,8 @@
 #               × compile off and on, 2 steps after the default warm-up, no breakdown
 #   PART=fulltable  the gpu-bench workflow's Wan A14B 480p table, CONFIGS=... per call (two calls: the 10-minute
 #               limit), breakdown on, as the workflow runs it
-#   PART=w8a8traced  (written for the seventeenth session, not yet run) the full-size Wan A14B at 480p compiled,
-#               BF16 and W8A8 × SDPA and sage8, with the Triton INT8 quantizer (default) and with
+#   PART=w8a8traced  (seventeenth session) the full-size Wan A14B at 480p compiled, BF16, torchao FP8 and
+#               W8A8 × SDPA and sage8, with the Triton INT8 quantizer (default) and W8A8 alone with
 #               DQ_W8A8_QUANTIZER=traced (torch ops inductor may fuse; only the GEMM a custom op): does dq's W8A8
 #               close on torchao's FP8 compiled (1.19× / 1.46× against 1.14× / 1.40×)?
 source tools/gpu_env.sh || exit 1
@@ -267,12 +267,15 @@ fulltable)  # the CI workflow's table (.github/workflows/gpu-bench.yml) in two c
     --configs ${CONFIGS} --attention sdpa,sage8 --compile off,on --steps 2 --device cuda \
     -o $OUT/wan480_table_${CONFIGS//,/_} >> $L 2>&1 ;;
 w8a8traced)
-  for q in triton traced; do
-    echo "== full size Wan A14B 480p compiled, W8A8 quantizer $q $(date +%T)" >> $L
-    DQ_W8A8_QUANTIZER=$q timeout -s KILL 280 python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p \
-      --configs bf16,w8a8 --attention sdpa,sage8 --compile on --steps 2 --no-breakdown \
-      -o $OUT/wan480_w8a8_quantizer_$q >> $L 2>&1
-  done ;;
+  # bf16 and torchao's FP8 once, beside the default quantizer; the traced one alone; merged into one table
+  echo "== full size Wan A14B 480p compiled, bf16, torchao-fp8, W8A8 (Triton quantizer) $(date +%T)" >> $L
+  timeout -s KILL 330 python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p \
+    --configs bf16,w8a8,torchao-fp8 --attention sdpa,sage8 --compile on --steps 2 --no-breakdown \
+    -o $OUT/wan480_w8a8_quantizer_triton >> $L 2>&1
+  echo "== full size Wan A14B 480p compiled, W8A8 (DQ_W8A8_QUANTIZER=traced) $(date +%T)" >> $L
+  DQ_W8A8_QUANTIZER=traced timeout -s KILL 170 python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p \
+    --configs w8a8 --attention sdpa,sage8 --compile on --steps 2 --no-breakdown \
+    -o $OUT/wan480_w8a8_quantizer_traced >> $L 2>&1 ;;
 ltxgraphs)
   echo "== full size ltx-video, CUDA graphs $(date +%T)" >> $L
   timeout -s KILL ${LIMIT:-400} python -P -m dq_cli bench e2e --model ltx-video --configs bf16,w4a4 \
