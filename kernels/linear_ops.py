@@ -10,9 +10,6 @@ custom ops (`torch.library`) so a model of `QuantLinear`s compiles without graph
       core GEMM (cuBLAS BF16, fp32 out)       core tokens × W, one row per cube
       delta GEMM (scaled_gemm)                + core term, low-rank up-projection, bias, in the epilogue
 - `dq::w8a8_linear`: INT8 weights per channel × INT8 activations per token (the 6Bit INT8 route).
-- `dq::w8a8_gemm`: its GEMM alone, for activations quantized outside the op in torch operations
-  (`quantize_int8_traced`), which inductor can fuse into the operations before the linear
-  (dq_cli/quant/kernel_path.py, `DQ_W8A8_QUANTIZER=traced`; an experiment, not yet timed).
 - `dq::w4a16_linear`: 4-bit weights (`int4`, `int4_pow2`, `int4_row`) with 16-bit activations, for
   layers whose inputs are few and outlier-heavy (the text tokens' cross-attention K/V): the weight
   expanded to BF16 terms on the fly, BF16 GEMMs with fp32 output.
@@ -32,10 +29,9 @@ from .fp8_quantize import fp8_group_carriers
 from .int4 import dequantize_int4, unpack_int4
 from .int8_quantize import quantize_int8_tokens
 from .scaled_gemm import scaled_gemm
-from .int8 import quantize_int8_rowwise
-from .smoothing import apply_smooth, inverse_smooth
+from .smoothing import inverse_smooth
 
-__all__ = ["w4a4_linear", "w4a16_linear", "w8a8_gemm", "w8a8_linear", "quantize_int8_traced"]
+__all__ = ["w4a4_linear", "w4a16_linear", "w8a8_linear"]
 
 CORE_GROUP = 64
 
@@ -83,39 +79,12 @@ def w8a8_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, sm
                 bias: torch.Tensor | None) -> torch.Tensor:
     """x [M, K] → y [M, N]: per-token INT8 activations × per-channel INT8 weights, int32 accumulation."""
     q, s = quantize_int8_tokens(x, smooth)
-    return _int8_gemm(q, s, qweight, scales, bias, x.dtype)
-
-
-def _int8_gemm(codes, token_scales, qweight, scales, bias, out_dtype):
-    """INT8 codes × INT8 weights, int32 sums, scaled per token and output channel in the epilogue."""
-    return scaled_gemm(codes, qweight, token_scales, scales.reshape(-1).float(), bias=bias, out_dtype=out_dtype)
+    return scaled_gemm(q, qweight, s, scales.reshape(-1).float(), bias=bias, out_dtype=x.dtype)
 
 
 @w8a8_linear.register_fake
 def _(x, qweight, scales, smooth, bias):
     return x.new_empty(x.shape[0], qweight.shape[0])
-
-
-@torch.library.custom_op("dq::w8a8_gemm", mutates_args=())
-def w8a8_gemm(codes: torch.Tensor, token_scales: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
-              bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
-    """codes [M, K] int8 and their fp32 scales [M] (per token) → y [M, N]: dq::w8a8_linear's GEMM."""
-    return _int8_gemm(codes, token_scales, qweight, scales, bias, out_dtype)
-
-
-@w8a8_gemm.register_fake
-def _(codes, token_scales, qweight, scales, bias, out_dtype):
-    return codes.new_empty(codes.shape[0], qweight.shape[0], dtype=out_dtype)
-
-
-def quantize_int8_traced(x: torch.Tensor, smooth: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The per-token INT8 activations of dq::w8a8_linear in torch operations (the reference's:
-    X·(1/λ), max |·| / 127, round half to even): traceable, so a compiled block computes them in
-    kernels fused with what comes before. Codes [M, K] int8 and scales [M] fp32. Inductor divides
-    with the GPU's fast division, so a code may differ from the Triton quantizer's by one step
-    where x/s lies within an ulp or two of a half-integer."""
-    codes, scale = quantize_int8_rowwise(apply_smooth(x, smooth))
-    return codes, scale.reshape(-1)
 
 
 @torch.library.custom_op("dq::w4a16_linear", mutates_args=())

@@ -248,61 +248,6 @@ def test_quant_linear_w8a8_kernel_matches_reference(device, monkeypatch):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_w8a8_traced_quantizer_compiles_into_the_block_and_matches_the_op(device, monkeypatch):
-    """DQ_W8A8_QUANTIZER=traced: while compiling, the activations come from torch operations (which
-    inductor may fuse with the block's own) and only the GEMM is a custom op, dq::w8a8_gemm. The
-    block still compiles whole and gives dq::w8a8_linear's output: the codes are the reference's, the
-    int32 sums exact (inductor's fast GPU division may move a code by one step at a near-tie: hence a
-    tolerance of one code's share of the output there). Eager, and without the switch, nothing changes."""
-    import torch._dynamo
-    from torch._dynamo.utils import counters
-
-    import dq_kernels.linear_ops as ops
-    from dq_cli.quant.kernel_path import traced_int8_quantizer
-
-    monkeypatch.setenv("DQ_KERNELS", "triton")
-    layer = quant_layer("smoothquant", "int8").to(device)
-    block = torch.nn.Sequential(torch.nn.LayerNorm(150), layer).to(device)
-    x = activations(90, 150, seed=19).reshape(1, 90, 150).to(device)
-    calls, traced = [], ops.quantize_int8_traced
-
-    def spy(*args):
-        calls.append(1)
-        return traced(*args)
-
-    monkeypatch.setattr(ops, "quantize_int8_traced", spy)
-    with torch.no_grad():
-        want = block(x)  # eager: dq::w8a8_linear
-        torch._dynamo.reset()
-        counters.clear()
-        default = torch.compile(block, backend="inductor")(x)  # the switch unset: dq::w8a8_linear
-        assert not calls and sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
-        monkeypatch.setenv("DQ_W8A8_QUANTIZER", "traced")
-        assert not traced_int8_quantizer()  # not while eager
-        torch._dynamo.reset()
-        counters.clear()
-        got = torch.compile(block, backend="inductor")(x)
-    assert calls, "the traced quantizer did not run while compiling"
-    assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
-    torch.testing.assert_close(default, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
-    step = (layer.scales.reshape(-1).float().abs().max() * x.abs().max()).item()  # ≥ one code's product
-    tol = 1e-5 * want.abs().max().item() if device == "cpu" else 2 * step
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=tol)
-    torch._dynamo.reset()
-
-
-def test_w8a8_gemm_custom_op_passes_opcheck():
-    import dq_kernels.linear_ops  # noqa: F401  (registers the ops)
-
-    layer = quant_layer("rtn", "int8")
-    codes = torch.randint(-127, 128, (24, 150), dtype=torch.int8, generator=torch.Generator().manual_seed(3))
-    scales = torch.rand(24) + 0.1
-    torch.library.opcheck(torch.ops.dq.w8a8_gemm.default,
-                          (codes, scales, layer.qweight, layer.scales, layer.bias, torch.float32),
-                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
-
-
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("fmt", ["int4", "int4_pow2", "int4_row"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_quant_linear_w4a16_kernel_matches_reference(fmt, dtype, device, monkeypatch):

@@ -73,10 +73,9 @@
 #               × compile off and on, 2 steps after the default warm-up, no breakdown
 #   PART=fulltable  the gpu-bench workflow's Wan A14B 480p table, CONFIGS=... per call (two calls: the 10-minute
 #               limit), breakdown on, as the workflow runs it
-#   PART=w8a8traced  (seventeenth session) the full-size Wan A14B at 480p compiled, BF16, torchao FP8 and
-#               W8A8 × SDPA and sage8, with the Triton INT8 quantizer (default) and W8A8 alone with
-#               DQ_W8A8_QUANTIZER=traced (torch ops inductor may fuse; only the GEMM a custom op): does dq's W8A8
-#               close on torchao's FP8 compiled (1.19× / 1.46× against 1.14× / 1.40×)?
+#   PART=w8a8traced  (seventeenth session; ran at 48aa465, the switch removed since: it was slower) the full-size
+#               Wan A14B at 480p compiled, BF16, torchao FP8 and W8A8 × SDPA and sage8 with the Triton INT8
+#               quantizer, then W8A8 alone with DQ_W8A8_QUANTIZER=traced (torch ops inductor may fuse)
 source tools/gpu_env.sh || exit 1
 L=$OUT/log.txt
 { nvidia-smi --query-gpu=name,driver_version --format=csv; python -c "import torch,triton;print(torch.__version__,triton.__version__)"; } > $L 2>&1

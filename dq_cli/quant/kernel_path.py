@@ -5,8 +5,7 @@ reference math: on CUDA, for the formats the Hopper kernels implement exactly â€
   output channel / token (`int4_row`), in any pairing (RTN, SmoothQuant, SVDQuant, DeltaQuant with
   FP8 core tokens; in a joint text + video sequence, as CogVideoX's, the video tokens through the
   cubes and the text tokens per token, one call each): `dq::w4a4_linear`;
-- `int8` weights and activations: `dq::w8a8_linear` (compiled with `DQ_W8A8_QUANTIZER=traced`: the
-  activations in torch operations, then `dq::w8a8_gemm`);
+- `int8` weights and activations: `dq::w8a8_linear`;
 - INT4 weights (any of the three scale layouts, round-to-nearest) with 16-bit activations: `dq::w4a16_linear`;
 - NVFP4 weights (6Bit-Diffusion) on their NVFP4 / INT8 / 16-bit routes, Hadamard rotation
   included: exact BF16 carriers on cuBLAS (dq_cli/quant/carrier_path.py).
@@ -56,17 +55,9 @@ def wants_kernels(x: torch.Tensor) -> bool:
     return choice == "triton" or (choice == "auto" and x.is_cuda)
 
 
-def traced_int8_quantizer() -> bool:
-    """W8A8 activations from torch operations rather than the Triton quantizer: only while compiling
-    (eager, they would be several launches) and only with DQ_W8A8_QUANTIZER=traced â€” an experiment
-    (compiled, torchao's FP8, whose quantization inductor fuses into the preceding operations, beat dq's
-    W8A8 on Wan A14B 480p: docs/performance.md), not yet timed."""
-    return os.environ.get("DQ_W8A8_QUANTIZER", "triton") == "traced" and torch.compiler.is_compiling()
-
-
 def kernel_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
     """y [B, S, N] from the kernels, or None where they do not apply. x: [B, S, K]."""
-    import dq_kernels.linear_ops  # registers torch.ops.dq.*; imports triton
+    import dq_kernels.linear_ops  # noqa: F401  (registers torch.ops.dq.*; imports triton)
 
     plan = layer.plan
     route = kernel_route(plan)
@@ -75,12 +66,8 @@ def kernel_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
     if route is None or layer.route is not None or layer.refresh_ratio is not None:
         return None  # 6Bit-Diffusion's per-step routes run on the reference
     if route == "w8a8":
-        x2 = x.reshape(-1, x.shape[-1])
-        if traced_int8_quantizer():
-            codes, token_scales = dq_kernels.linear_ops.quantize_int8_traced(x2, layer.smooth)
-            y = torch.ops.dq.w8a8_gemm(codes, token_scales, layer.qweight, layer.scales, layer.bias, x.dtype)
-        else:
-            y = torch.ops.dq.w8a8_linear(x2, layer.qweight, layer.scales, layer.smooth, layer.bias)
+        y = torch.ops.dq.w8a8_linear(x.reshape(-1, x.shape[-1]), layer.qweight, layer.scales, layer.smooth,
+                                     layer.bias)
         return y.reshape(*x.shape[:-1], -1)
     if route == "w4a16":
         k = layer.qweight.shape[1] * 2  # packed two codes a byte, K padded
