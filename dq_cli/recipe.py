@@ -251,7 +251,8 @@ def _first_error(e: ValidationError, data: dict, source: str) -> RecipeError:
     if err["type"] == "extra_forbidden":
         parent = _model_at(loc[:-1])
         known = list(parent.model_fields) if parent else []
-        return RecipeError(source, key, "unknown key" + _closest(str(loc[-1]), known))
+        hint = _closest(str(loc[-1]), known) or _one_level_down(str(loc[-1]), parent, _dotted(loc[:-1]))
+        return RecipeError(source, key, "unknown key" + hint)
     value = err.get("input")
     shown = f" (got {value!r})" if value is not None and not isinstance(value, dict) else ""
     return RecipeError(source, key, err["msg"].replace("Value error, ", "") + shown)
@@ -285,6 +286,16 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
         if found:
             return found
     return None
+
+
+def _one_level_down(word: str, parent: type[BaseModel] | None, at: str) -> str:
+    """A key written one level too high (`quantization: {method: ...}`) names where it belongs."""
+    homes = []
+    for name, field in (parent.model_fields.items() if parent else ()):
+        child = _model_in(field.annotation)
+        if child is not None and word in child.model_fields:
+            homes.append(f"{at}.{name}" if at else name)
+    return f" — it belongs under {' or '.join(repr(h) for h in homes)}" if homes else ""
 
 
 def _closest(word: str, options: list[str]) -> str:

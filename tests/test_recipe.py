@@ -54,6 +54,15 @@ def test_unknown_key_names_the_path_and_suggests_the_closest(text, key, hint):
     assert "unknown key" in err.problem and f"did you mean '{hint}'" in err.problem
 
 
+@pytest.mark.parametrize("text, key, homes", [
+    ("quantization: {method: rtn}", "quantization.method", "'quantization.default' or 'quantization.layers'"),
+    ("num_prompts: 4", "num_prompts", "'calibration'"),
+])
+def test_key_one_level_too_high_names_where_it_belongs(text, key, homes):
+    err = _error(text)
+    assert err.key == key and err.problem == f"unknown key — it belongs under {homes}"
+
+
 def test_unknown_key_with_nothing_close_gets_no_suggestion():
     err = _error("zzzzzz: 1")
     assert err.key == "zzzzzz" and "did you mean" not in err.problem
