@@ -236,8 +236,6 @@ def measure(workload: Workload, row: Row, options: Options, log: Callable[[str],
     stats = adapter.set_attention(row.attention)
     output = None
     try:
-        if row.compile and adapter.runtime is not None:
-            raise Skip("6Bit's per-block routing and TDC decide in Python at every step: not compiled")
         compiled = (RegionalCompile(adapter, options.compile_backend, options.compile_mode) if row.compile
                     else nullcontext())
         with compiled:
@@ -516,7 +514,8 @@ NOTES = {
                  "less their linears (SDPA or the 8-bit kernel, QK norms, RoPE); other = the rest (norms, "
                  "modulation, activations, embeddings, guidance, scheduler).",
     "compile": "torch.compile: each transformer block compiled (regional), dq's quantized linears and 8-bit "
-               "attention traced into it (custom ops).",
+               "attention traced into it (custom ops); 6Bit's routed linears run eagerly between the compiled "
+               "pieces of a block (graph breaks), its hook's routing and TDC decisions outside them.",
     "sizes": "weights = parameters and buffers as held in memory; checkpoint = the state dict as a safetensors "
              "file (tensors and header; dq's metadata not counted).",
     "peak": "peak = torch.cuda.max_memory_allocated over the measured run, every resident transformer included; "

@@ -47,7 +47,9 @@ class RegionalCompile:
       cube outside the blocks, so a block recompiles once when the cube schedule moves on;
     - 8-bit attention: the routing's TorchFunctionMode traces (dq_cli/attention.py), and the op is a
       custom op.
-    6Bit-Diffusion's per-step routing is not compiled (`dq bench e2e` skips it, `dq generate` refuses).
+    - 6Bit-Diffusion: its block hook decides routes and TDC skips in Python at every step, so the
+      block's own forward is compiled beneath the hook and the routed linears run eagerly between
+      the compiled pieces (graph breaks, one set of graphs for every route mix and step).
     `mode` is torch.compile's; with "reduce-overhead" each transformer call first begins a new CUDA
     graph step, without which a block's replay overwrote buffers still in use (LTX-Video, H200).
     Compiled under `exact_casts()`."""
@@ -60,7 +62,7 @@ class RegionalCompile:
 
     def __enter__(self):
         import torch._dynamo
-        from dq_cli.quant.runtime import transformer_blocks
+        from dq_cli.quant.runtime import block_hook, transformer_blocks
 
         torch._dynamo.reset()
         torch._dynamo.utils.counters.clear()
@@ -68,8 +70,13 @@ class RegionalCompile:
             blocks = [b for _, b in transformer_blocks(model)]
             if not blocks:
                 raise DQError(f"torch.compile: found no transformer blocks in {type(model).__name__}")
+            mode = None if self.mode == "default" else self.mode
             for block in blocks:
-                block.compile(backend=self.backend, mode=None if self.mode == "default" else self.mode)
+                hook = block_hook(block)
+                if hook is None:
+                    block.compile(backend=self.backend, mode=mode)
+                else:
+                    hook.compiled_body = torch.compile(hook.fn_ref.original_forward, backend=self.backend, mode=mode)
                 self.blocks.append(block)
             if self.mode == "reduce-overhead":  # CUDA graph replays may reuse the last forward's buffers
                 self.handles.append(model.register_forward_pre_hook(
@@ -90,8 +97,12 @@ class RegionalCompile:
     def __exit__(self, *exc):
         import torch._dynamo
 
+        from dq_cli.quant.runtime import block_hook
+
         for block in self.blocks:
             block._compiled_call_impl = None
+            if (hook := block_hook(block)) is not None:
+                hook.compiled_body = None
         for handle in self.handles:
             handle.remove()
         if self.config is not None:

@@ -642,3 +642,42 @@ def test_predictor_fit_budget_tdc_false_fits_as_without_tdc(sixbit, tmp_path):
     assert docs["unbudgeted"]["threshold"] == docs["off"]["threshold"]
     assert docs["unbudgeted"]["achieved"]["tdc_skip_estimate"] is None
     assert budgeted["achieved"]["tdc_skip_estimate"] is not None  # the default counts TDC's replay
+
+
+def test_generate_compiled_gives_the_eager_video_with_the_same_routes_and_skips(sixbit, monkeypatch):
+    """`--compile on` with 6Bit-Diffusion: the block hook keeps deciding routes and TDC skips in
+    Python, the blocks' own forwards are compiled beneath it and the routed linears run eagerly
+    between the pieces. So the video, the route mix and the skips are the eager run's, and a new
+    route mix does not recompile: after a one-step run (every layer on INT8: no Γ yet), a whole run
+    (NVFP4 and INT8 mixes, TDC skips) adds no graph."""
+    import numpy as np
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from dq_cli.compile import RegionalCompile
+    from dq_cli.session import load_quantized, sampling
+
+    monkeypatch.setenv("DQ_COMPILE_BACKEND", "aot_eager")  # no C++ compiler needed
+    base = ("generate", "-c", sixbit.tmp / "model.safetensors", "-r", sixbit.recipe, "-p", "a cat dancing in the rain")
+    eager = run_dq(*base, "-o", sixbit.tmp / "e.mp4", "--save-frames", sixbit.tmp / "e.npy")
+    compiled = run_dq(*base, "-o", sixbit.tmp / "c.mp4", "--save-frames", sixbit.tmp / "c.npy", "--compile", "on")
+    assert np.array_equal(np.load(sixbit.tmp / "c.npy"), np.load(sixbit.tmp / "e.npy"))
+    mix = [line for line in eager.stderr.splitlines() if "bits on average" in line]
+    assert mix and mix == [line for line in compiled.stderr.splitlines() if "bits on average" in line]
+    assert "graph breaks" in compiled.stderr and "0 graph breaks" not in compiled.stderr
+
+    adapter, _ = load_quantized(sixbit.tmp / "model.safetensors", "cpu")
+    run = sampling(adapter, None, **{k: sixbit.data["sampling"][k] for k in ("steps", "frames", "height", "width")},
+                   guidance=sixbit.data["sampling"]["guidance"])
+    with RegionalCompile(adapter, "aot_eager"):
+        summaries, graphs = [], []
+        for steps in (1, run.steps):
+            adapter.runtime.reset()
+            adapter.generate("a cat", steps=steps, guidance=run.guidance, seed=3, frames=run.frames,
+                             height=run.height, width=run.width)
+            summaries.append(adapter.runtime.summary())
+            graphs.append(counters["stats"]["unique_graphs"])
+    assert set(summaries[0]["route_calls"]) == {"int8"} and summaries[0]["block_skips"] == 0
+    assert summaries[1]["route_calls"]["nvfp4"] > 0 and summaries[1]["block_skips"] > 0
+    assert graphs[0] == graphs[1] > 0
+    torch._dynamo.reset()

@@ -150,9 +150,6 @@ def _compiled(adapter, choice: str):
 
     if choice == "off":
         return nullcontext()
-    if getattr(adapter, "runtime", None) is not None:
-        raise DQError("--compile: 6Bit-Diffusion's per-step routing and TDC decide in Python at every step; "
-                      "generate without --compile")
     return RegionalCompile(adapter, default_backend(), "reduce-overhead" if choice == "reduce-overhead" else "default")
 
 

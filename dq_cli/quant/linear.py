@@ -54,6 +54,9 @@ class QuantLinear(nn.Module):
         self.route: str | None = None
         self.refresh_ratio: float | None = None
         self.last_route: str | None = None
+        # Set by that hook's install: the route and refresh change from step to step, so a compiled
+        # block runs this layer eagerly (a graph break) rather than recompiling for each route mix.
+        self.stepwise = False
         # DeltaQuant's cube (t, h, w) for the current forward, resolved by the model's forward tracker
         # before the forward (`resolve_cube`), outside any compiled region: torch.compile then guards
         # on the cube, which changes once or twice a run, not on the step, which changes every step.
@@ -119,6 +122,11 @@ class QuantLinear(nn.Module):
         return self.cube if self.cube is not None else cube_at(self.plan, self.forward_state.progress)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stepwise and torch.compiler.is_compiling():
+            return _eager_forward(self, x)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         # The check reads a flag back to the host: not traced (a graph break) under torch.compile.
         if not torch.compiler.is_compiling() and finite_checks_on(x):
             check_finite(x, self.name)
@@ -179,6 +187,11 @@ class QuantLinear(nn.Module):
         extra = f", rank={p.rank}" if self.lora_up is not None else ""
         return (f"{self.in_features}→{self.out_features}, method={p.method}, W={p.weight}, A={p.activation}, "
                 f"group={p.group_size}{extra}")
+
+
+@torch.compiler.disable
+def _eager_forward(layer: QuantLinear, x: torch.Tensor) -> torch.Tensor:
+    return layer._forward(x)
 
 
 def route_plan(plan: LayerPlan, route: str) -> LayerPlan:

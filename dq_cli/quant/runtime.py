@@ -160,6 +160,8 @@ class SixBitBlockHook(ModelHook):
         self.peers = peers if peers is not None else []  # every block's hook, of every expert
         self.peers.append(self)
         self._meta: TransformerBlockMetadata | None = None
+        # The block's own forward compiled (dq_cli/compile.py), this hook's decisions staying eager.
+        self.compiled_body = None
 
     def initialize_hook(self, module):
         self._meta = block_metadata(module)
@@ -196,7 +198,7 @@ class SixBitBlockHook(ModelHook):
             linear.route = self.predictor.route(name, st.gamma) if routed else None
             linear.refresh_ratio = refresh
             linear.last_route = None
-        output = self.fn_ref.original_forward(*args, **kwargs)
+        output = (self.compiled_body or self.fn_ref.original_forward)(*args, **kwargs)
         out_hidden, out_enc = block_outputs(self._meta, output)
         cached = st.delta[0] if self.tdc is not None and st.delta is not None else None
         d_hidden, sums = residual_l1(out_hidden, hidden, cached, write_delta=self.tdc is not None)
@@ -216,6 +218,12 @@ class SixBitBlockHook(ModelHook):
         return module
 
 
+def block_hook(block: torch.nn.Module) -> SixBitBlockHook | None:
+    """The 6Bit hook of a transformer block, if installed."""
+    registry = getattr(block, "_diffusers_hook", None)
+    return registry.get_hook(RUNTIME_HOOK) if registry is not None else None
+
+
 def install(adapter, predictor: Predictor | None, tdc_config: tdc.TDCConfig | None) -> RuntimeStats:
     """Hook every transformer block of the adapter's model(s); returns the run counters."""
     stats, hooks = RuntimeStats(), []
@@ -223,6 +231,8 @@ def install(adapter, predictor: Predictor | None, tdc_config: tdc.TDCConfig | No
         for block_name, block in transformer_blocks(model):
             prefix = f"{component}.{block_name}."
             linears = {prefix + n: m for n, m in block.named_modules() if isinstance(m, QuantLinear)}
+            for linear in linears.values():
+                linear.stepwise = True
             registry = HookRegistry.check_if_exists_or_initialize(block)
             if registry.get_hook(RUNTIME_HOOK) is not None:
                 registry.remove_hook(RUNTIME_HOOK, recurse=False)
