@@ -76,6 +76,9 @@
 #   PART=w8a8traced  (seventeenth session; ran at 48aa465, the switch removed since: it was slower) the full-size
 #               Wan A14B at 480p compiled, BF16, torchao FP8 and W8A8 × SDPA and sage8 with the Triton INT8
 #               quantizer, then W8A8 alone with DQ_W8A8_QUANTIZER=traced (torch ops inductor may fuse)
+#   PART=sixbitcompiled  6Bit-Diffusion compiled (its routed linears eager between the compiled pieces): the
+#               full-size Wan A14B at 480p (both experts), BF16 and 6bit, SDPA, eager and compiled, then
+#               both with sage8 compiled, 2 steps after the default warm-up, no breakdown
 source tools/gpu_env.sh || exit 1
 L=$OUT/log.txt
 { nvidia-smi --query-gpu=name,driver_version --format=csv; python -c "import torch,triton;print(torch.__version__,triton.__version__)"; } > $L 2>&1
@@ -275,6 +278,13 @@ w8a8traced)
   DQ_W8A8_QUANTIZER=traced timeout -s KILL 170 python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p \
     --configs w8a8 --attention sdpa,sage8 --compile on --steps 2 --no-breakdown \
     -o $OUT/wan480_w8a8_quantizer_traced >> $L 2>&1 ;;
+sixbitcompiled)
+  echo "== full size Wan A14B 480p, bf16 and 6bit, SDPA, eager and compiled $(date +%T)" >> $L
+  timeout -s KILL 400 python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p --configs bf16,6bit \
+    --attention sdpa --compile off,on --steps 2 --no-breakdown -o $OUT/wan480_6bit_compiled >> $L 2>&1
+  echo "== the same with sage8, compiled $(date +%T)" >> $L
+  timeout -s KILL 150 python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p --configs bf16,6bit \
+    --attention sage8 --compile on --steps 2 --no-breakdown -o $OUT/wan480_6bit_compiled_sage8 >> $L 2>&1 ;;
 ltxgraphs)
   echo "== full size ltx-video, CUDA graphs $(date +%T)" >> $L
   timeout -s KILL ${LIMIT:-400} python -P -m dq_cli bench e2e --model ltx-video --configs bf16,w4a4 \
