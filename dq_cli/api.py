@@ -32,23 +32,29 @@ DTYPES = typing.get_args(ModelSpec.model_fields["dtype"].annotation)  # a recipe
 
 
 def load(checkpoint: str | Path, *, model: str | None = None, device: str | None = None, dtype: str = "auto",
-         attention: str | None = None) -> Adapter:
+         attention: str | None = None, compile: str = "off") -> Adapter:
     """Rebuild a `dq quantize` checkpoint around its model. `model` (a built-in name or a diffusers
     folder) says where the other components come from when the recorded folder moved; `device`
-    defaults to CUDA when present; `attention` ("sdpa" or "sage8") replaces the recipe's backend."""
+    defaults to CUDA when present; `attention` ("sdpa" or "sage8") replaces the recipe's backend;
+    `compile` ("on", or "reduce-overhead" for CUDA graphs) compiles the transformer blocks as `dq
+    generate --compile` does, for as long as the model lives (the first call pays for compiling;
+    `model.compiled.summary()` counts graphs and breaks)."""
     from dq_cli.attention import BACKENDS
+    from dq_cli.compile import check_choice, for_choice
     from dq_cli.session import load_quantized, pick_device, recorded_sampling
 
     if attention is not None and attention not in BACKENDS:
         raise DQError(f"attention {attention!r}: expected one of {', '.join(BACKENDS)}")
     if dtype not in DTYPES:
         raise DQError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    check_choice(compile, "compile")
     device = pick_device(device, "device")
     adapter, info = load_quantized(Path(checkpoint), device, dtype=dtype, model=model, model_option="model=")
     adapter.recorded_sampling = recorded_sampling(info)
     backend = attention or (adapter.recorded_sampling.attention if adapter.recorded_sampling else None)
     if backend and backend != "sdpa":
         adapter.set_attention(backend)
+    adapter.compiled = for_choice(adapter, compile).__enter__() if compile != "off" else None
     return adapter
 
 

@@ -11,6 +11,7 @@ from torch import nn
 from dq_cli.errors import DQError
 
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CHOICES = ("off", "on", "reduce-overhead")  # `dq generate --compile`, `dq_cli.load(compile=)`
 
 
 def default_backend() -> str:
@@ -38,6 +39,22 @@ def exact_casts(adapter):
     if on_cuda and all(plan_on_kernels(layer.plan) for layer in layers):
         return nullcontext()
     return torch._inductor.config.patch(emulate_precision_casts=True)
+
+
+def check_choice(choice: str, option: str = "--compile") -> None:
+    if choice not in CHOICES:
+        raise DQError(f"{option} {choice}: expected off, on or reduce-overhead")
+
+
+def for_choice(adapter, choice: str):
+    """The compile context of a `--compile` choice: a no-op for off; "reduce-overhead" replays the
+    blocks as CUDA graphs."""
+    from contextlib import nullcontext
+
+    check_choice(choice)
+    if choice == "off":
+        return nullcontext()
+    return RegionalCompile(adapter, default_backend(), "reduce-overhead" if choice == "reduce-overhead" else "default")
 
 
 class RegionalCompile:

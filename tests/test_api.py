@@ -131,3 +131,17 @@ def test_a_direct_pipeline_call_warns_where_the_step_matters(family_dir):
     first = _untracked_warnings(direct)
     assert len(first) == 1 and "cube schedule" in first[0]
     assert _untracked_warnings(direct) == []  # once per model
+
+
+def test_load_with_compile_gives_the_eager_frames_and_refuses_a_bad_choice(checkpoint, monkeypatch):
+    """`compile="on"` keeps the blocks compiled for the model's life (aot_eager here: no C++ compiler
+    needed), as `dq generate --compile on` does for one run: the same frames, every call."""
+    monkeypatch.setenv("DQ_COMPILE_BACKEND", "aot_eager")
+    eager = dq_cli.generate(dq_cli.load(checkpoint, device="cpu"), PROMPT, steps=2)
+    model = dq_cli.load(checkpoint, device="cpu", compile="on")
+    for _ in range(2):
+        assert np.array_equal(dq_cli.generate(model, PROMPT, steps=2).numpy(), eager.numpy())
+    assert "graphs, 0 graph breaks" in model.compiled.summary()
+    with pytest.raises(DQError, match="compile fast: expected off, on or reduce-overhead"):
+        dq_cli.load(checkpoint, device="cpu", compile="fast")
+    model.compiled.__exit__(None, None, None)

@@ -70,8 +70,9 @@ def command(
     if image is not None and not image.is_file():
         raise DQError(f"--image {image}: no such file")
     check_attention(attention)
-    if compile_ not in ("off", "on", "reduce-overhead"):
-        raise DQError(f"--compile {compile_}: expected off, on or reduce-overhead")
+    from dq_cli.compile import check_choice, for_choice
+
+    check_choice(compile_)
     if compile_ != "off" and context_parallel and context_parallel > 1:
         raise DQError("--compile: not with --context-parallel (the sequence split is not traced)")
     from dq_cli.parallel import enable_context_parallel, launched
@@ -113,7 +114,7 @@ def command(
         # After dq's own hooks: diffusers' split must run outside them.
         split = enable_context_parallel(adapter, world, context_parallel) if world is not None else None
         first_frame = load_image(image) if image is not None else None
-        compiled = _compiled(adapter, compile_)
+        compiled = for_choice(adapter, compile_)
         start = time.perf_counter()
         with compiled, progress_bar(quiet, "denoising", run.steps) as advance:
             video = adapter.generate(prompt, negative_prompt=run.negative_prompt, image=first_frame, steps=run.steps,
@@ -140,17 +141,6 @@ def command(
         if compile_line is not None:
             note(quiet, compile_line)
         console.print(f"wrote {out}") if not quiet else typer.echo(str(out))
-
-
-def _compiled(adapter, choice: str):
-    """The compile context for --compile (a no-op for off)."""
-    from contextlib import nullcontext
-
-    from dq_cli.compile import RegionalCompile, default_backend
-
-    if choice == "off":
-        return nullcontext()
-    return RegionalCompile(adapter, default_backend(), "reduce-overhead" if choice == "reduce-overhead" else "default")
 
 
 def _load_adapter(checkpoint, spec, model, predictor, tdc, device: str, quiet: bool):

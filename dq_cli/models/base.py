@@ -202,6 +202,7 @@ class Adapter:
         self.runtime = None  # 6Bit-Diffusion's run counters (dq_cli/quant/runtime.py), when installed
         self.attention = None  # AttentionStats once `set_attention` ran
         self.recorded_sampling = None  # a loaded checkpoint's recipe's sampling section (dq_cli.api.load)
+        self.compiled = None  # the blocks' torch.compile context, kept by dq_cli.api.load(compile=)
         self._warned_untracked = False
         self.quant_layers: dict[str, list] = {}  # component -> its QuantLinears (dq_cli.quant.apply.attach_state)
         for name, module in self.transformers().items():
