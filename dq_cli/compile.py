@@ -12,6 +12,10 @@ from dq_cli.errors import DQError
 
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CHOICES = ("off", "on", "reduce-overhead")  # `dq generate --compile`, `dq_cli.load(compile=)`
+# Not tried on a GPU: CUDA graphs between which the routed linears run eagerly, and whose outputs the
+# Temporal Delta Cache keeps across steps.
+STEPWISE_GRAPHS = ("compile mode reduce-overhead: not with 6Bit-Diffusion's per-step routing (CUDA graphs around "
+                   "its eager routed linears and TDC caches were never run); compile with `on` instead")
 
 
 def default_backend() -> str:
@@ -81,9 +85,12 @@ class RegionalCompile:
         import torch._dynamo
         from dq_cli.quant.runtime import block_hook, transformer_blocks
 
+        models = self.adapter.transformers().values()
+        if self.mode == "reduce-overhead" and any(block_hook(b) for m in models for _, b in transformer_blocks(m)):
+            raise DQError(STEPWISE_GRAPHS)
         torch._dynamo.reset()
         torch._dynamo.utils.counters.clear()
-        for model in self.adapter.transformers().values():
+        for model in models:
             blocks = [b for _, b in transformer_blocks(model)]
             if not blocks:
                 raise DQError(f"torch.compile: found no transformer blocks in {type(model).__name__}")

@@ -649,7 +649,8 @@ def test_generate_compiled_gives_the_eager_video_with_the_same_routes_and_skips(
     Python, the blocks' own forwards are compiled beneath it and the routed linears run eagerly
     between the pieces. So the video, the route mix and the skips are the eager run's, and a new
     route mix does not recompile: after a one-step run (every layer on INT8: no Γ yet), a whole run
-    (NVFP4 and INT8 mixes, TDC skips) adds no graph."""
+    (NVFP4 and INT8 mixes, TDC skips) adds no graph. CUDA graphs (reduce-overhead), never run with
+    the eager pieces between them, are refused by name."""
     import numpy as np
     import torch._dynamo
     from torch._dynamo.utils import counters
@@ -665,6 +666,8 @@ def test_generate_compiled_gives_the_eager_video_with_the_same_routes_and_skips(
     mix = [line for line in eager.stderr.splitlines() if "bits on average" in line]
     assert mix and mix == [line for line in compiled.stderr.splitlines() if "bits on average" in line]
     assert "graph breaks" in compiled.stderr and "0 graph breaks" not in compiled.stderr
+    graphs = run_dq(*base, "-o", sixbit.tmp / "g.mp4", "--compile", "reduce-overhead", code=2)
+    assert "not with 6Bit-Diffusion's per-step routing" in graphs.stderr and not (sixbit.tmp / "g.mp4").exists()
 
     adapter, _ = load_quantized(sixbit.tmp / "model.safetensors", "cpu")
     run = sampling(adapter, None, **{k: sixbit.data["sampling"][k] for k in ("steps", "frames", "height", "width")},
