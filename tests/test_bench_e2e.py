@@ -147,6 +147,39 @@ def test_cuda_graph_mode_starts_a_new_graph_step_per_transformer_forward(family_
         assert {name: set(m._forward_pre_hooks) for name, m in models.items()} == before
 
 
+@pytest.mark.parametrize("family", ["ltx", "cogvideox"])
+def test_6bit_compiled_gives_the_eager_output_on_batched_cfg_families(family, family_dir):
+    """LTX-Video and CogVideoX batch both CFG branches in one forward (one 6Bit stream), and
+    CogVideoX's joint blocks return the text stream too (TDC caches both): compiled beneath the
+    block hook, with the routed linears eager between the pieces, the output is the eager one."""
+    from dq_cli import bench_configs as configs
+    from dq_cli import bench_e2e as e2e
+    from dq_cli.quant.runtime import block_hook, transformer_blocks
+    from dq_cli.quant.tdc import TDCConfig
+
+    p = e2e.plan(model=str(family_dir(family)), resolution="9x32x32", configs="6bit", attention=["sdpa"],
+                 compile_="off,on", dtype="auto", recipe_overrides=[], num_layers=None, frames=None, height=None,
+                 width=None, prompt=e2e.DEFAULT_PROMPT, device="cpu",
+                 options=e2e.Options(steps=4, breakdown=False, compile_backend="aot_eager"))
+    w = p.make()
+    configs.apply_config(w, "6bit")
+    # Every block stable enough (a skip at step 3), and the step after it refreshes its
+    # outlier-heavy layers in 16 bits: the routes that the hook and the layers decide while compiled.
+    for model in w.adapter.transformers().values():
+        for _, block in transformer_blocks(model):
+            block_hook(block).tdc = TDCConfig(tau=1e9, max_skips=1, refresh_ratio=2.0)
+    outputs, rows = [], []
+    for compiled in (False, True):
+        row = e2e.Row(key="k", model=family, resolution="r", config="6bit", attention="sdpa", compile=compiled)
+        outputs.append(e2e.measure(w, row, p.options, print))
+        rows.append(row)
+    assert torch.equal(outputs[0], outputs[1])
+    assert rows[0].runtime["route_calls"] == rows[1].runtime["route_calls"]
+    assert rows[0].runtime["block_skips"] == rows[1].runtime["block_skips"] > 0
+    assert set(rows[1].runtime["route_calls"]) == {"int8", "nvfp4", "none"}
+    assert any("graph breaks" in n and "0 graph breaks" not in n for n in rows[1].notes)
+
+
 @pytest.mark.parametrize("family", ["wan", "wan-ti2v", "ltx", "cogvideox"])
 def test_e2e_on_each_family_from_its_folder(family, family_dir, tmp_path):
     """The folder's configs only (random weights, the VAE's compression read from its config), the
