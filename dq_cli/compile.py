@@ -80,6 +80,7 @@ class RegionalCompile:
         self.blocks: list[nn.Module] = []
         self.handles: list = []
         self.config = None
+        self.stepwise = False  # 6Bit's block hooks found: their bodies compiled beneath them
 
     def __enter__(self):
         import torch._dynamo
@@ -101,6 +102,7 @@ class RegionalCompile:
                     block.compile(backend=self.backend, mode=mode)
                 else:
                     hook.compiled_body = torch.compile(hook.fn_ref.original_forward, backend=self.backend, mode=mode)
+                    self.stepwise = True
                 self.blocks.append(block)
             if self.mode == "reduce-overhead":  # CUDA graph replays may reuse the last forward's buffers
                 self.handles.append(model.register_forward_pre_hook(
@@ -115,8 +117,9 @@ class RegionalCompile:
         graphs = counters["stats"].get("unique_graphs", 0)
         breaks = sum(counters["graph_break"].values())
         mode = "" if self.mode == "default" else f", mode {self.mode}"
+        why = " (6Bit's routed linears run eagerly between the pieces)" if self.stepwise else ""
         return (f"torch.compile ({self.backend}{mode}): {len(self.blocks)} blocks compiled, {graphs} graphs, "
-                f"{breaks} graph breaks")
+                f"{breaks} graph breaks{why}")
 
     def __exit__(self, *exc):
         import torch._dynamo
