@@ -47,7 +47,8 @@ def command(
     attention: str = ATTENTION_OPTION,
     compile_: str = typer.Option("off", "--compile", help="torch.compile the transformer blocks: off, on, or "
                                  "reduce-overhead (each block replayed as a CUDA graph: no per-launch host cost). "
-                                 "The first steps pay for compilation; worth it for long or repeated runs."),
+                                 "The first steps pay for compilation; worth it for long or repeated runs. "
+                                 "6Bit-Diffusion checkpoints: on only (their routed linears stay eager)."),
     context_parallel: int = typer.Option(None, "--context-parallel", min=1, help="Split the token sequence over "
                                          "N processes (Wan 2.2, LTX-Video, dq-tiny; Ulysses attention): start dq "
                                          "with `torchrun --nproc-per-node N -m dq_cli generate ...`."),
