@@ -185,6 +185,24 @@ def test_reservoir_keeps_the_smallest_keys_of_each_stream():
     assert _kept(r).tolist() == expected and r.seen == 550
 
 
+def test_sample_sorts_in_place_and_hands_out_views():
+    """An artifact saves every layer's sample: as views of the reservoir's sorted storage they cost
+    no second copy of the tokens. Sorting moves slots only, so a reservoir sampled between updates
+    keeps exactly the tokens, in the order, of one never sampled."""
+    sampled, untouched = TokenReservoir(2, capacity=24, seed=7), TokenReservoir(2, capacity=24, seed=7)
+    for r in (sampled, untouched):
+        r.begin_stream(0)
+    for start in range(0, 3000, 500):
+        for r in (sampled, untouched):
+            _stream(r, 500, [37, 200], start=start)
+        tokens, meta = sampled.sample()
+        assert tokens.data_ptr() == sampled.tokens.data_ptr() and meta.data_ptr() == sampled.meta.data_ptr()
+        assert tokens.is_contiguous() and torch.equal(sampled.order(), torch.arange(sampled.filled))
+    for a, b in zip(sampled.sample(), untouched.sample()):
+        assert torch.equal(a, b)
+    assert torch.equal(_kept(sampled), _kept(untouched))
+
+
 def _fill(streams) -> TokenReservoir:
     r = TokenReservoir(2, capacity=24, seed=5)
     for p in streams:
