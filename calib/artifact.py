@@ -32,20 +32,23 @@ class Calibration:
 
 
 LAYER_TENSORS = ("absmax", "tokens", "token_meta")
+# 2: a layer fed the same tensor as another (Q/K/V) names it (`same_input_as`) and stores no tensors.
+FORMAT_VERSION = "2"
 
 
 class _Layers(Mapping):
     """name -> LayerCalibration, each read from the file when asked for: a Wan A14B artifact is tens
     of GB, and a fit needs one layer's tensors at a time."""
 
-    def __init__(self, path: Path, names: list[str]):
-        self.path, self.names = path, dict.fromkeys(names)
+    def __init__(self, path: Path, names: list[str], same_input: dict[str, str]):
+        self.path, self.names, self.same_input = path, dict.fromkeys(names), same_input
 
     def __getitem__(self, name: str) -> LayerCalibration:
         if name not in self.names:
             raise KeyError(name)
+        stored = self.same_input.get(name, name)
         with safe_open(str(self.path), framework="pt") as f:
-            return LayerCalibration(*(f.get_tensor(f"{name}.{part}") for part in LAYER_TENSORS))
+            return LayerCalibration(*(f.get_tensor(f"{stored}.{part}") for part in LAYER_TENSORS))
 
     def __contains__(self, name) -> bool:  # Mapping's own would read the layer's tensors to find out
         return name in self.names
@@ -75,14 +78,18 @@ def load_calibration(path: str | Path) -> Calibration:
     summary = json.loads(json_path.read_text())
     if summary.get("format") != "dq-calibration":
         raise ArtifactError(f"{json_path}: not a dq calibration artifact")
+    if int(summary.get("format_version", "1")) > int(FORMAT_VERSION):
+        raise ArtifactError(f"{json_path}: calibration format {summary['format_version']} is newer than this dq "
+                            f"reads ({FORMAT_VERSION}); upgrade dq")
+    same_input = {name: layer["same_input_as"] for name, layer in summary["layers"].items() if "same_input_as" in layer}
     try:
         handle = safe_open(str(tensors_path), framework="pt")  # checks the header and the data's extent
     except Exception as e:  # safetensors raises several types for damaged files
         raise ArtifactError(f"{tensors_path}: unreadable ({e})") from None
     with handle as f:
         names = set(f.keys())
-        missing = next((f"{name}.{part}" for name in summary["layers"] for part in LAYER_TENSORS
-                        if f"{name}.{part}" not in names), None)
+        missing = next((f"{name}.{part}" for name in summary["layers"] if name not in same_input
+                        for part in LAYER_TENSORS if f"{name}.{part}" not in names), None)
         if missing is not None:
             raise ArtifactError(f"{tensors_path}: missing tensor {missing}")
         # 6Bit-Diffusion's trajectories are small: read now, the rest layer by layer
@@ -94,4 +101,4 @@ def load_calibration(path: str | Path) -> Calibration:
         except KeyError as e:
             raise ArtifactError(f"{tensors_path}: missing tensor {e.args[0]} (or {json_path}: key "
                                 f"trajectories.{e.args[0]})") from None
-    return Calibration(summary, _Layers(tensors_path, list(summary["layers"])), trajectories)
+    return Calibration(summary, _Layers(tensors_path, list(summary["layers"]), same_input), trajectories)

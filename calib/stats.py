@@ -57,7 +57,8 @@ def smallest(keys: torch.Tensor, tickets: torch.Tensor, k: int) -> torch.Tensor:
 
 # The kept tokens' dtype: what the artifact stores, and a BF16 model's activations exactly. Half of
 # fp32's host memory: Wan 2.2 A14B's recipes keep 4,096 tokens for each of 800 layers (4.79 M input
-# channels in all), 36.6 GiB in BF16 against 73 in fp32.
+# channels in all), 36.6 GiB in BF16 against 73 in fp32; 27.2 GiB with Q/K/V and the text K/V sharing
+# one reservoir each (dq_cli/calibrate.py, `same_input`).
 TOKEN_DTYPE = torch.bfloat16
 
 

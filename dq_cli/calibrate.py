@@ -1,6 +1,8 @@
 """`dq calibrate`: run the pipeline over calibration prompts with hooks on the layers to quantize,
 and save what the methods need (per-channel absmax by step range, a token reservoir with grid
-positions), plus a JSON summary that records the recipe and versions."""
+positions), plus a JSON summary that records the recipe and versions. Layers that read the tensor
+the layer before them read (an attention's Q/K/V, the text K/V) keep one set of statistics: the
+first's, found at their first call and checked at every later one."""
 
 from __future__ import annotations
 
@@ -13,11 +15,12 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from safetensors.torch import save_file
 
-from dq_calib.artifact import artifact_paths
+from dq_calib.artifact import FORMAT_VERSION, artifact_paths
 from dq_calib.stats import LayerStats
 from dq_calib.trajectories import Trajectories, cosine, gamma, rel_error, rel_l1_change
 from dq_cli import __version__
 from dq_cli.atomic import write_atomic
+from dq_cli.errors import DQError
 from dq_cli.models.base import Adapter, LinearInfo, StepInfo
 from dq_cli.quant.linear import QuantLinear
 from dq_cli.quant.plan import CALIBRATED_METHODS, LayerPlan
@@ -33,6 +36,17 @@ class CalibrationResult:
     branches_seen: set[str] = field(default_factory=set)
     forwards: int = 0
     trajectories: Trajectories | None = None  # 6Bit-Diffusion's Γ, E_rel and Δ (when the recipe asks)
+    # Layers fed the very tensor the layer before them was (Q/K/V of one attention, the text K/V):
+    # follower -> leader, whose statistics they share (`stats[follower] is stats[leader]`).
+    same_input: dict[str, str] = field(default_factory=dict)
+
+    def leaders(self, layers: list[LinearInfo]) -> list[LinearInfo]:
+        """The layers whose statistics are their own, in order."""
+        return [info for info in layers if info.name not in self.same_input]
+
+    def share(self, follower: str, leader: str) -> None:
+        self.same_input[follower] = leader
+        self.stats[follower] = self.stats[leader]
 
 
 def owned_prompts(n: int, shard: tuple[int, int]) -> range:
@@ -75,12 +89,34 @@ def calibrate(adapter: Adapter, layers: list[LinearInfo], prompts: list[str], *,
     result = CalibrationResult({info.name: LayerStats.new(info.in_features, step_ranges, tokens_per_layer,
                                                           seed + i) for i, info in enumerate(layers)})
     prompt_index = [0]
+    # The latest observed input and the layer whose statistics took it. Held (not just its address)
+    # until the next layer's call compares: a freed tensor's memory may hold the next input.
+    last: list = [None, None]
+    decided: set[str] = set()
+
+    def shares_input(name: str, x: torch.Tensor) -> bool:
+        """Whether this call's input is the latest one, which its leader already recorded. Decided
+        at a layer's first call (Q/K/V read one tensor), then held to in every forward."""
+        prev, prev_leader = last
+        if name not in decided:
+            decided.add(name)
+            if x is prev and prev_leader is not None:
+                result.share(name, prev_leader)
+        leader = result.same_input.get(name)
+        if leader is None:
+            last[:] = [x, name]
+            return False
+        if x is not prev or prev_leader != leader:
+            raise DQError(f"calibration: {name} read the input of {leader} in the first forward but not in a later "
+                          "one; the model's attention runs its projections otherwise than dq expects")
+        return True
 
     def observe(info: LinearInfo):
-        stats = result.stats[info.name]
-
         def hook(module, args):
             x = args[0]
+            if shares_input(info.name, x):
+                return
+            stats = result.stats[info.name]
             batch, seq = (x.shape[0], x.shape[1]) if x.dim() == 3 else (1, x.shape[0])
             x2 = x.reshape(-1, info.in_features)
             step_range = min(adapter.state.step * step_ranges // max(adapter.state.num_steps, 1), step_ranges - 1)
@@ -93,6 +129,7 @@ def calibrate(adapter: Adapter, layers: list[LinearInfo], prompts: list[str], *,
     def count(module, args, kwargs, output):
         # After the forward: torch's own pre-hooks run before the tracker has set the state.
         state = adapter.state
+        last[:] = [None, None]  # no input is shared across forwards
         result.forwards += 1
         result.branches_seen.update(state.branches)
         result.steps_seen.setdefault(state.expert, []).append(state.step)
@@ -128,7 +165,8 @@ def reduce_result(result: CalibrationResult, layers: list[LinearInfo], prompts: 
 
     from dq_calib.merge import reduce_layer_stats, reduce_trajectories
 
-    reduce_layer_stats([result.stats[info.name] for info in layers], group, dst)
+    _agree_on_shared_inputs(result, group)
+    reduce_layer_stats([result.stats[info.name] for info in result.leaders(layers)], group, dst)
     if result.trajectories is not None:
         reduce_trajectories(result.trajectories, list(owned_prompts(prompts, shard)), group, dst)
     gathered = [None] * dist.get_world_size(group)
@@ -138,6 +176,22 @@ def reduce_result(result: CalibrationResult, layers: list[LinearInfo], prompts: 
     result.steps_seen = {expert: sorted({s for g in gathered for s in g[2].get(expert, [])})
                          for expert in sorted({e for g in gathered for e in g[2]})}
     dist.barrier(group=group)  # nobody leaves (and tears the group down) while `dst` still receives
+
+
+def _agree_on_shared_inputs(result: CalibrationResult, group) -> None:
+    """Every process found the same shared inputs, except one that ran no prompt (more processes
+    than prompts), whose statistics are empty: it adopts the others' before the collectives, which
+    must see the same layers everywhere."""
+    import torch.distributed as dist
+
+    maps = [None] * dist.get_world_size(group)
+    dist.all_gather_object(maps, (result.forwards > 0, result.same_input), group=group)
+    found = {tuple(sorted(m.items())) for ran, m in maps if ran}
+    if len(found) > 1:
+        raise DQError("data-parallel calibration: the processes found different layers sharing an input")
+    for follower, leader in (dict(found.pop()) if found else {}).items():
+        if result.same_input.get(follower) != leader:
+            result.share(follower, leader)
 
 
 # ---- 6Bit-Diffusion trajectories ----------------------------------------------------------------------
@@ -249,17 +303,20 @@ def save_artifact(out: Path, result: CalibrationResult, layers: list[LinearInfo]
     so that a summary never points at missing tensors."""
     tensors_path, json_path = artifact_paths(out)
     tensors = {}
-    for info in layers:
+    for info in result.leaders(layers):  # a layer sharing another's input is stored once, by that one
         tensors.update(result.stats[info.name].to_tensors(info.name))
     if result.trajectories is not None:
         tensors.update(result.trajectories.to_tensors())
         summary = {**summary, "trajectories": result.trajectories.describe()}
-    meta = {"format": "dq-calibration", "format_version": "1", "recipe": recipe_text, "dq_version": __version__}
+    meta = {"format": "dq-calibration", "format_version": FORMAT_VERSION, "recipe": recipe_text,
+            "dq_version": __version__}
     contiguous = {k: v.contiguous() for k, v in tensors.items()}
     write_atomic(tensors_path, lambda tmp: save_file(contiguous, tmp, metadata=meta))
     doc = {**meta, **summary, "tensors": tensors_path.name,
            "layers": {i.name: {"role": i.role, "in_features": i.in_features, "out_features": i.out_features,
                                "tokens": result.stats[i.name].reservoir.filled,
-                               "tokens_seen": result.stats[i.name].reservoir.seen} for i in layers}}
+                               "tokens_seen": result.stats[i.name].reservoir.seen}
+                         | ({"same_input_as": result.same_input[i.name]} if i.name in result.same_input else {})
+                         for i in layers}}
     write_atomic(json_path, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
     return tensors_path, json_path

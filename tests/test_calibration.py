@@ -244,6 +244,44 @@ def test_reservoirs_reduced_over_processes_equal_one_pass(tmp_path):
     assert torch.equal(_kept(_fill([0, 1])), _kept(_fill([1, 0])))  # the order of the streams is irrelevant
 
 
+def _idle_process_worker(rank: int, size: int, init_file: str) -> None:
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from dq_calib.stats import LayerStats
+    from dq_cli.calibrate import CalibrationResult, reduce_result
+    from dq_cli.models.base import LinearInfo
+
+    # A timeout rather than a hang if the processes' collectives ever stop matching.
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=size,
+                            timeout=timedelta(seconds=60))
+    try:
+        layers = [LinearInfo("transformer", f"attn1.to_{p}", f"self_attn.{p}", 2, 2) for p in "qkv"]
+        result = CalibrationResult({i.name: LayerStats.new(2, 1, 8, 0) for i in layers})
+        if rank == 0:  # ran the only prompt: found K and V reading Q's input
+            result.forwards = 1
+            result.share(layers[1].name, layers[0].name)
+            result.share(layers[2].name, layers[0].name)
+            _stream(result.stats[layers[0].name].reservoir, 20, [7])
+        reduce_result(result, layers, prompts=1, shard=(rank, size))  # a mismatch here would hang
+        q = result.stats[layers[0].name]
+        assert result.stats[layers[1].name] is q and result.stats[layers[2].name] is q
+        if rank == 0:
+            assert q.reservoir.filled == 8 and q.reservoir.seen == 20
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_process_without_prompts_adopts_the_shared_inputs(tmp_path):
+    """Two processes, one prompt: the idle process never saw a forward, so it takes the others'
+    shared inputs before the statistics are reduced layer by layer (a collective per layer must be
+    entered by every process alike)."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_idle_process_worker, args=(2, str(tmp_path / "init")), nprocs=2, join=True)
+
+
 def test_reservoir_sample_is_uniform():
     """Every token of the stream is kept with probability capacity / n.
 
@@ -400,6 +438,40 @@ def artifact(family_dir, tmp_path_factory):
     return tmp / "cal"
 
 
+def test_layers_fed_one_tensor_share_their_statistics(artifact):
+    """Q, K and V of the self-attention read one tensor, and so do the text K and V: their statistics
+    are gathered and stored once, by the first of them (a quarter less host memory and file for a Wan
+    block), and the others name it. No other layer shares: each reads its own input."""
+    import safetensors
+
+    from dq_calib.artifact import load_calibration
+
+    cal = load_calibration(artifact)
+    shared = {name: layer["same_input_as"] for name, layer in cal.summary["layers"].items() if "same_input_as" in layer}
+    blocks = sorted({name.split(".attn")[0] for name in cal.layers if ".attn1." in name})
+    assert blocks and shared == {f"{b}.{a}": f"{b}.{leader}" for b in blocks
+                                 for a, leader in (("attn1.to_k", "attn1.to_q"), ("attn1.to_v", "attn1.to_q"),
+                                                   ("attn2.to_v", "attn2.to_k"))}
+    with safetensors.safe_open(str(artifact.with_suffix(".safetensors")), framework="pt") as f:
+        stored = {k.rsplit(".", 1)[0] for k in f.keys() if not k.startswith("traj.")}
+    assert stored == set(cal.layers) - set(shared)
+    for follower, leader in shared.items():
+        assert torch.equal(cal.layers[follower].tokens, cal.layers[leader].tokens)
+
+
+def test_a_newer_calibration_format_is_refused_by_name(artifact, tmp_path):
+    import shutil
+
+    from dq_calib.artifact import ArtifactError, load_calibration
+
+    for suffix in (".json", ".safetensors"):
+        shutil.copy(artifact.with_suffix(suffix), tmp_path / f"cal{suffix}")
+    doc = json.loads((tmp_path / "cal.json").read_text())
+    (tmp_path / "cal.json").write_text(json.dumps({**doc, "format_version": "99"}))
+    with pytest.raises(ArtifactError, match="calibration format 99 is newer than this dq reads"):
+        load_calibration(tmp_path / "cal")
+
+
 def test_artifact_layers_are_read_one_at_a_time(artifact, monkeypatch):
     """load_calibration reads no layer's tensors up front (a Wan A14B artifact is tens of GB): the
     whole-file reader is never called, and each layer read on access equals the file's tensors."""
@@ -419,9 +491,9 @@ def test_artifact_layers_are_read_one_at_a_time(artifact, monkeypatch):
         m.setattr(dq_calib.artifact, "safe_open", lambda *a, **k: pytest.fail("read a layer to test membership"))
         assert all(name in cal.layers for name in cal.layers) and "transformer.no_such_layer" not in cal.layers
     for name in cal.layers:
-        layer = cal.layers[name]
+        layer, stored = cal.layers[name], cal.summary["layers"][name].get("same_input_as", name)
         for part in ("absmax", "tokens", "token_meta"):
-            assert torch.equal(getattr(layer, part), whole[f"{name}.{part}"])
+            assert torch.equal(getattr(layer, part), whole[f"{stored}.{part}"])
     with pytest.raises(KeyError):
         cal.layers["transformer.no_such_layer"]
 

@@ -122,9 +122,9 @@ def test_calibration_covers_the_block_layers_and_both_branches(flow):
     cap = recipe_data(flow.family, flow.folder)["calibration"]["tokens_per_layer"]
     with safe_open(str(flow.calib_tensors), "pt") as f:
         for name, layer in calib["layers"].items():
-            expert = name.split(".")[0]
-            absmax = f.get_tensor(f"{name}.absmax")
-            tokens, meta = f.get_tensor(f"{name}.tokens"), f.get_tensor(f"{name}.token_meta")
+            expert, stored = name.split(".")[0], layer.get("same_input_as", name)  # Q/K/V: stored once
+            absmax = f.get_tensor(f"{stored}.absmax")
+            tokens, meta = f.get_tensor(f"{stored}.tokens"), f.get_tensor(f"{stored}.token_meta")
             assert absmax.shape == (flow.steps, layer["in_features"])  # step_ranges == steps here
             assert tokens.shape == (min(cap, layer["tokens_seen"]), layer["in_features"]) and meta.shape[1] == 5
             assert layer["tokens"] == tokens.shape[0]
