@@ -7,6 +7,7 @@ first's, found at their first call and checked at every later one."""
 from __future__ import annotations
 
 import json
+import weakref
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -89,22 +90,23 @@ def calibrate(adapter: Adapter, layers: list[LinearInfo], prompts: list[str], *,
     result = CalibrationResult({info.name: LayerStats.new(info.in_features, step_ranges, tokens_per_layer,
                                                           seed + i) for i, info in enumerate(layers)})
     prompt_index = [0]
-    # The latest observed input and the layer whose statistics took it. Held (not just its address)
-    # until the next layer's call compares: a freed tensor's memory may hold the next input.
-    last: list = [None, None]
+    # The latest observed input (a weak reference: compared by identity while it lives, so a freed
+    # tensor whose memory now holds the next input cannot match, and nothing is kept alive) and the
+    # layer whose statistics took it.
+    last: list = [lambda: None, None]
     decided: set[str] = set()
 
     def shares_input(name: str, x: torch.Tensor) -> bool:
         """Whether this call's input is the latest one, which its leader already recorded. Decided
         at a layer's first call (Q/K/V read one tensor), then held to in every forward."""
-        prev, prev_leader = last
+        prev, prev_leader = last[0](), last[1]
         if name not in decided:
             decided.add(name)
             if x is prev and prev_leader is not None:
                 result.share(name, prev_leader)
         leader = result.same_input.get(name)
         if leader is None:
-            last[:] = [x, name]
+            last[:] = [weakref.ref(x), name]
             return False
         if x is not prev or prev_leader != leader:
             raise DQError(f"calibration: {name} read the input of {leader} in the first forward but not in a later "
@@ -129,7 +131,7 @@ def calibrate(adapter: Adapter, layers: list[LinearInfo], prompts: list[str], *,
     def count(module, args, kwargs, output):
         # After the forward: torch's own pre-hooks run before the tracker has set the state.
         state = adapter.state
-        last[:] = [None, None]  # no input is shared across forwards
+        last[:] = [lambda: None, None]  # no input is shared across forwards
         result.forwards += 1
         result.branches_seen.update(state.branches)
         result.steps_seen.setdefault(state.expert, []).append(state.step)
