@@ -50,6 +50,37 @@ class CalibrationResult:
         self.stats[follower] = self.stats[leader]
 
 
+class SharedInputs:
+    """Finds the layers fed the very tensor that the layer observed before them was (an attention's
+    Q/K/V, the text K/V), which then share that layer's statistics: decided at a layer's first call,
+    then held to in every forward. The latest input is held by a weak reference: compared by identity
+    while it lives, so a freed tensor whose memory now holds the next input cannot match, and
+    nothing is kept alive."""
+
+    def __init__(self, result: CalibrationResult):
+        self.result, self.decided = result, set()
+        self.forward_done()
+
+    def forward_done(self) -> None:
+        self.latest, self.latest_leader = (lambda: None), None  # nothing is shared across forwards
+
+    def follows(self, name: str, x: torch.Tensor) -> bool:
+        """Whether this call's input is the latest one, which its leader has recorded already."""
+        prev = self.latest()
+        if name not in self.decided:
+            self.decided.add(name)
+            if x is prev and self.latest_leader is not None:
+                self.result.share(name, self.latest_leader)
+        leader = self.result.same_input.get(name)
+        if leader is None:
+            self.latest, self.latest_leader = weakref.ref(x), name
+            return False
+        if x is not prev or self.latest_leader != leader:
+            raise DQError(f"calibration: {name} read the input of {leader} in the first forward but not in a later "
+                          "one; the model's attention runs its projections otherwise than dq expects")
+        return True
+
+
 def owned_prompts(n: int, shard: tuple[int, int]) -> range:
     """The indices of the prompts that process `rank` of `processes` (shard) runs: every processes-th."""
     rank, processes = shard
@@ -90,33 +121,12 @@ def calibrate(adapter: Adapter, layers: list[LinearInfo], prompts: list[str], *,
     result = CalibrationResult({info.name: LayerStats.new(info.in_features, step_ranges, tokens_per_layer,
                                                           seed + i) for i, info in enumerate(layers)})
     prompt_index = [0]
-    # The latest observed input (a weak reference: compared by identity while it lives, so a freed
-    # tensor whose memory now holds the next input cannot match, and nothing is kept alive) and the
-    # layer whose statistics took it.
-    last: list = [lambda: None, None]
-    decided: set[str] = set()
-
-    def shares_input(name: str, x: torch.Tensor) -> bool:
-        """Whether this call's input is the latest one, which its leader already recorded. Decided
-        at a layer's first call (Q/K/V read one tensor), then held to in every forward."""
-        prev, prev_leader = last[0](), last[1]
-        if name not in decided:
-            decided.add(name)
-            if x is prev and prev_leader is not None:
-                result.share(name, prev_leader)
-        leader = result.same_input.get(name)
-        if leader is None:
-            last[:] = [weakref.ref(x), name]
-            return False
-        if x is not prev or prev_leader != leader:
-            raise DQError(f"calibration: {name} read the input of {leader} in the first forward but not in a later "
-                          "one; the model's attention runs its projections otherwise than dq expects")
-        return True
+    shared = SharedInputs(result)
 
     def observe(info: LinearInfo):
         def hook(module, args):
             x = args[0]
-            if shares_input(info.name, x):
+            if shared.follows(info.name, x):
                 return
             stats = result.stats[info.name]
             batch, seq = (x.shape[0], x.shape[1]) if x.dim() == 3 else (1, x.shape[0])
@@ -131,7 +141,7 @@ def calibrate(adapter: Adapter, layers: list[LinearInfo], prompts: list[str], *,
     def count(module, args, kwargs, output):
         # After the forward: torch's own pre-hooks run before the tracker has set the state.
         state = adapter.state
-        last[:] = [lambda: None, None]  # no input is shared across forwards
+        shared.forward_done()
         result.forwards += 1
         result.branches_seen.update(state.branches)
         result.steps_seen.setdefault(state.expert, []).append(state.step)

@@ -459,6 +459,30 @@ def test_layers_fed_one_tensor_share_their_statistics(artifact):
         assert torch.equal(cal.layers[follower].tokens, cal.layers[leader].tokens)
 
 
+def test_shared_inputs_follow_identity_not_addresses():
+    """SharedInputs: a layer follows the one before it only when it gets that very tensor, at its
+    first call; a new tensor in a freed one's memory (the allocator reuses it) does not match; a
+    follower later fed another tensor is an error naming both layers."""
+    from dq_calib.stats import LayerStats
+    from dq_cli.calibrate import CalibrationResult, SharedInputs
+    from dq_cli.errors import DQError
+
+    result = CalibrationResult({n: LayerStats.new(4, 1, 2, 0) for n in ("q", "k", "v", "out", "up")})
+    shared = SharedInputs(result)
+    x = torch.randn(3, 4)
+    assert [shared.follows(n, x) for n in ("q", "k", "v")] == [False, True, True]
+    y = torch.randn(3, 4)
+    assert not shared.follows("out", y)
+    del y
+    assert not shared.follows("up", torch.empty(3, 4))  # often in y's freed memory: identity alone counts
+    assert result.same_input == {"k": "q", "v": "q"} and result.stats["k"] is result.stats["q"]
+    shared.forward_done()
+    x2 = torch.randn(3, 4)
+    assert not shared.follows("q", x2) and shared.follows("k", x2)
+    with pytest.raises(DQError, match="v read the input of q in the first forward but not in a later one"):
+        shared.follows("v", torch.randn(3, 4))
+
+
 def test_a_newer_calibration_format_is_refused_by_name(artifact, tmp_path):
     import shutil
 
