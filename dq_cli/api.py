@@ -83,4 +83,3 @@ def generate(model: Adapter, prompt: str, *, negative_prompt: str | None = None,
     return model.generate(prompt, negative_prompt=run.negative_prompt, image=image, steps=run.steps,
                           guidance=run.guidance, seed=run.seed, frames=run.frames, height=run.height,
                           width=run.width)
-

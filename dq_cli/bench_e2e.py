@@ -49,7 +49,8 @@ from dq_cli.bench_configs import CONFIGS, DEFAULT_CONFIGS, DQ_RECIPES, Skip, app
 from dq_cli.bench_models import VAE_ATTRS, BenchModel
 from dq_cli.bench_timing import Clock, ForwardTimer, run_breakdown, timed_run
 from dq_cli.compile import MODES as COMPILE_MODES
-from dq_cli.compile import STEPWISE_GRAPHS, RegionalCompile
+from dq_cli.compile import RegionalCompile
+from dq_cli.compile import refusal as compile_refusal
 from dq_cli.errors import DQError
 
 DEFAULT_PROMPT = "a red circle moving right on a blue background"  # dq-tiny's world
@@ -236,8 +237,8 @@ def measure(workload: Workload, row: Row, options: Options, log: Callable[[str],
     stats = adapter.set_attention(row.attention)
     output = None
     try:
-        if row.compile and adapter.runtime is not None and options.compile_mode == "reduce-overhead":
-            raise Skip(STEPWISE_GRAPHS)
+        if row.compile and (why := compile_refusal(adapter, options.compile_mode)) is not None:
+            raise Skip(why)
         compiled = (RegionalCompile(adapter, options.compile_backend, options.compile_mode) if row.compile
                     else nullcontext())
         with compiled:

@@ -45,6 +45,16 @@ def exact_casts(adapter):
     return torch._inductor.config.patch(emulate_precision_casts=True)
 
 
+def refusal(adapter, mode: str) -> str | None:
+    """Why the blocks of this model cannot be compiled in `mode`, or None."""
+    from dq_cli.quant.runtime import block_hook, transformer_blocks
+
+    models = adapter.transformers().values()
+    if mode == "reduce-overhead" and any(block_hook(b) for m in models for _, b in transformer_blocks(m)):
+        return STEPWISE_GRAPHS
+    return None
+
+
 def check_choice(choice: str, option: str = "--compile") -> None:
     if choice not in CHOICES:
         raise DQError(f"{option} {choice}: expected off, on or reduce-overhead")
@@ -86,9 +96,9 @@ class RegionalCompile:
         import torch._dynamo
         from dq_cli.quant.runtime import block_hook, transformer_blocks
 
+        if (why := refusal(self.adapter, self.mode)) is not None:
+            raise DQError(why)
         models = self.adapter.transformers().values()
-        if self.mode == "reduce-overhead" and any(block_hook(b) for m in models for _, b in transformer_blocks(m)):
-            raise DQError(STEPWISE_GRAPHS)
         torch._dynamo.reset()
         torch._dynamo.utils.counters.clear()
         for model in models:
