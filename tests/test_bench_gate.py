@@ -169,6 +169,28 @@ def test_gate_refuses_bad_input_without_a_traceback(report, tmp_path):
         assert message in result.output and "Traceback" not in result.output, (args, result.output)
 
 
+def test_a_bad_baseline_is_refused_before_anything_runs(report, tmp_path, monkeypatch):
+    """A typo in --baseline (or a report of another kind) must not cost the bench it would gate: the
+    run exits 2 before loading a model or planning an e2e run."""
+    import dq_cli.bench_e2e
+    import dq_cli.models
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the bench ran before its baseline was checked")
+
+    monkeypatch.setattr(dq_cli.models, "load_model", must_not_run)
+    monkeypatch.setattr(dq_cli.bench_e2e, "plan", must_not_run)
+    kernels = REPO / "docs" / "measurements" / "kernels_480p_h100.json"
+    cases = [
+        (("bench", "--baseline", tmp_path / "typo.json"), "--baseline " + str(tmp_path / "typo.json") + ": no such file"),
+        (("bench", "e2e", "--smoke", "--baseline", kernels), "the baseline is a 'kernels' report and the new one a 'e2e'"),
+        (("bench", "--quality", "--baseline", report), "the baseline is a 'e2e' report and the new one a 'quality'"),
+    ]
+    for args, message in cases:
+        result = run_dq(*args, code=2)
+        assert message in result.output and "Traceback" not in result.output, (args, result.output)
+
+
 def test_merge_joins_reports_of_one_device(report, tmp_path):
     def rename(doc):
         for row in doc["rows"]:

@@ -11,6 +11,7 @@ exits with code 4 when a limit is broken.
 from __future__ import annotations
 
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 
 import typer
@@ -130,6 +131,8 @@ def command(
     attention = [b for a in attention for b in a.split(",") if b]
     for backend in attention:
         check_attention(backend)
+    # Read before anything runs: a missing, unreadable or wrong-kind baseline must not cost a whole bench.
+    baseline = _Baseline.read(baseline, _run_kind(what, smoke, quality))
     if what == "compare":
         return _compare(files, baseline, limits)
     if what == "merge":
@@ -199,7 +202,36 @@ def _command_line(ctx: typer.Context) -> str:
     return shlex.join(parts)
 
 
-def _finish(doc: dict, out: Path | None, as_json: bool, quiet: bool, baseline: Path | None, limits,
+@dataclass(frozen=True)
+class _Baseline:
+    """`--baseline`: its path (for messages) and the report, read once, up front."""
+
+    path: Path
+    doc: dict
+
+    @classmethod
+    def read(cls, path: Path | None, kind: str | None) -> "_Baseline | None":
+        from dq_cli import bench_gate as gate
+        from dq_cli import bench_report as br
+
+        if path is None:
+            return None
+        doc = br.load(path, "--baseline")
+        if kind is not None:
+            gate.check_kind(doc, kind)
+        return cls(path, doc)
+
+
+def _run_kind(what: str, smoke: bool, quality: bool) -> str | None:
+    """The kind of report this run writes; None for compare and merge (their input reports say)."""
+    if what in ("compare", "merge"):
+        return None
+    if smoke or what == "e2e":
+        return "e2e"
+    return "kernels" if what == "kernels" else "quality" if quality else "model"
+
+
+def _finish(doc: dict, out: Path | None, as_json: bool, quiet: bool, baseline: _Baseline | None, limits,
             print_table=None) -> None:
     """Write and print the report, then gate it against the baseline."""
     import json
@@ -223,26 +255,24 @@ def _finish(doc: dict, out: Path | None, as_json: bool, quiet: bool, baseline: P
         _gate(doc, baseline, limits, quiet)
 
 
-def _gate(doc: dict, baseline: Path, limits, quiet: bool = False) -> None:
+def _gate(doc: dict, baseline: _Baseline, limits, quiet: bool = False) -> None:
     from dq_cli import bench_gate as gate
-    from dq_cli import bench_report as br
 
-    base = br.load(baseline, "--baseline")
-    result = gate.compare(doc, base, limits)
+    result = gate.compare(doc, baseline.doc, limits)
     for line in result.notes:
         console.print(f"[yellow]note:[/] {line}", soft_wrap=True, markup=True)
     if result.new_rows and not quiet:
         console.print(f"note: {len(result.new_rows)} rows have no baseline: {', '.join(result.new_rows)}", soft_wrap=True,
                       markup=False)
     if not result.passed:
-        console.print(result.summary(str(baseline)), soft_wrap=True, markup=False)
+        console.print(result.summary(str(baseline.path)), soft_wrap=True, markup=False)
         first = result.regressions[0]
-        raise gate.RegressionError(f"{len(result.regressions)} regression(s) against {baseline} "
+        raise gate.RegressionError(f"{len(result.regressions)} regression(s) against {baseline.path} "
                                    f"({limits.describe()}); first: {first.message}")
-    typer.echo(result.summary(str(baseline)) + f" ({limits.describe()})")
+    typer.echo(result.summary(str(baseline.path)) + f" ({limits.describe()})")
 
 
-def _compare(files: list[Path], baseline: Path | None, limits) -> None:
+def _compare(files: list[Path], baseline: _Baseline | None, limits) -> None:
     from dq_cli import bench_report as br
 
     if len(files or []) != 1:
