@@ -79,6 +79,10 @@
 #   PART=sixbitcompiled  6Bit-Diffusion compiled (its routed linears eager between the compiled pieces): the
 #               full-size Wan A14B at 480p (both experts), BF16 and 6bit, SDPA, eager and compiled, then
 #               both with sage8 compiled, 2 steps after the default warm-up, no breakdown
+#   PART=calibcuda  (eighteenth session) the seventeenth session's calibration changes (shared statistics for
+#               layers that read one tensor, artifact format 2, the in-place reservoir sort) on CUDA: the API,
+#               built-in recipe and calibration tests, then dq-tiny calibrated and quantized on the GPU
+#               (peak host memory from /usr/bin/time where the machine has it)
 source tools/gpu_env.sh || exit 1
 L=$OUT/log.txt
 { nvidia-smi --query-gpu=name,driver_version --format=csv; python -c "import torch,triton;print(torch.__version__,triton.__version__)"; } > $L 2>&1
@@ -285,6 +289,17 @@ sixbitcompiled)
   echo "== the same with sage8, compiled $(date +%T)" >> $L
   timeout -s KILL 150 python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p --configs bf16,6bit \
     --attention sage8 --compile on --steps 2 --no-breakdown -o $OUT/wan480_6bit_compiled_sage8 >> $L 2>&1 ;;
+calibcuda)
+  python -c "import safetensors; print('safetensors', safetensors.__version__)" >> $L 2>&1
+  echo "== test_api, test_builtin_recipes, test_calibration (CUDA where they pick the default device) $(date +%T)" >> $L
+  timeout -s KILL 330 python -P -m pytest -q tests/test_api.py tests/test_builtin_recipes.py tests/test_calibration.py >> $L 2>&1
+  TIME=$(command -v /usr/bin/time >/dev/null && echo "/usr/bin/time -v")
+  echo "== dq-tiny: calibrate and quantize on CUDA $(date +%T)" >> $L
+  $TIME timeout -s KILL 120 python -P -m dq_cli calibrate -r tiny_deltaquant.yaml -n 2 --device cuda \
+    -o $OUT/tiny_deltaquant-calib >> $L 2>&1
+  timeout -s KILL 120 python -P -m dq_cli quantize -r tiny_deltaquant.yaml -c $OUT/tiny_deltaquant-calib \
+    --device cuda -o $OUT/tiny_deltaquant.safetensors >> $L 2>&1
+  ls -l $OUT >> $L ;;
 ltxgraphs)
   echo "== full size ltx-video, CUDA graphs $(date +%T)" >> $L
   timeout -s KILL ${LIMIT:-400} python -P -m dq_cli bench e2e --model ltx-video --configs bf16,w4a4 \
