@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -23,10 +24,13 @@ PROMPTS = ["a cat dancing in the rain", "a red car on a road", "a bird over the 
 
 @pytest.fixture(autouse=True)
 def _datasets_cache(tmp_path_factory, monkeypatch):
-    """`datasets` caches what it parses; keep that out of the user's home."""
-    import datasets
-
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path_factory.getbasetemp() / "hf_datasets")
+    """`datasets` caches what it parses; keep that out of the user's home. Set without importing it:
+    only the prompt-source tests need `datasets`, and the statistics tests run where it is missing."""
+    cache = tmp_path_factory.getbasetemp() / "hf_datasets"
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(cache))  # read when datasets is first imported
+    config = sys.modules.get("datasets.config")
+    if config is not None:  # imported already (by an earlier test): its constant is set
+        monkeypatch.setattr(config, "HF_DATASETS_CACHE", cache)
 
 
 # ------------------------------------------------------------------ prompt sources
