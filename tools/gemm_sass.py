@@ -63,7 +63,8 @@ def compile_one(config: triton.Config, epilogue: str, rank: int, int8: bool = Fa
     attrs = {(_scaled_gemm_body.arg_names.index(a),): [["tt.divisibility", 16]] for a in aligned}
     src = ASTSource(fn=_scaled_gemm_body, signature=sig, constexprs=const, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                          options=dict(num_warps=config.num_warps, num_stages=config.num_stages))
+                          options=dict(num_warps=config.num_warps, num_stages=config.num_stages,
+                                       **({"maxnreg": config.maxnreg} if config.maxnreg else {})))
 
 
 def usage(kernel) -> tuple[str, str]:
@@ -82,15 +83,15 @@ def main() -> None:
     p.add_argument("--int8", action="store_true", help="INT8 operands (the W8A8 GEMM) instead of E4M3")
     p.add_argument("--tma", action="store_true", help="A and B through tensor descriptors")
     p.add_argument("--persistent", action="store_true", help="the persistent launch (implies nothing about --tma)")
-    p.add_argument("--tiles", choices=("autotune", "probe"), default="autotune",
-                   help="the autotune list, or the candidates of tools/probe_gemm_tiles.py")
+    p.add_argument("--tiles", choices=("autotune", "probe", "occupancy"), default="autotune",
+                   help="the autotune list, or the candidates of tools/probe_gemm_tiles.py (TILES or OCCUPANCY_TILES)")
     args = p.parse_args()
     configs = _configs()
-    if args.tiles == "probe":
-        from probe_gemm_tiles import TILES, tile_config
+    if args.tiles != "autotune":
+        from probe_gemm_tiles import OCCUPANCY_TILES, TILES, tile_config
 
-        configs = [tile_config(*tile) for tile in TILES]
-    print(f"{'epilogue':>8} {'rank':>4} {'tile':>14} {'warps':>5} {'stages':>6} {'pf':>3} {'regs':>5} {'stack':>6} "
+        configs = [tile_config(*tile) for tile in (TILES if args.tiles == "probe" else OCCUPANCY_TILES)]
+    print(f"{'epilogue':>8} {'rank':>4} {'tile':>14} {'warps':>5} {'stages':>6} {'pf':>3} {'cap':>4} {'regs':>5} {'stack':>6} "
           f"{'smem KB':>7}  wgmma shapes")
     for epilogue in args.epilogues.split(","):
         for rank in (int(r) for r in args.ranks.split(",")):
@@ -107,7 +108,7 @@ def main() -> None:
                 except Exception as e:  # noqa: BLE001 — out of shared memory, say so and go on
                     regs, stack, smem, shapes = "-", "-", type(e).__name__, ""
                 print(f"{epilogue:>8} {rank:>4} {tile:>14} {c.num_warps:>5} {c.num_stages:>6} "
-                      f"{int(bool(c.kwargs.get('PREFETCH'))):>3} {regs:>5} {stack:>6} {smem:>7}  {shapes}", flush=True)
+                      f"{int(bool(c.kwargs.get('PREFETCH'))):>3} {c.maxnreg or '-':>4} {regs:>5} {stack:>6} {smem:>7}  {shapes}", flush=True)
 
 
 if __name__ == "__main__":

@@ -83,6 +83,8 @@
 #               layers that read one tensor, artifact format 2, the in-place reservoir sort) on CUDA: the API,
 #               built-in recipe and calibration tests, then dq-tiny calibrated and quantized on the GPU
 #               (peak host memory from /usr/bin/time where the machine has it)
+#   PART=gemmocc  tools/probe_gemm_tiles.py --tiles occupancy (tiles for two CTAs an SM) beside the current
+#               tiles, TMA loads, at 5,120->5,120, 13,824->5,120 and 5,120->13,824 (SHAPES="K,N ..." to choose)
 source tools/gpu_env.sh || exit 1
 L=$OUT/log.txt
 { nvidia-smi --query-gpu=name,driver_version --format=csv; python -c "import torch,triton;print(torch.__version__,triton.__version__)"; } > $L 2>&1
@@ -289,6 +291,14 @@ sixbitcompiled)
   echo "== the same with sage8, compiled $(date +%T)" >> $L
   timeout -s KILL 150 python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p --configs bf16,6bit \
     --attention sage8 --compile on --steps 2 --no-breakdown -o $OUT/wan480_6bit_compiled_sage8 >> $L 2>&1 ;;
+gemmocc)
+  for shape in ${SHAPES:-5120,5120 13824,5120 5120,13824}; do
+    echo "== occupancy tiles at K,N = $shape $(date +%T)" >> $L
+    timeout -s KILL 150 python -P tools/probe_gemm_tiles.py --k ${shape%,*} --n ${shape#*,} --tiles occupancy \
+      --modes "TMA,TMA persistent" >> $L 2>&1
+    echo "== the current tiles at K,N = $shape, TMA $(date +%T)" >> $L
+    timeout -s KILL 100 python -P tools/probe_gemm_tiles.py --k ${shape%,*} --n ${shape#*,} --modes TMA >> $L 2>&1
+  done ;;
 calibcuda)
   python -c "import safetensors; print('safetensors', safetensors.__version__)" >> $L 2>&1
   echo "== test_api, test_builtin_recipes, test_calibration (CUDA where they pick the default device) $(date +%T)" >> $L

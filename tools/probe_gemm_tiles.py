@@ -5,6 +5,7 @@ candidate tile, with A and B loaded through TMA descriptors and through pointers
 config at a time, so the launch is the library's own (rank padding, descriptors, pre-hook).
 
     python -P tools/probe_gemm_tiles.py [--m 32760 --k 5120 --n 5120 --rank 128]   # CUDA
+    python -P tools/probe_gemm_tiles.py --tiles occupancy --modes TMA   # two CTAs an SM (below)
     TRITON_INTERPRET=1 python -P tools/probe_gemm_tiles.py --check   # CPU: small shapes, each tile
                                                                     # against the reference
 """
@@ -35,6 +36,15 @@ from dq_kernels.int8_quantize import quantize_int8_tokens  # noqa: E402
 # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages): the autotune list's tiles and their neighbours
 TILES = [(128, 256, 128, 8, 4), (256, 128, 128, 8, 3), (128, 128, 128, 8, 4), (256, 128, 64, 8, 4),
          (128, 256, 64, 8, 5), (256, 128, 64, 8, 5), (128, 128, 128, 4, 5), (128, 256, 128, 8, 3)]
+# Tiles that let two CTAs share an SM, so that one's epilogue can run under the other's K loop (what
+# lifted the 8-bit attention from two CTAs an SM to three). The tiles above take one CTA an SM: 128x256
+# accumulators over 8 warps, or 128-160 KB of shared memory. Compiled for sm_90a (tools/gemm_sass.py
+# --tiles occupancy): W4A4 with the rank-128 split epilogue takes 255 registers at 4 warps (no spill:
+# 2 x 128 threads x 256 fit the SM's 64K) and 157 at 8 warps, capped at 128 (a 6th field, maxnreg) for
+# two CTAs at 24 bytes of spill; the bare INT8 GEMM takes 110 at 8 warps and 165 at 4. Shared memory:
+# 32 KB a stage at BLOCK_K 128, 16 at 64.
+OCCUPANCY_TILES = [(128, 128, 128, 4, 3), (128, 128, 64, 4, 4), (128, 128, 64, 4, 5), (128, 128, 128, 8, 3),
+                   (128, 128, 64, 8, 4), (128, 128, 128, 8, 3, 128), (128, 128, 64, 8, 4, 128)]
 CHECK_TILES = [(32, 32, 64, 4, 2), (64, 32, 32, 4, 2)]
 
 
@@ -64,9 +74,9 @@ def workloads(m: int, k: int, n: int, rank: int, device: str) -> dict:
     }
 
 
-def tile_config(bm, bn, bk, warps, stages) -> triton.Config:
+def tile_config(bm, bn, bk, warps, stages, maxnreg=None) -> triton.Config:
     return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=warps,
-                         num_stages=stages, pre_hook=sg._set_block_shapes)
+                         num_stages=stages, maxnreg=maxnreg, pre_hook=sg._set_block_shapes)
 
 
 # (label, TMA loads, persistent)
@@ -86,6 +96,11 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=5120)
     ap.add_argument("--n", type=int, default=5120)
     ap.add_argument("--rank", type=int, default=128)
+    ap.add_argument("--tiles", choices=("probe", "occupancy"), default="probe",
+                    help="the autotune list's neighbours (TILES) or the two-CTAs-an-SM tiles (OCCUPANCY_TILES)")
+    ap.add_argument("--modes", default=",".join(label for label, *_ in MODES),
+                    help="which of the loads / launches to time, comma-separated")
+    ap.add_argument("--only", choices=("w4a4", "w8a8"), help="one of the two GEMMs")
     ap.add_argument("--check", action="store_true", help="CPU interpreter: small shapes, results only")
     a = ap.parse_args()
     if a.check:
@@ -95,10 +110,14 @@ def main() -> None:
 
     m, k, n = a.m, a.k, a.n
     tflop = 2 * m * n * k / 1e9
+    tiles = OCCUPANCY_TILES if a.tiles == "occupancy" else TILES
+    modes = [mode for mode in MODES if mode[0] in a.modes.split(",")]
     for name, (args, kwargs) in workloads(m, k, n, a.rank, "cuda").items():
-        for tile in TILES:
+        if a.only and name != a.only:
+            continue
+        for tile in tiles:
             cells = []
-            for label, tma, persistent in MODES:
+            for label, tma, persistent in modes:
                 try:
                     ms = do_bench(lambda: run_tile(tile, tma, persistent, args, kwargs), warmup=10, rep=40,
                                   return_mode="median")
