@@ -85,6 +85,9 @@
 #               (peak host memory from /usr/bin/time where the machine has it)
 #   PART=gemmocc  tools/probe_gemm_tiles.py --tiles occupancy (tiles for two CTAs an SM) beside the current
 #               tiles, TMA loads, at 5,120->5,120, 13,824->5,120 and 5,120->13,824 (SHAPES="K,N ..." to choose)
+#   PART=w8a8occ  after the two-CTAs-an-SM tiles joined the autotune list: the GPU kernel tests, `dq bench kernels`
+#               at Wan A14B 480p and 720p (rank 128, 4x2x8), then the full-size Wan A14B 480p, BF16 and W8A8 x
+#               SDPA and sage8, compiled, 2 steps
 source tools/gpu_env.sh || exit 1
 L=$OUT/log.txt
 { nvidia-smi --query-gpu=name,driver_version --format=csv; python -c "import torch,triton;print(torch.__version__,triton.__version__)"; } > $L 2>&1
@@ -299,6 +302,16 @@ gemmocc)
     echo "== the current tiles at K,N = $shape, TMA $(date +%T)" >> $L
     timeout -s KILL 100 python -P tools/probe_gemm_tiles.py --k ${shape%,*} --n ${shape#*,} --modes TMA >> $L 2>&1
   done ;;
+w8a8occ)
+  gpu_tests 120
+  for res in 480p 720p; do
+    echo "== bench kernels $res $(date +%T)" >> $L
+    timeout -s KILL 100 python -P -m dq_cli bench kernels --shapes wan-a14b-$res --w4a4-format int4_row --rank 128 \
+      --cube 4,2,8 --out $OUT/kernels_occupancy_$res -q >> $L 2>&1
+  done
+  echo "== full size Wan A14B 480p compiled, bf16 and w8a8 $(date +%T)" >> $L
+  timeout -s KILL 300 python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p --configs bf16,w8a8 \
+    --attention sdpa,sage8 --compile on --steps 2 --no-breakdown -o $OUT/wan480_w8a8_occupancy >> $L 2>&1 ;;
 calibcuda)
   python -c "import safetensors; print('safetensors', safetensors.__version__)" >> $L 2>&1
   echo "== test_api, test_builtin_recipes, test_calibration (CUDA where they pick the default device) $(date +%T)" >> $L
