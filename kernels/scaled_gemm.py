@@ -92,18 +92,10 @@ def _configs() -> list[triton.Config]:
     tiles = [({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8}, 4),
              ({"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8}, 3),
              ({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8}, 4)]
-    # Two CTAs an SM: 128×128×128 in 3 stages (96 KB of shared memory) at 4 warps or at 8 (the bare INT8
-    # GEMM takes 110 registers there). Timed alone at Wan A14B's three shapes on an H200
-    # (tools/probe_gemm_tiles.py --tiles occupancy, docs/measurements/gemm_occupancy_tiles_h200.log), the
-    # W8A8 GEMM is 1-6% faster than on the tiles above (1.30 / 3.52 / 3.61 against 1.31 / 3.67 / 3.82 ms);
-    # W4A4 is not (its split epilogue fills 255 registers at 4 warps: 1.51 against 1.46 ms at 5,120²).
-    occupancy = [({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8}, warps) for warps in (4, 8)]
     return [triton.Config(dict(tile, PREFETCH=pf), num_warps=8, num_stages=stages, pre_hook=_set_block_shapes)
             for tile, stages in tiles for pf in (False, True)] + [
         triton.Config({"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=4,
-                      pre_hook=_set_block_shapes)] + [
-        triton.Config(dict(tile, PREFETCH=False), num_warps=warps, num_stages=3, pre_hook=_set_block_shapes)
-        for tile, warps in occupancy]
+                      pre_hook=_set_block_shapes)]
 
 
 @triton.jit

@@ -85,7 +85,8 @@
 #               (peak host memory from /usr/bin/time where the machine has it)
 #   PART=gemmocc  tools/probe_gemm_tiles.py --tiles occupancy (tiles for two CTAs an SM) beside the current
 #               tiles, TMA loads, at 5,120->5,120, 13,824->5,120 and 5,120->13,824 (SHAPES="K,N ..." to choose)
-#   PART=w8a8occ  after the two-CTAs-an-SM tiles joined the autotune list: the GPU kernel tests, `dq bench kernels`
+#   PART=w8a8occ  (ran at 10b1405, with two 128x128x128 tiles for two CTAs an SM in scaled_gemm's autotune list;
+#               removed after it, no gain beyond the runs' spread) the GPU kernel tests, `dq bench kernels`
 #               at Wan A14B 480p and 720p (rank 128, 4x2x8), then the full-size Wan A14B 480p, BF16 and W8A8 x
 #               SDPA and sage8, compiled, 2 steps
 source tools/gpu_env.sh || exit 1

@@ -42,7 +42,10 @@ TILES = [(128, 256, 128, 8, 4), (256, 128, 128, 8, 3), (128, 128, 128, 8, 4), (2
 # --tiles occupancy): W4A4 with the rank-128 split epilogue takes 255 registers at 4 warps (no spill:
 # 2 x 128 threads x 256 fit the SM's 64K) and 157 at 8 warps, capped at 128 (a 6th field, maxnreg) for
 # two CTAs at 24 bytes of spill; the bare INT8 GEMM takes 110 at 8 warps and 165 at 4. Shared memory:
-# 32 KB a stage at BLOCK_K 128, 16 at 64.
+# 32 KB a stage at BLOCK_K 128, 16 at 64. Timed on an H200 (docs/measurements/gemm_occupancy_tiles_h200.log):
+# W4A4 is not faster on any of them; the W8A8 GEMM alone is 1-6% faster, which did not show in a block's
+# linears or end to end (w8a8_occupancy_tiles_h200.log), so the autotune list does not take them.
+# (tools/probe_gemm_occupancy.py asked the same of W4A4 with capped 8-warp tiles in the ninth session.)
 OCCUPANCY_TILES = [(128, 128, 128, 4, 3), (128, 128, 64, 4, 4), (128, 128, 64, 4, 5), (128, 128, 128, 8, 3),
                    (128, 128, 64, 8, 4), (128, 128, 128, 8, 3, 128), (128, 128, 64, 8, 4, 128)]
 CHECK_TILES = [(32, 32, 64, 4, 2), (64, 32, 32, 4, 2)]
