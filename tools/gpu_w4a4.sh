@@ -89,6 +89,8 @@
 #               removed after it, no gain beyond the runs' spread) the GPU kernel tests, `dq bench kernels`
 #               at Wan A14B 480p and 720p (rank 128, 4x2x8), then the full-size Wan A14B 480p, BF16 and W8A8 x
 #               SDPA and sage8, compiled, 2 steps
+#   PART=regression  the whole GPU suite (`pytest -m gpu tests/`, the ~4-minute full-width e2e test left out), then
+#               the API, built-in recipe and calibration tests, which take CUDA where it is present
 source tools/gpu_env.sh || exit 1
 L=$OUT/log.txt
 { nvidia-smi --query-gpu=name,driver_version --format=csv; python -c "import torch,triton;print(torch.__version__,triton.__version__)"; } > $L 2>&1
@@ -313,6 +315,12 @@ w8a8occ)
   echo "== full size Wan A14B 480p compiled, bf16 and w8a8 $(date +%T)" >> $L
   timeout -s KILL 300 python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p --configs bf16,w8a8 \
     --attention sdpa,sage8 --compile on --steps 2 --no-breakdown -o $OUT/wan480_w8a8_occupancy >> $L 2>&1 ;;
+regression)
+  echo "commit ${DQ_GIT_COMMIT:-unknown}" >> $L
+  echo "== pytest -m gpu (all but the full-width e2e test) $(date +%T)" >> $L
+  timeout -s KILL 420 python -P -m pytest -m gpu -q tests/ --deselect tests/test_bench_e2e.py::test_e2e_on_the_gpu >> $L 2>&1
+  echo "== test_api, test_builtin_recipes, test_calibration $(date +%T)" >> $L
+  timeout -s KILL 150 python -P -m pytest -q tests/test_api.py tests/test_builtin_recipes.py tests/test_calibration.py >> $L 2>&1 ;;
 calibcuda)
   python -c "import safetensors; print('safetensors', safetensors.__version__)" >> $L 2>&1
   echo "== test_api, test_builtin_recipes, test_calibration (CUDA where they pick the default device) $(date +%T)" >> $L
