@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from dq_cli import recipe as recipes
-from dq_cli.commands.common import (DEVICE_OPTION, QUIET_OPTION, RECIPE_OPTION, check_writable, console,
+from dq_cli.commands.common import (DEVICE_OPTION, QUIET_OPTION, RECIPE_OPTION, check_writable, console, counted,
                                     default_output, handle_errors, load_image, note, pick_device, progress_bar,
                                     set_threads)
 from dq_cli.errors import DQError
@@ -114,7 +114,8 @@ def command(
                    "steps_by_expert": {k: sorted(set(v)) for k, v in result.steps_seen.items()},
                    "processes": shard[1]}
         tensors_path, json_path = save_artifact(out, result, layers, spec.text, summary)
-    note(quiet, f"{len(prompt_list)} prompts × {run.steps} steps, {result.forwards} forwards, "
+    note(quiet, f"{counted(len(prompt_list), 'prompt')} × {counted(run.steps, 'step')}, "
+                f"{counted(result.forwards, 'forward')}, "
                 f"branches {', '.join(sorted(result.branches_seen))}")
     if result.trajectories is not None:
         t = result.trajectories

@@ -104,6 +104,11 @@ def progress_bar(quiet: bool, description: str, total: int):
         yield lambda n=1, **kw: progress.update(task, advance=n, **kw)
 
 
+def counted(n: int, noun: str) -> str:
+    """'1 step', '20 steps': a count and its noun for the summary lines (nouns here take an s)."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def note(quiet: bool, message: str) -> None:
     if not quiet:
         console.print(message, soft_wrap=True)

@@ -8,9 +8,9 @@ from pathlib import Path
 import typer
 
 from dq_cli import recipe as recipes
-from dq_cli.commands.common import (ATTENTION_OPTION, DEVICE_OPTION, QUIET_OPTION, check_attention,
-                                    check_writable, console, handle_errors, load_image, note, pick_device,
-                                    progress_bar, set_threads)
+from dq_cli.commands.common import (ATTENTION_OPTION, DEVICE_OPTION, QUIET_OPTION, check_attention, check_writable,
+                                    console, counted, handle_errors, load_image, note, pick_device, progress_bar,
+                                    set_threads)
 from dq_cli.errors import DQError
 
 
@@ -134,7 +134,7 @@ def command(
             note(quiet, f"[yellow]note:[/] the {adapter.family} model made {video.shape[0]} frames of the "
                         f"{run.frames} asked for (its VAE takes frame counts of a fixed step)")
         note(quiet, f"{video.shape[0]} frames {video.shape[2]}×{video.shape[1]} in {elapsed:.1f} s "
-                    f"({run.steps} steps, guidance {run.guidance}, seed {run.seed})")
+                    f"({counted(run.steps, 'step')}, guidance {run.guidance}, seed {run.seed})")
         if getattr(adapter, "runtime", None) is not None:
             note(quiet, adapter.runtime.line())
         if split is not None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from dq_cli import recipe as recipes
-from dq_cli.commands.common import (QUIET_OPTION, RECIPE_OPTION, check_writable, console, default_output,
+from dq_cli.commands.common import (QUIET_OPTION, RECIPE_OPTION, check_writable, console, counted, default_output,
                                     handle_errors, note, progress_bar)
 from dq_cli.errors import DQError, RecipeError
 
@@ -67,7 +67,7 @@ def _report(result, spec, traj, static: bool, files: dict, drawn: int, quiet: bo
     choice, fitted, goal, low_route = result.choice, result.dynamic_fits, result.goal, result.low_route
     ranked = sorted((n for n in fitted if fitted[n].r2 == fitted[n].r2), key=lambda n: -fitted[n].r2)
     note(quiet, f"{len(result.predictor.layers)} layers, {result.decisions.predicted.numel()} layer evaluations "
-                f"({traj.prompts} prompts × {traj.steps} steps × branches)")
+                f"({counted(traj.prompts, 'prompt')} × {counted(traj.steps, 'step')} × branches)")
     note(quiet, f"regressions E_rel(t) ≈ α·Γ(t−1) + β ({low_route}): median R² "
                 f"{result.predictor.achieved['median_r2']:.3f}"
                 + (f"; best {ranked[0]} ({fitted[ranked[0]].r2:.3f}), worst {ranked[-1]} "
