@@ -132,8 +132,12 @@ def _ok(row: dict) -> bool:
 def check_kind(baseline: dict, kind: str) -> None:
     """A baseline gates only a report of its own kind (a kernels table has no e2e rows to compare)."""
     if baseline["kind"] != kind:
-        raise DQError(f"the baseline is a '{baseline['kind']}' report and the new one a '{kind}' report: "
+        raise DQError(f"the baseline is {_a(baseline['kind'])} report and the new one {_a(kind)} report: "
                       "compare reports of the same kind")
+
+
+def _a(kind: str) -> str:
+    return f"an '{kind}'" if kind[:1] in "aeiou" else f"a '{kind}'"
 
 
 def compare(new: dict, baseline: dict, limits: Limits) -> GateResult:

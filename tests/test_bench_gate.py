@@ -183,8 +183,8 @@ def test_a_bad_baseline_is_refused_before_anything_runs(report, tmp_path, monkey
     kernels = REPO / "docs" / "measurements" / "kernels_480p_h100.json"
     cases = [
         (("bench", "--baseline", tmp_path / "typo.json"), "--baseline " + str(tmp_path / "typo.json") + ": no such file"),
-        (("bench", "e2e", "--smoke", "--baseline", kernels), "the baseline is a 'kernels' report and the new one a 'e2e'"),
-        (("bench", "--quality", "--baseline", report), "the baseline is a 'e2e' report and the new one a 'quality'"),
+        (("bench", "e2e", "--smoke", "--baseline", kernels), "the baseline is a 'kernels' report and the new one an 'e2e'"),
+        (("bench", "--quality", "--baseline", report), "the baseline is an 'e2e' report and the new one a 'quality'"),
     ]
     for args, message in cases:
         result = run_dq(*args, code=2)
