@@ -37,8 +37,10 @@ def _datasets_cache(tmp_path_factory, monkeypatch):
 
 
 def _write_source(kind: str, folder, column: str = "prompt"):
-    import datasets
-    import pandas as pd
+    if kind in ("csv", "parquet"):
+        import pandas as pd
+    if kind in ("dataset", "dataset_dict"):
+        import datasets
 
     if kind == "txt":
         path = folder / "p.txt"

@@ -300,7 +300,7 @@ def test_generate_and_bench_sample_as_the_checkpoints_recipe(family_dir, tmp_pat
 
     flags = run_dq("generate", "-c", path, "-p", PROMPT, "-o", tmp_path / "c.mp4", "--steps", 1, "--seed", 3,
                    "--attention", "sdpa")
-    assert "(1 steps" in flags.stderr and "seed 3)" in flags.stderr and "attention sage8" not in flags.stderr
+    assert "(1 step," in flags.stderr and "seed 3)" in flags.stderr and "attention sage8" not in flags.stderr
 
     doc = json.loads(run_dq("bench", "-c", path, "--json", "-q").stdout)
     assert {k: doc["settings"][k] for k in ("steps", "seed", "frames", "height", "width")} == {
