@@ -17,6 +17,10 @@
 #   PART=overhead  the op's GPU time per CUDA kernel and host time (tools/profile_attention_op.py), the
 #               one-pass statistics candidate against torch's (tools/probe_attention_stats.py), the bench
 #               at short sequences (--shapes sweep) and the model shapes
+# Eighteenth session (written after the device budget was spent; not yet run):
+#   PART=stream  the attention kernel beside two stripped copies on the same grid and tiles: K/V streaming
+#               alone and the two MMAs without the softmax (tools/probe_attention_stream.py), at wan480 and
+#               wan720: is the kernel bound by L2 -> SM traffic (6.4 TB/s at both sizes), MMAs or softmax?
 source tools/gpu_env.sh || exit 1
 L=$OUT/log.txt
 { nvidia-smi --query-gpu=name,driver_version --format=csv; python -c "import torch,triton;print(torch.__version__,triton.__version__)"; } > $L 2>&1
@@ -60,6 +64,11 @@ overhead)
   echo "== bench sweep $(date +%T)" >> $L
   timeout -s KILL 200 python -P tools/bench_attention.py --shapes sweep,wan480,ltx,cogvideox --no-peer \
     --out $OUT/attention >> $L 2>&1 ;;
+stream)
+  for shape in wan480 wan720; do
+    echo "== stream / MMA-only / attention at $shape $(date +%T)" >> $L
+    timeout -s KILL 200 python -P tools/probe_attention_stream.py --shape $shape >> $L 2>&1
+  done ;;
 tests)
   echo "== gpu tests attention $(date +%T)" >> $L
   timeout -s KILL 250 python -P -m pytest -m gpu -q -x tests/test_attention.py >> $L 2>&1 ;;
