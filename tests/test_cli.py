@@ -328,3 +328,40 @@ def test_generate_warns_of_words_dq_tiny_cannot_read(dq, tmp_path):
     text = " ".join(result.stderr.split())
     assert "words the model does not know (ignored): with, zebra" in text
     assert "reads the first 16 words of a prompt; ignored: and a red circle and a red circle" in text
+
+
+def test_generate_from_a_prompt_file_gives_each_prompts_own_video(dq, tmp_path, monkeypatch):
+    """--prompts: one model for a list of prompts; video i is the one `-p PROMPT_i --seed S+i` makes
+    (frames compared as written, before the MP4 encoder), named by its index and first words."""
+    import dq_cli.video
+
+    written = {}
+    real_write = dq_cli.video.write_mp4
+
+    def keep(frames, path, fps):
+        written[Path(path)] = frames.clone()
+        real_write(frames, path, fps)
+
+    monkeypatch.setattr(dq_cli.video, "write_mp4", keep)
+    prompts = ["a red circle moving right", "a blue square on a plain background"]
+    source = tmp_path / "p.txt"
+    source.write_text("# two prompts\n" + "\n".join(prompts) + "\n")
+    common = ["--steps", 1, "--frames", 2, "--height", 16, "--width", 16, "--device", "cpu", "--seed", 5]
+    result = dq("generate", "--prompts", source, "-o", tmp_path / "vids", *common, "-q")
+    names = ["000-a-red-circle-moving-right.mp4", "001-a-blue-square-on-a-plain-background.mp4"]
+    assert result.stdout.split() == [str(tmp_path / "vids" / n) for n in names]
+    assert sorted(p.name for p in (tmp_path / "vids").iterdir()) == names
+    batch = [written[tmp_path / "vids" / n] for n in names]
+    for i, prompt in enumerate(prompts):
+        one = tmp_path / f"one{i}.mp4"
+        dq("generate", "-p", prompt, "-o", one, *common[:-1], 5 + i, "-q")
+        assert torch.equal(written[one], batch[i])
+    assert not torch.equal(batch[0], batch[1])
+    # -n takes the first prompts only; a file for --out, or --prompts with --prompt, is refused up front
+    dq("generate", "--prompts", source, "-n", 1, "-o", tmp_path / "first", *common, "-q")
+    assert [p.name for p in (tmp_path / "first").iterdir()] == names[:1]
+    for args, message in [(["--prompts", source, "-o", tmp_path / "v.mp4"], "--out is the folder"),
+                          (["--prompts", source, "-p", "a cat"], "give --prompt TEXT or --prompts FILE"),
+                          (["--prompts", tmp_path / "none.txt"], "no such prompt file")]:
+        result = dq("generate", *args, *common, code=2)
+        assert message in result.stderr and "Traceback" not in result.output

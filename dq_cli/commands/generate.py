@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -16,8 +17,14 @@ from dq_cli.errors import DQError
 
 @handle_errors
 def command(
-    prompt: str = typer.Option(..., "--prompt", "-p", help="What the video should show."),
-    out: Path = typer.Option(Path("out/video.mp4"), "--out", "-o", help="MP4 file to write (H.264)."),
+    prompt: str = typer.Option(None, "--prompt", "-p", help="What the video should show."),
+    prompts: str = typer.Option(None, "--prompts", help="A prompt file instead of --prompt (txt: one a line; jsonl, "
+                                "csv, parquet or a saved datasets folder, as `dq calibrate --prompts`): one video "
+                                "per prompt from one loaded (and compiled) model, written into the --out folder as "
+                                "000-<first words>.mp4, ...; seeds count up from the seed."),
+    num_prompts: int = typer.Option(None, "--num-prompts", "-n", min=1, help="With --prompts: the first N only."),
+    out: Path = typer.Option(None, "--out", "-o", help="MP4 file to write (H.264; default out/video.mp4); with "
+                             "--prompts, the folder (default out/videos)."),
     checkpoint: Path = typer.Option(None, "--checkpoint", "-c", help="Quantized checkpoint from `dq quantize`. "
                                     "Without it the model runs unquantized."),
     model: str = typer.Option(None, "--model", "-m", help="Built-in model name or local diffusers folder "
@@ -57,15 +64,13 @@ def command(
 ) -> None:
     """Generate a video and write it as an MP4.
 
-    In: a prompt, and a quantized checkpoint or a model. Out: a playable H.264 MP4 (and, with
-    --save-frames, the raw frames). With --context-parallel N under torchrun, every process holds
-    1/N of the tokens; the video is the one-process video, and process 0 writes it.
+    In: a prompt (or a prompt file), and a quantized checkpoint or a model. Out: a playable H.264 MP4
+    per prompt (and, with --save-frames, the raw frames). With --context-parallel N under torchrun,
+    every process holds 1/N of the tokens; the video is the one-process video, and process 0 writes it.
     """
     # Imported here: `dq --help` must not wait for torch and diffusers.
     set_threads()
-    if out.suffix.lower() != ".mp4":
-        raise DQError(f"--out {out}: the video is written as MP4; give a path ending in .mp4")
-    check_writable(out, "--out")
+    texts, outs = _videos(prompt, prompts, num_prompts, out, save_frames_to)
     if save_frames_to is not None and save_frames_to.suffix not in (".npy", ".pt"):
         raise DQError(f"--save-frames {save_frames_to}: expected a .npy or .pt path")
     if image is not None and not image.is_file():
@@ -105,7 +110,7 @@ def command(
             raise DQError(f"--image: the {adapter.family} model generates from a first frame; give --image")
         if not adapter.trained:
             note(quiet, "[yellow]note:[/] dq-tiny is untrained (seeded random weights): the video will be noise")
-        for warning in adapter.prompt_warnings(prompt):
+        for warning in dict.fromkeys(w for text in texts for w in adapter.prompt_warnings(text)):
             console.print(f"[yellow]warning:[/] {warning}")
         run = sampling(adapter, spec.sampling if spec else recorded, steps=steps, guidance=guidance, seed=seed,
                        frames=frames, height=height, width=width, fps=fps, negative_prompt=negative_prompt,
@@ -116,32 +121,90 @@ def command(
         split = enable_context_parallel(adapter, world, context_parallel) if world is not None else None
         first_frame = load_image(image) if image is not None else None
         compiled = for_choice(adapter, compile_)
-        start = time.perf_counter()
-        with compiled, progress_bar(quiet, "denoising", run.steps) as advance:
-            video = adapter.generate(prompt, negative_prompt=run.negative_prompt, image=first_frame, steps=run.steps,
-                                     guidance=run.guidance, seed=run.seed, frames=run.frames, height=run.height,
-                                     width=run.width, on_step=lambda s: advance())
+        made = []  # (path, frames, seconds, seed) per video
+        with compiled, progress_bar(quiet, "denoising", run.steps * len(texts)) as advance:
+            for i, (text, path) in enumerate(zip(texts, outs)):
+                start = time.perf_counter()
+                video = adapter.generate(text, negative_prompt=run.negative_prompt, image=first_frame,
+                                         steps=run.steps, guidance=run.guidance, seed=run.seed + i,
+                                         frames=run.frames, height=run.height, width=run.width,
+                                         on_step=lambda s: advance())
+                made.append((path, video.shape, time.perf_counter() - start, run.seed + i))
+                if world is None or world.is_main:  # written as it comes: a long list holds one video at a time
+                    write_mp4(upscale(video, display_size), path, run.fps)
+                    if save_frames_to is not None:
+                        save_frames(video, save_frames_to)
             compile_line = compiled.summary() if compile_ != "off" else None  # before the context resets dynamo
-        elapsed = time.perf_counter() - start
         if world is not None and not world.is_main:
             return
-        write_mp4(upscale(video, display_size), out, run.fps)
-        if save_frames_to is not None:
-            save_frames(video, save_frames_to)
-        if adapter.attention is not None:
-            note(quiet, adapter.attention.line())
-        if video.shape[0] != run.frames:  # the VAE's temporal factor: Wan takes 4k + 1 frames, LTX 8k + 1
-            note(quiet, f"[yellow]note:[/] the {adapter.family} model made {video.shape[0]} frames of the "
-                        f"{run.frames} asked for (its VAE takes frame counts of a fixed step)")
-        note(quiet, f"{video.shape[0]} frames {video.shape[2]}×{video.shape[1]} in {elapsed:.1f} s "
-                    f"({counted(run.steps, 'step')}, guidance {run.guidance}, seed {run.seed})")
-        if getattr(adapter, "runtime", None) is not None:
-            note(quiet, adapter.runtime.line())
-        if split is not None:
-            note(quiet, split.line())
-        if compile_line is not None:
-            note(quiet, compile_line)
-        console.print(f"wrote {out}") if not quiet else typer.echo(str(out))
+        _report(adapter, run, made, split, compile_line, quiet)
+
+
+def _videos(prompt, prompts, num_prompts, out, save_frames_to) -> tuple[list[str], list[Path]]:
+    """The prompts and the MP4 each goes to, checked before any work: --prompt and one file, or
+    --prompts and a folder of numbered files."""
+    if (prompt is None) == (prompts is None):
+        raise DQError("give --prompt TEXT or --prompts FILE (one of them)")
+    if prompts is None:
+        if num_prompts is not None:
+            raise DQError("--num-prompts: goes with --prompts")
+        out = out or Path("out/video.mp4")
+        if out.suffix.lower() != ".mp4":
+            raise DQError(f"--out {out}: the video is written as MP4; give a path ending in .mp4")
+        check_writable(out, "--out")
+        return [prompt], [out]
+    from dq_calib.prompts import PromptSourceError, load_prompts
+
+    if save_frames_to is not None:
+        raise DQError("--save-frames: one video's frames; not with --prompts (`dq bench --quality` measures prompt "
+                      "sets)")
+    folder = out or Path("out/videos")
+    if folder.suffix.lower() == ".mp4" or folder.is_file():
+        raise DQError(f"--out {folder}: with --prompts, --out is the folder the videos go to")
+    try:
+        texts = load_prompts(prompts, num_prompts)
+    except PromptSourceError as e:
+        raise DQError(f"--prompts {e}") from None
+    outs = [folder / f"{i:03d}-{_words(text)}.mp4" for i, text in enumerate(texts)]
+    check_writable(outs[0], "--out")
+    return texts, outs
+
+
+def _words(text: str, limit: int = 40) -> str:
+    """The prompt's first whole words as a file name (up to `limit` characters): lower case, letters and
+    digits, '-' between."""
+    name = ""
+    for word in re.findall(r"[a-z0-9]+", text.lower()):
+        if name and len(name) + 1 + len(word) > limit:
+            break
+        name = f"{name}-{word}" if name else word[:limit]
+    return name or "video"
+
+
+def _report(adapter, run, made: list, split, compile_line: str | None, quiet: bool) -> None:
+    """What was made, and how: one line a video, then the attention, routing, split and compile lines."""
+    if adapter.attention is not None:
+        note(quiet, adapter.attention.line())
+    shape = made[0][1]
+    if shape[0] != run.frames:  # the VAE's temporal factor: Wan takes 4k + 1 frames, LTX 8k + 1
+        note(quiet, f"[yellow]note:[/] the {adapter.family} model made {shape[0]} frames of the "
+                    f"{run.frames} asked for (its VAE takes frame counts of a fixed step)")
+    for path, shape, seconds, seed in made:
+        where = f" → {path}" if len(made) > 1 else ""
+        note(quiet, f"{shape[0]} frames {shape[2]}×{shape[1]} in {seconds:.1f} s "
+                    f"({counted(run.steps, 'step')}, guidance {run.guidance}, seed {seed}){where}")
+    if getattr(adapter, "runtime", None) is not None:
+        note(quiet, adapter.runtime.line())
+    if split is not None:
+        note(quiet, split.line())
+    if compile_line is not None:
+        note(quiet, compile_line)
+    if quiet:  # -q prints the result: the files, one a line
+        typer.echo("\n".join(str(path) for path, *_ in made))
+    elif len(made) > 1:
+        console.print(f"wrote {len(made)} videos to {made[0][0].parent}")
+    else:
+        console.print(f"wrote {made[0][0]}")
 
 
 def _load_adapter(checkpoint, spec, model, predictor, tdc, device: str, quiet: bool):
