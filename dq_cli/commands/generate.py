@@ -165,7 +165,8 @@ def _videos(prompt, prompts, num_prompts, out, save_frames_to) -> tuple[list[str
         texts = load_prompts(prompts, num_prompts)
     except PromptSourceError as e:
         raise DQError(f"--prompts {e}") from None
-    outs = [folder / f"{i:03d}-{_words(text)}.mp4" for i, text in enumerate(texts)]
+    width = max(3, len(str(len(texts) - 1)))  # the names sort in prompt order
+    outs = [folder / f"{i:0{width}d}-{_words(text)}.mp4" for i, text in enumerate(texts)]
     check_writable(outs[0], "--out")
     return texts, outs
 
