@@ -83,10 +83,9 @@ def command(
         except PromptSourceError as e:
             raise DQError(str(e)) from None
         if len(prompt_list) < wanted:
-            held = f"{len(prompt_list)} prompt" + "s" * (len(prompt_list) != 1)
             asked = "--num-prompts" if num_prompts else "calibration.num_prompts"
-            note(quiet, f"[yellow]note:[/] {prompt_source} holds {held}, fewer than the {wanted} asked for "
-                        f"({asked}): calibrating on {len(prompt_list)}")
+            note(quiet, f"[yellow]note:[/] {prompt_source} holds {counted(len(prompt_list), 'prompt')}, fewer than "
+                        f"the {wanted} asked for ({asked}): calibrating on {len(prompt_list)}")
         run = sampling(adapter, spec.sampling, steps=cal.steps)
         if not adapter.trained:
             note(quiet, "[yellow]note:[/] dq-tiny has no trained weights yet: calibrating a seeded random network")
