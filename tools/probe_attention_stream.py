@@ -96,8 +96,7 @@ def mma_only(z, block_m: int, block_n: int, warps: int, stages: int, maxnreg: in
     return out
 
 
-def stream(z, block_m: int, block_n: int, warps: int, stages: int, s_q: int, maxnreg: int | None = None
-           ) -> torch.Tensor:
+def stream(z, block_m: int, block_n: int, warps: int, stages: int, maxnreg: int | None = None) -> torch.Tensor:
     """Launch the streaming kernel on the pre-pass's buffers with the attention kernel's grid. `tl.range`'s
     pipeliner keeps stages - 1 buffers where the attention kernel's dot-fed loads keep `num_stages` (sm_90a:
     66 KB of shared memory at STAGES 3, the attention kernel's 73 at num_stages 2 with its Q tile), so the
@@ -105,7 +104,7 @@ def stream(z, block_m: int, block_n: int, warps: int, stages: int, s_q: int, max
     bh, sk_pad, d = z.k8.shape
     desc_k = TensorDescriptor.from_tensor(z.k8.view(-1, d), [block_n, d])
     desc_v = TensorDescriptor.from_tensor(z.v8t.view(-1, sk_pad), [d, block_n])
-    grid = (triton.cdiv(s_q, block_m), bh)
+    grid = (triton.cdiv(z.s_q, block_m), bh)
     out = torch.empty(grid[1], grid[0], block_n, device=z.k8.device)
     _stream_kv[grid](desc_k, desc_v, out, sk_pad, (z.s_k // block_n) * block_n, HEAD_DIM=d, BLOCK_N=block_n,
                      STAGES=stages + 1, num_warps=warps, num_stages=stages + 1, maxnreg=maxnreg)
@@ -124,7 +123,7 @@ def check() -> None:
     _, _, _, z = inputs(SHAPES["small"], "cpu")
     bn = 64
     n_full = (z.s_k // bn) * bn
-    out = stream(z, 64, bn, 4, 2, z.s_q)
+    out = stream(z, 64, bn, 4, 2)
     k = z.k8[:, :n_full].float().view(z.k8.shape[0], -1, bn, z.k8.shape[2]).sum((1, 3))  # [BH, BLOCK_N]
     v = z.v8t[:, :, :n_full].float().view(z.v8t.shape[0], z.v8t.shape[1], -1, bn).sum((1, 2))
     want = (k + v)[:, None, :].expand_as(out)
@@ -154,7 +153,7 @@ def main() -> None:
     b, h, s, d = q.shape
     for bm, bn, warps, stages, maxnreg in CONFIGS:
         bytes_moved = triton.cdiv(s, bm) * b * h * (s // bn) * bn * d * 2  # K8 and V8ᵀ, one byte each
-        ms = do_bench(lambda: stream(z, bm, bn, warps, stages, s, maxnreg), warmup=100, rep=500)
+        ms = do_bench(lambda: stream(z, bm, bn, warps, stages, maxnreg), warmup=100, rep=500)
         mma = do_bench(lambda: mma_only(z, bm, bn, warps, stages, maxnreg), warmup=100, rep=500)
         attn = do_bench(lambda: sage_attention_triton(q, k, v, config=dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=warps,
                                                                            num_stages=stages, maxnreg=maxnreg),

@@ -186,9 +186,9 @@ def _report(adapter, run, made: list, split, compile_line: str | None, quiet: bo
     """What was made, and how: one line a video, then the attention, routing, split and compile lines."""
     if adapter.attention is not None:
         note(quiet, adapter.attention.line())
-    shape = made[0][1]
-    if shape[0] != run.frames:  # the VAE's temporal factor: Wan takes 4k + 1 frames, LTX 8k + 1
-        note(quiet, f"[yellow]note:[/] the {adapter.family} model made {shape[0]} frames of the "
+    frames = made[0][1][0]  # every video of the run has its settings
+    if frames != run.frames:  # the VAE's temporal factor: Wan takes 4k + 1 frames, LTX 8k + 1
+        note(quiet, f"[yellow]note:[/] the {adapter.family} model made {frames} frames of the "
                     f"{run.frames} asked for (its VAE takes frame counts of a fixed step)")
     for path, shape, seconds, seed in made:
         where = f" → {path}" if len(made) > 1 else ""
