@@ -17,7 +17,8 @@ stages).
     python -P tools/probe_attention_stream.py [--shape wan480|wan720]       # CUDA
     TRITON_INTERPRET=1 python -P tools/probe_attention_stream.py --check   # CPU: the sums, small shape
 
-Written in the eighteenth session (2026-12-01) after the device budget was spent: not yet run on a GPU.
+Written in the eighteenth session; run in the nineteenth on an H200 (docs/measurements/attention_stream_h200.log):
+streaming alone 16.7 ms at 480p (10.2 TB/s), the MMAs alone 18.2, the kernel 27.1. Not the wall.
 """
 
 from __future__ import annotations
