@@ -67,6 +67,12 @@ VARIANTS = {
     "dq_row_kv4_pow2": variant(kv_weight_only("int4_pow2"), **{**DQ, "weight": "int4_row", "activation": "int4_row"}),
     "dq_row_kv4_row": variant(kv_weight_only("int4_row"), **{**DQ, "weight": "int4_row", "activation": "int4_row"}),
     "dq_row_kv4_g64": variant(kv_weight_only("int4"), **{**DQ, "weight": "int4_row", "activation": "int4_row"}),
+    # and the time / text embedders outside the blocks at 4-bit weights too (the time embedder's first two
+    # linears stay in fp32, as diffusers keeps them): what is left of the checkpoint's BF16 bytes
+    "dq_row_kv4_g64_embed4": variant(kv_weight_only("int4") + [
+        {"pattern": p, "method": "rtn", "weight": "int4", "activation": "none"}
+        for p in ("*condition_embedder.time_proj", "*condition_embedder.text_embedder.*")],
+        **{**DQ, "weight": "int4_row", "activation": "int4_row"}),
 }
 # the same with self-attention Q/K/V fused into one layer (one smoothing vector and one low-rank branch
 # for the three; fitted from the unfused calibration's to_q statistics, the layers' shared input)

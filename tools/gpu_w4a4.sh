@@ -91,6 +91,10 @@
 #               SDPA and sage8, compiled, 2 steps
 #   PART=regression  the whole GPU suite (`pytest -m gpu tests/`, the ~4-minute full-width e2e test left out), then
 #               the API, built-in recipe and calibration tests, which take CUDA where it is present
+# Nineteenth session:
+#   PART=embed4  the full-size Wan A14B 480p, BF16 against W4A4 with and without the time / text embedders
+#               (condition_embedder.time_proj and text_embedder, BF16 in the recipe until then) at 4-bit weights
+#               (W4A16): the weights' bytes on the GPU against issue #6's 30% of BF16; SDPA, eager, 1 step
 source tools/gpu_env.sh || exit 1
 L=$OUT/log.txt
 { nvidia-smi --query-gpu=name,driver_version --format=csv; python -c "import torch,triton;print(torch.__version__,triton.__version__)"; } > $L 2>&1
@@ -315,6 +319,16 @@ w8a8occ)
   echo "== full size Wan A14B 480p compiled, bf16 and w8a8 $(date +%T)" >> $L
   timeout -s KILL 300 python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p --configs bf16,w8a8 \
     --attention sdpa,sage8 --compile on --steps 2 --no-breakdown -o $OUT/wan480_w8a8_occupancy >> $L 2>&1 ;;
+embed4)
+  echo "commit ${DQ_GIT_COMMIT:-unknown}" >> $L
+  { cat recipes/wan22_w4a4.yaml
+    echo '    - {pattern: "*condition_embedder.time_proj", method: rtn, weight: int4, activation: none}'
+    echo '    - {pattern: "*condition_embedder.text_embedder.*", method: rtn, weight: int4, activation: none}'
+  } > $OUT/wan22_w4a4_embed4.yaml
+  echo "== full size 480p, the embedders at 4-bit weights $(date +%T)" >> $L
+  timeout -s KILL ${LIMIT:-420} python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p \
+    --configs bf16,w4a4,w4a4-recipe --recipe w4a4-recipe=$OUT/wan22_w4a4_embed4.yaml --attention sdpa --steps 1 \
+    --warmup-steps 1 --no-breakdown --out $OUT/wan480_embed4 >> $L 2>&1 ;;
 regression)
   echo "commit ${DQ_GIT_COMMIT:-unknown}" >> $L
   echo "== pytest -m gpu (all but the full-width e2e test) $(date +%T)" >> $L
