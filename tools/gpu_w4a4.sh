@@ -95,6 +95,8 @@
 #   PART=embed4  the full-size Wan A14B 480p, BF16 against W4A4 with and without the time / text embedders
 #               (condition_embedder.time_proj and text_embedder, BF16 in the recipe until then) at 4-bit weights
 #               (W4A16): the weights' bytes on the GPU against issue #6's 30% of BF16; SDPA, eager, 1 step
+#   PART=embed4quality  their cost on dq-tiny: compare_methods dq_row_kv4_g64 (the Wan recipe's settings) against
+#               dq_row_kv4_g64_embed4, 16 held-out prompts
 source tools/gpu_env.sh || exit 1
 L=$OUT/log.txt
 { nvidia-smi --query-gpu=name,driver_version --format=csv; python -c "import torch,triton;print(torch.__version__,triton.__version__)"; } > $L 2>&1
@@ -329,6 +331,11 @@ embed4)
   timeout -s KILL ${LIMIT:-420} python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p \
     --configs bf16,w4a4,w4a4-recipe --recipe w4a4-recipe=$OUT/wan22_w4a4_embed4.yaml --attention sdpa --steps 1 \
     --warmup-steps 1 --no-breakdown --out $OUT/wan480_embed4 >> $L 2>&1 ;;
+embed4quality)
+  echo "commit ${DQ_GIT_COMMIT:-unknown}" >> $L
+  echo "== dq-tiny quality, the embedders at 4-bit weights $(date +%T)" >> $L
+  timeout -s KILL ${LIMIT:-400} python -P tools/compare_methods.py --out $OUT/compare_embed4 --only dq_row_kv4_g64 \
+    dq_row_kv4_g64_embed4 --prompts 16 --jobs 2 >> $L 2>&1 ;;
 regression)
   echo "commit ${DQ_GIT_COMMIT:-unknown}" >> $L
   echo "== pytest -m gpu (all but the full-width e2e test) $(date +%T)" >> $L
