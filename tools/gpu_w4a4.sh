@@ -97,6 +97,9 @@
 #               (W4A16): the weights' bytes on the GPU against issue #6's 30% of BF16; SDPA, eager, 1 step
 #   PART=embed4quality  their cost on dq-tiny: compare_methods dq_row_kv4_g64 (the Wan recipe's settings) against
 #               dq_row_kv4_g64_embed4, 16 held-out prompts
+#   PART=embed4ti2v  the W4A16 GPU tests (now with a one-row 2-D input), then TI2V-5B at full size, where
+#               time_proj runs on every token (Wan 2.2's per-token timesteps): BF16, W4A4 with the embedders at 4
+#               bits (the recipe now) and without (w4a4-recipe), eager, SDPA, 2 steps
 source tools/gpu_env.sh || exit 1
 L=$OUT/log.txt
 { nvidia-smi --query-gpu=name,driver_version --format=csv; python -c "import torch,triton;print(torch.__version__,triton.__version__)"; } > $L 2>&1
@@ -336,6 +339,15 @@ embed4quality)
   echo "== dq-tiny quality, the embedders at 4-bit weights $(date +%T)" >> $L
   timeout -s KILL ${LIMIT:-400} python -P tools/compare_methods.py --out $OUT/compare_embed4 --only dq_row_kv4_g64 \
     dq_row_kv4_g64_embed4 --prompts 16 --jobs 2 >> $L 2>&1 ;;
+embed4ti2v)
+  echo "commit ${DQ_GIT_COMMIT:-unknown}" >> $L
+  echo "== W4A16 gpu tests $(date +%T)" >> $L
+  timeout -s KILL 120 python -P -m pytest -m gpu -q tests/test_kernels_w4a4.py -k w4a16 >> $L 2>&1
+  grep -v 'condition_embedder\.' recipes/wan22_w4a4.yaml > $OUT/wan22_w4a4_before_embed4.yaml
+  echo "== TI2V-5B full size $(date +%T)" >> $L
+  timeout -s KILL ${LIMIT:-300} python -P -m dq_cli bench e2e --model wan2.2-ti2v-5b --configs bf16,w4a4,w4a4-recipe \
+    --recipe w4a4-recipe=$OUT/wan22_w4a4_before_embed4.yaml --attention sdpa --steps 2 --warmup-steps 1 \
+    --out $OUT/ti2v_embed4 >> $L 2>&1 ;;
 regression)
   echo "commit ${DQ_GIT_COMMIT:-unknown}" >> $L
   echo "== pytest -m gpu (all but the full-width e2e test) $(date +%T)" >> $L
