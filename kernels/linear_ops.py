@@ -99,7 +99,8 @@ def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, b
     - `int4_pow2` / `int4_row`: the E4M3 carriers of `expand_int4` (exact in BF16), scaled per row after;
     - `int4` (free bf16 group scales): the dequantized weight as BF16 hi + lo, two GEMMs;
     - x in BF16 is exact; another dtype is split into BF16 hi + lo as well.
-    Rows go in chunks (W4A16_CHUNK_ELEMENTS), each row's sums the same whatever the chunk."""
+    Rows go in chunks (W4A16_CHUNK_ELEMENTS): a row's products are the same, only the GEMM's fp32
+    summation order may differ with the chunk's size."""
     if weight_format == "int4":
         w = dequantize_int4(unpack_int4(qweight), scales, qweight.shape[1] * 2 // scales.shape[1])
         w_terms, w_scale = bf16_terms(w), None
