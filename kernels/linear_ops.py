@@ -11,8 +11,8 @@ custom ops (`torch.library`) so a model of `QuantLinear`s compiles without graph
       delta GEMM (scaled_gemm)                + core term, low-rank up-projection, bias, in the epilogue
 - `dq::w8a8_linear`: INT8 weights per channel × INT8 activations per token (the 6Bit INT8 route).
 - `dq::w4a16_linear`: 4-bit weights (`int4`, `int4_pow2`, `int4_row`) with 16-bit activations, for
-  layers whose inputs are few and outlier-heavy (the text tokens' cross-attention K/V): the weight
-  expanded to BF16 terms on the fly, BF16 GEMMs with fp32 output.
+  layers whose inputs are few or outlier-heavy (the text tokens' cross-attention K/V, Wan's time and
+  text embedders): the weight expanded to BF16 terms on the fly, BF16 GEMMs with fp32 output.
 
 Each op's math is exactly QuantLinear's reference forward (dq_cli/quant/linear.py) up to float
 summation order; tests hold them to that.

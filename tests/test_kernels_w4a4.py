@@ -250,8 +250,8 @@ def test_quant_linear_w8a8_kernel_matches_reference(device, monkeypatch):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("fmt", ["int4", "int4_pow2", "int4_row"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("lead, chunk", [((1, 90), None), ((1, 90), 72 * 7), ((1,), None)])
-def test_quant_linear_w4a16_kernel_matches_reference(fmt, dtype, lead, chunk, device, monkeypatch):
+@pytest.mark.parametrize("lead, chunk_rows", [((1, 90), None), ((1, 90), 7), ((1,), None)])
+def test_quant_linear_w4a16_kernel_matches_reference(fmt, dtype, lead, chunk_rows, device, monkeypatch):
     """Weight-only 4-bit (16-bit activations). Each product x·w is formed from BF16 terms that sum to
     x and w within 2**-17 relative (exact for a BF16 x and for the carriers), so
     |y - y_ref| <= 2**-15·Σ|x||w| (with slack for fp32 summation). A BF16 output adds one ulp, up to
@@ -263,12 +263,12 @@ def test_quant_linear_w4a16_kernel_matches_reference(fmt, dtype, lead, chunk, de
     rows_per_product = []
     real_mm = linear_ops.mm_fp32
     monkeypatch.setattr(linear_ops, "mm_fp32", lambda a, b: rows_per_product.append(len(a)) or real_mm(a, b))
-    if chunk:
-        monkeypatch.setattr(linear_ops, "W4A16_CHUNK_ELEMENTS", chunk)
-    layer = quant_layer("rtn", fmt, act="none").to(device)  # 72 outputs: chunk // 72 rows at a time
+    layer = quant_layer("rtn", fmt, act="none").to(device)
+    if chunk_rows:
+        monkeypatch.setattr(linear_ops, "W4A16_CHUNK_ELEMENTS", chunk_rows * layer.out_features)
     x = activations(lead[-1], 150, seed=15).reshape(*lead, 150).to(device, dtype)
     got, ref = both_paths(layer, x, monkeypatch)
-    assert max(rows_per_product) == (7 if chunk else lead[-1])
+    assert max(rows_per_product) == (chunk_rows or lead[-1])
     assert got.shape == (*lead, layer.out_features)
     w = layer.stored_weight()[:, :150]
     bound = 2**-15 * (x.float().abs() @ w.abs().T) + 1e-30

@@ -17,7 +17,7 @@
 #   PART=overhead  the op's GPU time per CUDA kernel and host time (tools/profile_attention_op.py), the
 #               one-pass statistics candidate against torch's (tools/probe_attention_stats.py), the bench
 #               at short sequences (--shapes sweep) and the model shapes
-# Eighteenth session (written after the device budget was spent; not yet run):
+# Eighteenth session (written then; run in the nineteenth, docs/measurements/attention_stream_h200.log):
 #   PART=stream  the attention kernel beside two stripped copies on the same grid and tiles: K/V streaming
 #               alone and the two MMAs without the softmax (tools/probe_attention_stream.py), at wan480 and
 #               wan720: is the kernel bound by L2 -> SM traffic (6.4 TB/s at both sizes), MMAs or softmax?

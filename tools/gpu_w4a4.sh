@@ -92,9 +92,10 @@
 #   PART=regression  the whole GPU suite (`pytest -m gpu tests/`, the ~4-minute full-width e2e test left out), then
 #               the API, built-in recipe and calibration tests, which take CUDA where it is present
 # Nineteenth session:
-#   PART=embed4  the full-size Wan A14B 480p, BF16 against W4A4 with and without the time / text embedders
-#               (condition_embedder.time_proj and text_embedder, BF16 in the recipe until then) at 4-bit weights
-#               (W4A16): the weights' bytes on the GPU against issue #6's 30% of BF16; SDPA, eager, 1 step
+#   PART=embed4  the full-size Wan A14B 480p, BF16 against W4A4 with (w4a4, the recipe now) and without
+#               (w4a4-recipe) the time / text embedders (condition_embedder.time_proj and text_embedder) at 4-bit
+#               weights (W4A16): the weights' bytes on the GPU against issue #6's 30% of BF16; SDPA, eager, 1 step.
+#               (It ran at d3eb9f9, before the recipe took them, with the two W4A4 rows the other way round.)
 #   PART=embed4quality  their cost on dq-tiny: compare_methods dq_row_kv4_g64 (the Wan recipe's settings) against
 #               dq_row_kv4_g64_embed4, 16 held-out prompts
 #   PART=embed4ti2v  the W4A16 GPU tests (now with a one-row 2-D input), then TI2V-5B at full size, where
@@ -104,6 +105,9 @@
 source tools/gpu_env.sh || exit 1
 L=$OUT/log.txt
 { nvidia-smi --query-gpu=name,driver_version --format=csv; python -c "import torch,triton;print(torch.__version__,triton.__version__)"; } > $L 2>&1
+recipe_before_embed4() {  # wan22_w4a4.yaml as it was before its embedders went to 4 bits (2026-12-01)
+  grep -v 'condition_embedder\.' recipes/wan22_w4a4.yaml > $OUT/wan22_w4a4_before_embed4.yaml
+}
 bench_kernels() {  # one Wan A14B block's linears at 480p, rank 128, in both of the recipe's cube sizes
   for c in 4,1,4 4,2,8; do
     echo "== bench kernels cube $c $(date +%T)" >> $L
@@ -327,14 +331,11 @@ w8a8occ)
     --attention sdpa,sage8 --compile on --steps 2 --no-breakdown -o $OUT/wan480_w8a8_occupancy >> $L 2>&1 ;;
 embed4)
   echo "commit ${DQ_GIT_COMMIT:-unknown}" >> $L
-  { cat recipes/wan22_w4a4.yaml
-    echo '    - {pattern: "*condition_embedder.time_proj", method: rtn, weight: int4, activation: none}'
-    echo '    - {pattern: "*condition_embedder.text_embedder.*", method: rtn, weight: int4, activation: none}'
-  } > $OUT/wan22_w4a4_embed4.yaml
+  recipe_before_embed4
   echo "== full size 480p, the embedders at 4-bit weights $(date +%T)" >> $L
   timeout -s KILL ${LIMIT:-420} python -P -m dq_cli bench e2e --model wan2.2-a14b --resolution 480p \
-    --configs bf16,w4a4,w4a4-recipe --recipe w4a4-recipe=$OUT/wan22_w4a4_embed4.yaml --attention sdpa --steps 1 \
-    --warmup-steps 1 --no-breakdown --out $OUT/wan480_embed4 >> $L 2>&1 ;;
+    --configs bf16,w4a4,w4a4-recipe --recipe w4a4-recipe=$OUT/wan22_w4a4_before_embed4.yaml --attention sdpa \
+    --steps 1 --warmup-steps 1 --no-breakdown --out $OUT/wan480_embed4 >> $L 2>&1 ;;
 embed4quality)
   echo "commit ${DQ_GIT_COMMIT:-unknown}" >> $L
   echo "== dq-tiny quality, the embedders at 4-bit weights $(date +%T)" >> $L
@@ -344,7 +345,7 @@ embed4ti2v)
   echo "commit ${DQ_GIT_COMMIT:-unknown}" >> $L
   echo "== W4A16 gpu tests $(date +%T)" >> $L
   timeout -s KILL 120 python -P -m pytest -m gpu -q tests/test_kernels_w4a4.py -k w4a16 >> $L 2>&1
-  grep -v 'condition_embedder\.' recipes/wan22_w4a4.yaml > $OUT/wan22_w4a4_before_embed4.yaml
+  recipe_before_embed4
   echo "== TI2V-5B full size $(date +%T)" >> $L
   timeout -s KILL ${LIMIT:-300} python -P -m dq_cli bench e2e --model wan2.2-ti2v-5b --configs bf16,w4a4,w4a4-recipe \
     --recipe w4a4-recipe=$OUT/wan22_w4a4_before_embed4.yaml --attention sdpa --steps 2 --warmup-steps 2 \

@@ -15,7 +15,7 @@ streaming, tensor cores and softmax sets the pace (a row per tile of CONFIGS: BL
 stages).
 
     python -P tools/probe_attention_stream.py [--shape wan480|wan720]       # CUDA
-    TRITON_INTERPRET=1 python -P tools/probe_attention_stream.py --check   # CPU: the sums, small shape
+    TRITON_INTERPRET=1 python -P tools/probe_attention_stream.py --check   # CPU: exact, small shape
 
 Written in the eighteenth session; run in the nineteenth on an H200 (docs/measurements/attention_stream_h200.log):
 streaming alone 16.7 ms at 480p (10.2 TB/s), the MMAs alone 18.2, the kernel 27.1. Not the wall.
@@ -101,7 +101,7 @@ def mma_only(z, block_m: int, block_n: int, warps: int, stages: int, maxnreg: in
 def stream(z, block_m: int, block_n: int, warps: int, stages: int, maxnreg: int | None = None) -> torch.Tensor:
     """Launch the streaming kernel on the pre-pass's buffers with the attention kernel's grid. `tl.range`'s
     pipeliner keeps stages - 1 buffers where the attention kernel's dot-fed loads keep `num_stages` (sm_90a:
-    66 KB of shared memory at STAGES 3, the attention kernel's 73 at num_stages 2 with its Q tile), so the
+    64.5 KB of shared memory at STAGES 3, the attention kernel's 73 at num_stages 2 with its Q tile), so the
     stream gets one stage more: the same buffers, the same CTAs an SM."""
     bh, sk_pad, d = z.k8.shape
     desc_k = TensorDescriptor.from_tensor(z.k8.view(torch.int32).view(-1, d // 4), [block_n, d // 4])
